@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set up .venv first.
+VENV    ?= .venv
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+PORT    ?= 5000
+
+# Stages call `python`, `dvc` calls nothing else: put the venv first on PATH for every recipe.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# No network at run time here: keep DVC and MLflow from phoning home.
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+.PHONY: setup run test ui clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: setup
+	dvc repro
+	@echo; echo "val metrics (metrics.json):"; $(VENV)/bin/python -c "import json; m = json.load(open('metrics.json'))['val']; print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in m.items()))"
+	@echo "submission: $$(grep -c . submission.csv) lines in submission.csv (with header)"
+	@echo "browse runs: make ui  ->  http://127.0.0.1:$(PORT)"
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+ui: setup
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+clean:
+	rm -rf data/sample prepared models reports/mlflow_run.json reports/*.csv reports/*.png metrics.json submission.csv .ffdi

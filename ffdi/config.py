@@ -1,0 +1,304 @@
+"""Typed, validated configuration read from params.yaml.
+
+Each params group maps onto one frozen dataclass. Unknown keys, wrong types and
+impossible values fail at start, with a message that names the key, so a typo in
+`dvc exp run -S train.lrr=0.1` never silently trains with the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The built-in, generated sample data set (see ffdi.sample)."""
+
+    out: str = "data/sample"
+    n_train: int = 2000
+    n_val: int = 400
+    n_test: int = 200
+    fake_fraction: float = 0.5
+    size: int = 64
+    jpeg_quality: int = 90
+    seed: int = 0
+
+    def check(self) -> None:
+        _positive(self, "n_train", "n_val", "size")
+        _at_least(self, "n_test", 0)
+        _in_range(self, "fake_fraction", 0.0, 1.0, open_=True)
+        _in_range(self, "jpeg_quality", 1, 100)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the multiFFDI-layout data lives. Paths are relative to the data root."""
+
+    root: str = "data/sample"
+    train_dir: str = "trainset"
+    val_dir: str = "valset"
+    test_dir: str = "testset"
+    train_labels: str = "trainset_label.txt"
+    val_labels: str = "valset_label.txt"
+    test_labels: str = "testset_label.txt"
+
+    def check(self) -> None:
+        for key in ("root", "train_dir", "val_dir", "train_labels", "val_labels"):
+            if not getattr(self, key):
+                raise ConfigError(f"data.{key} must not be empty")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Train-time augmentation; eval uses resize + centre crop + normalisation only."""
+
+    resize: int = 64
+    image_size: int = 64
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 0.0
+    grayscale: float = 0.0
+    normalize: Literal["imagenet", "none"] = "imagenet"
+
+    def check(self) -> None:
+        _positive(self, "resize", "image_size")
+        if self.image_size > self.resize:
+            raise ConfigError(
+                f"augment.image_size ({self.image_size}) must not exceed "
+                f"augment.resize ({self.resize}): the centre crop is taken from the resized image"
+            )
+        for key in ("hflip", "vflip", "grayscale"):
+            _in_range(self, key, 0.0, 1.0)
+        _in_range(self, "rotation", 0.0, 180.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet18"
+    se: bool = False
+    se_reduction: int = 32
+    pretrained: bool = False
+    weights: Optional[str] = None
+    num_classes: int = 2
+
+    def check(self) -> None:
+        _positive(self, "se_reduction")
+        if self.num_classes != 2:
+            raise ConfigError(f"model.num_classes must be 2 (real/fake), got {self.num_classes}")
+        if self.pretrained and self.weights:
+            raise ConfigError("set either model.pretrained or model.weights, not both")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 32
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["step", "cosine", "none"] = "cosine"
+    step_size: int = 4
+    gamma: float = 0.85
+    best_metric: Literal["val_auc", "val_acc", "val_loss"] = "val_auc"
+    workers: int = 2
+    seed: int = 0
+    channels_last: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def check(self) -> None:
+        _positive(self, "epochs", "batch_size", "step_size")
+        _at_least(self, "workers", 0)
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        _at_least(self, "weight_decay", 0.0)
+        _in_range(self, "gamma", 0.0, 1.0, open_=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 128
+    threshold: float = 0.5
+    target_fpr: float = 0.001
+
+    def check(self) -> None:
+        _positive(self, "batch_size")
+        _in_range(self, "threshold", 0.0, 1.0)
+        _in_range(self, "target_fpr", 0.0, 1.0, open_=True)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    batch_size: int = 128
+    tta_hflip: bool = True
+    out: str = "submission.csv"
+
+    def check(self) -> None:
+        _positive(self, "batch_size")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. An empty uri means the SQLite store `mlflow.db` at the project root."""
+
+    experiment: str = "ffdi"
+    uri: Optional[str] = None
+    log_model: bool = True
+
+    def check(self) -> None:
+        if not self.experiment:
+            raise ConfigError("tracking.experiment must not be empty")
+
+
+@dataclass(frozen=True)
+class Params:
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole params file. Missing groups take their defaults."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of groups, got {type(raw).__name__}")
+    try:
+        return from_dict(Params, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict, checking keys, types and values."""
+    where = prefix.rstrip(".") or "params"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}{hint}; known keys in {where}: {', '.join(sorted(names))}"
+        )
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {_show(value)}")
+        return value
+    # bool is an int in Python; a YAML `true` for an int knob is a mistake, not a 1.
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a programming error in this module
+        raise TypeError(f"unsupported config type {hint} for {key}")
+    raise ConfigError(f"{key} must be {_type_name(hint)}, got {_show(value)}")
+
+
+def _type_name(hint: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _positive(obj: Any, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) <= 0:
+            raise ConfigError(f"{_group(obj)}.{key} must be > 0, got {getattr(obj, key)}")
+
+
+def _at_least(obj: Any, key: str, low: float) -> None:
+    if getattr(obj, key) < low:
+        raise ConfigError(f"{_group(obj)}.{key} must be >= {low}, got {getattr(obj, key)}")
+
+
+def _in_range(obj: Any, key: str, low: float, high: float, open_: bool = False) -> None:
+    v = getattr(obj, key)
+    ok = low < v < high if open_ else low <= v <= high
+    if not ok:
+        bounds = f"({low}, {high})" if open_ else f"[{low}, {high}]"
+        raise ConfigError(f"{_group(obj)}.{key} must be in {bounds}, got {v}")
+
+
+_GROUPS = {
+    SampleConfig: "sample",
+    DataConfig: "data",
+    AugmentConfig: "augment",
+    ModelConfig: "model",
+    TrainConfig: "train",
+    EvalConfig: "eval",
+    PredictConfig: "predict",
+    TrackingConfig: "tracking",
+}
+
+
+def _group(obj: Any) -> str:
+    return _GROUPS[type(obj)]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'se': True}} -> {'model.se': True}: the names MLflow and DVC show."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

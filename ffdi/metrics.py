@@ -1,0 +1,76 @@
+"""Binary real/fake metrics, all from scikit-learn. Positive class: 1 = fake."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+class MetricError(ValueError):
+    pass
+
+
+def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true).astype(int)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if y_true.shape != y_prob.shape or y_true.ndim != 1:
+        raise MetricError(f"labels {y_true.shape} and probabilities {y_prob.shape} must be 1-D and the same length")
+    classes = set(np.unique(y_true).tolist())
+    if classes != {0, 1}:
+        raise MetricError(
+            f"ROC-AUC needs both real (0) and fake (1) images; these labels hold only {sorted(classes)}"
+        )
+    if not np.isfinite(y_prob).all():
+        raise MetricError("probabilities contain nan or inf (did training diverge?)")
+    return y_true, y_prob
+
+
+def roc_auc(y_true, y_prob) -> float:
+    y_true, y_prob = _check(y_true, y_prob)
+    return float(skm.roc_auc_score(y_true, y_prob))
+
+
+def tpr_at_fpr(y_true, y_prob, target_fpr: float = 1e-3) -> float:
+    """The FFDI tie-breaker: the highest TPR reached at an FPR no greater than `target_fpr`.
+
+    No interpolation: with fewer than 1/target_fpr real images this is the TPR at
+    FPR = 0, which is what a threshold on these scores could actually achieve.
+    """
+    y_true, y_prob = _check(y_true, y_prob)
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)
+    return float(tpr[fpr <= target_fpr].max())
+
+
+def eer(y_true, y_prob) -> float:
+    """Equal error rate: where the false positive and false negative rates cross."""
+    y_true, y_prob = _check(y_true, y_prob)
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float((fpr[i] + fnr[i]) / 2.0)
+
+
+def binary_metrics(y_true, y_prob, threshold: float = 0.5, target_fpr: float = 1e-3) -> dict[str, float]:
+    y_true, y_prob = _check(y_true, y_prob)
+    y_pred = (y_prob >= threshold).astype(int)
+    return {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "roc_auc": roc_auc(y_true, y_prob),
+        "tpr_at_fpr": tpr_at_fpr(y_true, y_prob, target_fpr),
+        "eer": eer(y_true, y_prob),
+        "average_precision": float(skm.average_precision_score(y_true, y_prob)),
+        "log_loss": float(skm.log_loss(y_true, np.clip(y_prob, 1e-7, 1 - 1e-7), labels=[0, 1])),
+    }
+
+
+def roc_points(y_true, y_prob) -> dict[str, np.ndarray]:
+    y_true, y_prob = _check(y_true, y_prob)
+    fpr, tpr, thresholds = skm.roc_curve(y_true, y_prob)
+    # sklearn's first threshold is inf; clip so the CSV and JSON stay finite.
+    return {"fpr": fpr, "tpr": tpr, "threshold": np.minimum(thresholds, 1.0)}
+
+
+def confusion(y_true, y_prob, threshold: float = 0.5) -> np.ndarray:
+    """2x2 counts, rows = true (real, fake), columns = predicted (real, fake)."""
+    y_true, y_prob = _check(y_true, y_prob)
+    return skm.confusion_matrix(y_true, (y_prob >= threshold).astype(int), labels=[0, 1])

@@ -1,0 +1,212 @@
+"""What each DVC stage does, as functions of (params, paths). stages/*.py only call these."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ffdi import tracking
+from ffdi.config import Params
+from ffdi.data import read_manifest
+from ffdi.io import write_csv, write_json
+from ffdi.metrics import binary_metrics, confusion, roc_points
+from ffdi.train import (
+    fake_probability,
+    finish,
+    fit,
+    load_checkpoint,
+    make_loader,
+    model_config,
+    predict_logits,
+    select_device,
+)
+
+PREPARED = Path("prepared")
+MODEL = Path("models/model.pt")
+RUN_REF = Path("reports/mlflow_run.json")
+HISTORY = Path("reports/history.csv")
+METRICS = Path("metrics.json")
+REPORTS = Path("reports")
+
+
+def resume_dir(params: Params, data_hash: str) -> Path:
+    """Where a run keeps its per-epoch state until it completes.
+
+    Outside DVC's outputs (DVC deletes those before a stage reruns) and anchored
+    on the project root (temp executors are deleted too). Keyed by everything
+    that shapes training, so only an identical rerun resumes.
+    """
+    key = json.dumps([model_config(params), data_hash, params.tracking.experiment], sort_keys=True)
+    return tracking.project_root() / ".ffdi" / "resume" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def train(params: Params) -> dict:
+    summary = json.loads((PREPARED / "summary.json").read_text())
+    train_m, val_m = read_manifest(PREPARED / "train.csv"), read_manifest(PREPARED / "val.csv")
+    state_dir = resume_dir(params, summary["data_hash"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    run_file = state_dir / "run.json"
+    prior_run = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+
+    with tracking.run(params.tracking, run_id=prior_run, run_name=tracking.run_name(params)) as run:
+        run_id = run.info.run_id
+        if prior_run is None:
+            tracking.log_params(params)
+            import mlflow
+
+            mlflow.set_tags(tracking.start_tags(params, summary["data_hash"]))
+            tracking.write_run_ref(run_file, run_id, params.tracking.experiment)
+        steps = tracking.logged_steps(run_id)
+
+        def on_epoch(row: dict) -> None:
+            history.append(row)
+            write_csv(HISTORY, pd.DataFrame(history))
+            tracking.log_epoch(row, steps)
+
+        def on_resume(rows: list[dict]) -> None:
+            history.extend(rows)
+            for row in rows:  # an epoch saved but killed before it was logged
+                tracking.log_epoch(row, steps)
+
+        history: list[dict] = []
+        result = fit(params, train_m, val_m, state_dir, on_epoch=on_epoch, on_resume=on_resume)
+        write_csv(HISTORY, pd.DataFrame(result["history"]))
+        best = result["best"]
+        import mlflow
+
+        mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"]})
+        if params.tracking.log_model:
+            model, ckpt = load_checkpoint(state_dir / "best.pt")
+            tracking.log_model(model, ckpt["config"]["augment"])
+        finish(state_dir, MODEL)
+        tracking.write_run_ref(RUN_REF, run_id, params.tracking.experiment)
+    return best
+
+
+def _infer(params: Params, manifest: pd.DataFrame, batch_size: int, tta: bool, desc: str):
+    device = select_device(params.train.device)
+    model, ckpt = load_checkpoint(MODEL, device)
+    channels_last = bool(ckpt["config"]["train"]["channels_last"])
+    if channels_last:
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    loader = make_loader(manifest, ckpt["augment"], batch_size, params.train.workers, train=False)
+    logits, _ = predict_logits(model, loader, device, channels_last, tta_hflip=tta, desc=desc)
+    return fake_probability(logits), ckpt
+
+
+def evaluate(params: Params) -> dict:
+    cfg = params.eval
+    val = read_manifest(PREPARED / "val.csv")
+    prob, ckpt = _infer(params, val, cfg.batch_size, tta=False, desc="evaluate")
+    y = val.target.to_numpy()
+    scores = binary_metrics(y, prob, cfg.threshold, cfg.target_fpr)
+
+    predictions = pd.DataFrame(
+        {"img_name": val.img_name, "target": y, "y_pred": prob, "predicted": (prob >= cfg.threshold).astype(int)}
+    )
+    write_csv(REPORTS / "val_predictions.csv", predictions)
+    write_csv(REPORTS / "roc.csv", pd.DataFrame(roc_points(y, prob)))
+    cm = confusion(y, prob, cfg.threshold)
+    plot_roc(y, prob, scores, REPORTS / "roc.png")
+    plot_confusion(cm, REPORTS / "confusion.png")
+
+    report = {
+        "val": scores,
+        "target_fpr": cfg.target_fpr,
+        "threshold": cfg.threshold,
+        "best_epoch": int(ckpt["epoch"]),
+        "images": int(len(val)),
+        "confusion": {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])},
+    }
+    write_json(METRICS, report)
+
+    with tracking.run(params.tracking, run_id=tracking.read_run_ref(RUN_REF)):
+        import mlflow
+
+        mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
+        for name in ("roc.png", "confusion.png", "roc.csv", "val_predictions.csv"):
+            mlflow.log_artifact(str(REPORTS / name), artifact_path="evaluate")
+        mlflow.log_artifact(str(METRICS), artifact_path="evaluate")
+    return report
+
+
+def predict(params: Params) -> pd.DataFrame:
+    cfg = params.predict
+    split = json.loads((PREPARED / "summary.json").read_text())["predict_split"]
+    manifest = read_manifest(PREPARED / f"{split}.csv")
+    prob, _ = _infer(params, manifest, cfg.batch_size, tta=cfg.tta_hflip, desc=f"predict {split}")
+    submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
+    write_csv(cfg.out, submission)
+
+    with tracking.run(params.tracking, run_id=tracking.read_run_ref(RUN_REF)):
+        import mlflow
+
+        mlflow.set_tags({"predict.split": split})
+        mlflow.log_metric("predict_images", len(submission))
+        mlflow.log_artifact(cfg.out, artifact_path="predict")
+    return submission
+
+
+def plot_roc(y: np.ndarray, prob: np.ndarray, scores: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = roc_points(y, prob)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot(pts["fpr"], pts["tpr"], label=f"AUC = {scores['roc_auc']:.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate", title="ROC, val")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save_fig(fig, out)
+
+
+def plot_confusion(cm: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.8, 3.4), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "fake"], yticklabels=["real", "fake"])
+    ax.set(xlabel="predicted", ylabel="true", title="confusion, val")
+    fig.tight_layout()
+    _save_fig(fig, out)
+
+
+def _save_fig(fig, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from ffdi.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip("."))
+    plt.close(fig)
+
+
+def stage_main(fn) -> None:
+    """Run a stage; user errors (bad params or data) print one clear line, not a traceback."""
+    import sys
+
+    from ffdi.config import ConfigError, load_params
+    from ffdi.data import DataError
+    from ffdi.metrics import MetricError
+    from ffdi.models import WeightsError
+
+    try:
+        fn(load_params(os.environ.get("FFDI_PARAMS", "params.yaml")))
+    except (ConfigError, DataError, MetricError, WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

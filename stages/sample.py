@@ -1,0 +1,18 @@
+"""Stage `sample`: write the built-in sample data set (params group `sample`)."""
+
+import shutil
+from pathlib import Path
+
+from ffdi.pipeline import stage_main
+from ffdi.sample import generate
+
+
+def main(params):
+    out = Path(params.sample.out)
+    shutil.rmtree(out, ignore_errors=True)  # regenerate from scratch: no stale images
+    counts = generate(params.sample, out)
+    print(f"sample data in {out}: {counts}")
+
+
+if __name__ == "__main__":
+    stage_main(main)

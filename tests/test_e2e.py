@@ -1,0 +1,212 @@
+"""The real pipeline, as a user runs it, on a tiny sample in a copy of the project.
+
+One module-scoped project runs `dvc repro`, then `dvc exp run -S model.se=true`,
+then `dvc exp run --temp`; the tests below inspect what each left behind.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn import metrics as skm
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY_PARAMS = {
+    "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "eval": {"batch_size": 32},
+    "predict": {"batch_size": 32},
+}
+
+
+def sh(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\n")
+    return [f for f in out if f and (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("project")
+    for rel in project_files():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    for stale in ("dvc.lock", "metrics.json", "submission.csv"):
+        (repo / stale).unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for group, values in TINY_PARAMS.items():
+        params[group].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", TQDM_DISABLE="1",
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e.st", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e.st",
+    )
+    git = lambda *a: sh(["git", *a], repo, env).strip()  # noqa: E731
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "project")
+
+    sh(["dvc", "repro"], repo, env)
+    baseline = {
+        "commit": git("rev-parse", "HEAD"),
+        "metrics": json.loads((repo / "metrics.json").read_text()),
+        "submission": pd.read_csv(repo / "submission.csv", dtype={"img_name": str}),
+        "val_predictions": pd.read_csv(repo / "reports" / "val_predictions.csv"),
+        "summary": json.loads((repo / "prepared" / "summary.json").read_text()),
+        # Later experiments overwrite the workspace checkpoint; keep the baseline's.
+        "model": Path(shutil.copy2(repo / "models" / "model.pt", repo.parent / "baseline_model.pt")),
+    }
+    git("add", "-A")
+    git("commit", "-q", "-m", "baseline run")
+    baseline["exp_commit"] = git("rev-parse", "HEAD")
+    sh(["dvc", "exp", "run", "-S", "model.se=true"], repo, env)
+    sh(["dvc", "exp", "run", "--temp", "-S", "train.seed=1"], repo, env)
+    exp_show = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
+    return {"repo": repo, "env": env, "baseline": baseline, "exp_show": exp_show}
+
+
+@pytest.fixture(scope="module")
+def runs(project):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project['repo'] / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("ffdi")
+    found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    return client, exp, found
+
+
+def test_three_finished_runs_in_one_store(project, runs):
+    _, exp, found = runs
+    assert [r.info.status for r in found] == ["FINISHED"] * 3
+    assert exp.artifact_location == (project["repo"] / "mlartifacts").as_uri()
+    # The --temp run executed in .dvc/tmp; nothing may be stored there.
+    assert not list((project["repo"] / ".dvc").rglob("mlflow.db"))
+
+
+def test_params_differ_only_where_asked(runs):
+    _, _, (base, se, seed1) = runs
+    diff = lambda a, b: {k for k in a.data.params if a.data.params[k] != b.data.params.get(k)}  # noqa: E731
+    assert diff(base, se) == {"model.se"}
+    assert base.data.params["model.se"] == "False" and se.data.params["model.se"] == "True"
+    # `dvc exp run` leaves its params in the workspace, so the --temp run builds on the SE one.
+    assert diff(se, seed1) == {"train.seed"}
+    assert base.data.params["train.epochs"] == "2" and "augment.resize" in base.data.params
+
+
+def test_per_epoch_metrics_have_epoch_steps(runs):
+    client, _, found = runs
+    for run in found:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == [0, 1], (run.info.run_name, key)
+
+
+def test_tags(project, runs):
+    _, _, (base, se, seed1) = runs
+    b = project["baseline"]
+    assert base.data.tags["git.commit"] == b["commit"]
+    assert se.data.tags["git.commit"] == b["exp_commit"]
+    assert base.data.tags["dvc.exp_name"] == ""
+    assert se.data.tags["dvc.exp_name"] and seed1.data.tags["dvc.exp_name"]
+    assert se.data.tags["dvc.exp_name"] == se.info.run_name
+    for run in (base, se, seed1):
+        assert run.data.tags["data.hash"] == b["summary"]["data_hash"]
+
+
+def test_metrics_match_sklearn_and_the_model(project, runs):
+    b = project["baseline"]
+    m, preds = b["metrics"]["val"], b["val_predictions"]
+    labels = pd.read_csv(project["repo"] / "data" / "sample" / "valset_label.txt")
+    assert preds.img_name.tolist() == labels.img_name.tolist()
+    assert preds.target.tolist() == labels.target.tolist()
+    y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p), rel=1e-4)
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    assert m["tpr_at_fpr"] == pytest.approx(tpr[fpr <= 1e-3].max())
+    assert b["metrics"]["images"] == len(labels)
+
+    # The metrics really come from the trained model: re-infer the saved checkpoint here.
+    from ffdi.data import read_manifest
+    from ffdi.train import fake_probability, load_checkpoint, make_loader, predict_logits
+
+    model, ckpt = load_checkpoint(b["model"])
+    manifest = read_manifest(project["repo"] / "prepared" / "val.csv")
+    manifest["path"] = [str(project["repo"] / p) for p in manifest.path]
+    logits, _ = predict_logits(model, make_loader(manifest, ckpt["augment"], 32, 0, train=False), "cpu", False)
+    own = fake_probability(logits)
+    np.testing.assert_allclose(own, p, atol=1e-5)
+
+    # MLflow holds the same final numbers as metrics.json.
+    _, _, (base, _, _) = runs
+    assert base.data.metrics["eval_roc_auc"] == pytest.approx(m["roc_auc"])
+    assert base.data.metrics["eval_tpr_at_fpr"] == pytest.approx(m["tpr_at_fpr"])
+
+
+def test_submission_rows(project):
+    sub = project["baseline"]["submission"]
+    names = pd.read_csv(project["repo"] / "data" / "sample" / "testset_label.txt").img_name
+    assert list(sub.columns) == ["img_name", "y_pred"]
+    assert len(sub) == 12 and sub.img_name.tolist() == names.tolist()
+    assert sub.y_pred.between(0, 1).all() and sub.y_pred.nunique() > 1
+
+
+def test_artifacts_and_logged_models(runs):
+    import mlflow
+
+    from ffdi.models import count_se_modules
+
+    client, exp, (base, se, _) = runs
+    arts = {a.path for a in client.list_artifacts(se.info.run_id, "evaluate")}
+    assert {"evaluate/roc.png", "evaluate/confusion.png", "evaluate/roc.csv"} <= arts
+    assert [a.path for a in client.list_artifacts(se.info.run_id, "predict")] == ["predict/submission.csv"]
+    for run, n_se in ((base, 0), (se, 8)):
+        (logged,) = mlflow.search_logged_models(
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'",
+            output_format="list",
+        )
+        model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
+        assert count_se_modules(model) == n_se
+
+
+def test_dvc_exp_show_lists_both_with_auc(project, runs):
+    _, _, (_, se, seed1) = runs
+    rows = []
+    for entry in project["exp_show"]:
+        for rev in [entry] + [e for exp in entry.get("experiments") or [] for e in exp.get("revs", [])]:
+            data = (rev.get("data") or {})
+            auc = (((data.get("metrics") or {}).get("metrics.json") or {}).get("data") or {}).get("val", {}).get("roc_auc")
+            se_param = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("model", {}).get("se")
+            rows.append((rev.get("name") or rev.get("rev"), se_param, auc))
+    with_auc = [r for r in rows if r[2] is not None]
+    assert {r[1] for r in with_auc} >= {False, True}
+    names = {r[0] for r in with_auc}
+    assert se.data.tags["dvc.exp_name"] in names and seed1.data.tags["dvc.exp_name"] in names
+    assert pytest.approx(project["baseline"]["metrics"]["val"]["roc_auc"]) in [r[2] for r in with_auc if r[1] is False]

@@ -1,0 +1,74 @@
+import pickle
+
+import pytest
+import torch
+from timm.layers import SEModule
+
+from ffdi.config import ModelConfig
+from ffdi.models import WeightsError, build_model, count_se_modules, read_state_dict
+
+
+def test_plain_and_se_variants():
+    plain, se = build_model(ModelConfig()), build_model(ModelConfig(se=True, se_reduction=32))
+    assert count_se_modules(plain) == 0
+    assert count_se_modules(se) == 8  # one per BasicBlock of ResNet-18
+    first = next(m for m in se.modules() if isinstance(m, SEModule))
+    assert first.fc1.out_channels == 64 // 32
+    assert plain(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_se_keeps_every_pretrained_weight(tmp_path):
+    torch.manual_seed(1)
+    donor = build_model(ModelConfig())  # stands in for ImageNet weights
+    path = tmp_path / "resnet18.pt"
+    torch.save(donor.state_dict(), path)
+
+    model = build_model(ModelConfig(se=True, weights=str(path)))
+    own, src = model.state_dict(), donor.state_dict()
+    for key, value in src.items():
+        assert torch.equal(own[key], value), key  # every conv/bn/fc tensor copied
+    fresh = set(own) - set(src)
+    assert fresh and all(".se." in k for k in fresh)
+
+
+def test_checkpoint_style_file_and_head_resize(tmp_path):
+    donor = build_model(ModelConfig())
+    state = donor.state_dict()
+    state["fc.weight"] = torch.zeros(1000, 512)  # an ImageNet head
+    state["fc.bias"] = torch.zeros(1000)
+    torch.save({"model": state, "epoch": 3}, tmp_path / "ckpt.pt")
+    model = build_model(ModelConfig(weights=str(tmp_path / "ckpt.pt")))
+    assert torch.equal(model.conv1.weight, donor.conv1.weight)
+    assert model.fc.weight.shape == (2, 512)
+
+
+def test_wrong_architecture_weights_are_refused(tmp_path):
+    state = build_model(ModelConfig()).state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError, match="layer1.0.conv1.weight"):
+        build_model(ModelConfig(weights=str(tmp_path / "bad.pt")))
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /tmp/ffdi-pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Exploit()}, f)
+    with pytest.raises(WeightsError, match="refused"):
+        read_state_dict(path)
+
+
+def test_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    donor = build_model(ModelConfig())
+    save_file(donor.state_dict(), tmp_path / "w.safetensors")
+    model = build_model(ModelConfig(se=True, weights=str(tmp_path / "w.safetensors")))
+    assert torch.equal(model.layer4[1].conv2.weight, donor.layer4[1].conv2.weight)

@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ffdi import tracking
+from ffdi.config import TrackingConfig
+from tests.conftest import ROOT
+
+
+def run_stage(stage, cwd, params_text):
+    (cwd / "params.yaml").write_text(params_text)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(cwd)}
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "stage, text, message",
+    [
+        ("train", "train:\n  lrr: 0.1\n", "error: params.yaml: unknown key train.lrr (did you mean train.lr?)"),
+        ("train", "train:\n  batch_size: 0\n", "error: params.yaml: train.batch_size must be > 0, got 0"),
+        ("prepare", "data:\n  root: /no/such/dir\n", "error: data.root '/no/such/dir': folder not found"),
+    ],
+)
+def test_stage_errors_are_one_clear_line(tmp_path, stage, text, message):
+    proc = run_stage(stage, tmp_path, text)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in proc.stderr
+    # Nothing written: no MLflow store, no outputs.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_failed_run_is_marked_failed_with_error(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig(experiment="t")
+    with pytest.raises(RuntimeError):
+        with tracking.run(cfg, run_name="boom"):
+            raise RuntimeError("disk on fire")
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (run,) = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["ffdi.error"] == "RuntimeError: disk on fire"
