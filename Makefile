@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test ui clean
+.PHONY: setup run test ui bench-prepare clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ test: setup
 
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+bench-prepare: setup
+	python -m benchmarks.prepare_scale
 
 clean:
 	rm -rf data/sample prepared models reports/mlflow_run.json reports/*.csv reports/*.png metrics.json submission.csv .ffdi

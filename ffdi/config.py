@@ -53,6 +53,7 @@ class DataConfig:
     train_labels: str = "trainset_label.txt"
     val_labels: str = "valset_label.txt"
     test_labels: str = "testset_label.txt"
+    on_bad_image: Literal["error", "skip"] = "error"
 
     def check(self) -> None:
         for key in ("root", "train_dir", "val_dir", "train_labels", "val_labels"):

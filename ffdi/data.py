@@ -10,15 +10,18 @@ import csv
 import hashlib
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from tqdm import tqdm
 
 from ffdi.config import AugmentConfig, DataConfig
 from ffdi.io import write_csv, write_json
@@ -71,7 +74,7 @@ def read_labels(path: str | Path, require_target: bool = True) -> pd.DataFrame:
     names: list[str] = []
     targets: list[int] = []
     seen: dict[str, int] = {}
-    for line, row in body:
+    for line, row in tqdm(body, desc=f"check {path.name}", unit="row", mininterval=1.0, leave=False):
         if len(row) != len(header) and name_col is not None:
             raise DataError(f"{path} line {line}: expected {len(header)} fields, got {len(row)}: {','.join(row)!r}")
         name = row[name_idx].strip()
@@ -189,16 +192,47 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"img_name": str, "target": int, "path": str}, keep_default_na=False)
 
 
+class BadImage(DataError):
+    """An image file that cannot be used: empty, truncated, not an image, or a decompression bomb."""
+
+
 def load_image(path: str, draft_size: Optional[int] = None) -> Image.Image:
-    """Open an image as RGB, honouring EXIF rotation.
+    """Open an image as 8-bit RGB, honouring EXIF rotation; raise BadImage naming the file.
 
     JPEG draft mode decodes at a reduced scale (1/2, 1/4, 1/8) that is still at
     least `draft_size`: a 512 px multiFFDI image bound for 256 px decodes ~2.5x faster.
+    Images over PIL's pixel limit (~89 Mpx) are refused, not decoded: a tiny
+    file can expand to gigabytes.
     """
-    img = Image.open(path)
-    if draft_size and img.format == "JPEG":
-        img.draft("RGB", (draft_size, draft_size))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise BadImage(f"{path}: refused as a possible decompression bomb: {e}") from None
+    except FileNotFoundError:
+        raise BadImage(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        reason = "empty file" if size == 0 else f"cannot decode ({e})"
+        raise BadImage(f"{path}: {reason}") from None
     img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: keep the top 8 bits. PIL's own convert() clips to 255, turning it white.
+        arr = np.asarray(img).astype(np.uint32) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        # Transparent pixels become black, the same for every image.
+        canvas = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(canvas, img)
     return img.convert("RGB")
 
 
@@ -220,17 +254,52 @@ def build_transform(cfg: AugmentConfig, train: bool) -> Callable:
 
 
 class ImageDataset(Dataset):
-    """Images listed in a manifest; yields (tensor, target), target -1 when unknown."""
+    """Images listed in a manifest; item i is (tensor or None, target, i, why-skipped).
 
-    def __init__(self, manifest: pd.DataFrame, transform: Callable, draft_size: Optional[int] = None):
+    With on_bad_image='skip', an unreadable image yields None and a reason instead
+    of raising, so one bad file found mid-epoch cannot end a multi-hour run;
+    `skip_collate` drops it from the batch and passes the reason on.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        transform: Callable,
+        draft_size: Optional[int] = None,
+        on_bad_image: str = "error",
+    ):
         self.paths = manifest.path.tolist()
         self.targets = torch.tensor(manifest.target.to_numpy(), dtype=torch.long)
         self.transform = transform
         self.draft_size = draft_size
+        self.on_bad_image = on_bad_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = load_image(self.paths[i], self.draft_size)
-        return self.transform(img), self.targets[i]
+        try:
+            img = load_image(self.paths[i], self.draft_size)
+        except BadImage as e:
+            if self.on_bad_image == "error":
+                raise
+            return None, self.targets[i], i, str(e)
+        return self.transform(img), self.targets[i], i, ""
+
+
+@dataclass
+class Batch:
+    x: Optional[torch.Tensor]  # None when every image in the batch was skipped
+    y: torch.Tensor
+    index: torch.Tensor
+    skipped: list[tuple[int, str]]  # (dataset index, reason)
+
+
+def skip_collate(items: list) -> Batch:
+    kept = [it for it in items if it[0] is not None]
+    return Batch(
+        x=torch.stack([it[0] for it in kept]) if kept else None,
+        y=torch.stack([it[1] for it in kept]) if kept else torch.zeros(0, dtype=torch.long),
+        index=torch.tensor([it[2] for it in kept], dtype=torch.long),
+        skipped=[(it[2], it[3]) for it in items if it[0] is None],
+    )

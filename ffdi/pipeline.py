@@ -46,6 +46,7 @@ def resume_dir(params: Params, data_hash: str) -> Path:
 
 
 def train(params: Params) -> dict:
+    tracking.check_reachable(params.tracking)
     summary = json.loads((PREPARED / "summary.json").read_text())
     train_m, val_m = read_manifest(PREPARED / "train.csv"), read_manifest(PREPARED / "val.csv")
     state_dir = resume_dir(params, summary["data_hash"])
@@ -80,6 +81,7 @@ def train(params: Params) -> dict:
         import mlflow
 
         mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"]})
+        log_skipped(result["skipped"], "train")
         if params.tracking.log_model:
             model, ckpt = load_checkpoint(state_dir / "best.pt")
             tracking.log_model(model, ckpt["config"]["augment"])
@@ -96,20 +98,34 @@ def _infer(params: Params, manifest: pd.DataFrame, batch_size: int, tta: bool, d
         import torch
 
         model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(manifest, ckpt["augment"], batch_size, params.train.workers, train=False)
-    logits, _ = predict_logits(model, loader, device, channels_last, tta_hflip=tta, desc=desc)
-    return fake_probability(logits), ckpt
+    loader = make_loader(
+        manifest, ckpt["augment"], batch_size, params.train.workers, train=False, on_bad_image=params.data.on_bad_image
+    )
+    return predict_logits(model, loader, device, channels_last, tta_hflip=tta, desc=desc), ckpt
+
+
+def log_skipped(skipped: list, stage: str) -> None:
+    """Under data.on_bad_image=skip: list the skipped files in an artifact, count them in MLflow."""
+    import mlflow
+
+    mlflow.log_metric(f"skipped_images_{stage}", len(skipped))
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable images skipped in {stage}; see skipped_images.csv in MLflow")
+        frame = pd.DataFrame(sorted(set(skipped)), columns=["path", "reason"])
+        mlflow.log_text(frame.to_csv(index=False), f"{stage}/skipped_images.csv")
 
 
 def evaluate(params: Params) -> dict:
     cfg = params.eval
+    tracking.check_reachable(params.tracking)
     val = read_manifest(PREPARED / "val.csv")
-    prob, ckpt = _infer(params, val, cfg.batch_size, tta=False, desc="evaluate")
-    y = val.target.to_numpy()
+    res, ckpt = _infer(params, val, cfg.batch_size, tta=False, desc="evaluate")
+    kept = val.iloc[res.index]
+    prob, y = fake_probability(res.logits), kept.target.to_numpy()
     scores = binary_metrics(y, prob, cfg.threshold, cfg.target_fpr)
 
     predictions = pd.DataFrame(
-        {"img_name": val.img_name, "target": y, "y_pred": prob, "predicted": (prob >= cfg.threshold).astype(int)}
+        {"img_name": kept.img_name, "target": y, "y_pred": prob, "predicted": (prob >= cfg.threshold).astype(int)}
     )
     write_csv(REPORTS / "val_predictions.csv", predictions)
     write_csv(REPORTS / "roc.csv", pd.DataFrame(roc_points(y, prob)))
@@ -122,7 +138,8 @@ def evaluate(params: Params) -> dict:
         "target_fpr": cfg.target_fpr,
         "threshold": cfg.threshold,
         "best_epoch": int(ckpt["epoch"]),
-        "images": int(len(val)),
+        "images": int(len(kept)),
+        "skipped_images": len(res.skipped),
         "confusion": {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])},
     }
     write_json(METRICS, report)
@@ -131,17 +148,26 @@ def evaluate(params: Params) -> dict:
         import mlflow
 
         mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
+        log_skipped(res.skipped, "evaluate")
         for name in ("roc.png", "confusion.png", "roc.csv", "val_predictions.csv"):
             mlflow.log_artifact(str(REPORTS / name), artifact_path="evaluate")
         mlflow.log_artifact(str(METRICS), artifact_path="evaluate")
     return report
 
 
+# What an unreadable test image scores under on_bad_image=skip: a submission needs every row,
+# and 0.5 claims nothing either way.
+UNREADABLE_SCORE = 0.5
+
+
 def predict(params: Params) -> pd.DataFrame:
     cfg = params.predict
+    tracking.check_reachable(params.tracking)
     split = json.loads((PREPARED / "summary.json").read_text())["predict_split"]
     manifest = read_manifest(PREPARED / f"{split}.csv")
-    prob, _ = _infer(params, manifest, cfg.batch_size, tta=cfg.tta_hflip, desc=f"predict {split}")
+    res, _ = _infer(params, manifest, cfg.batch_size, tta=cfg.tta_hflip, desc=f"predict {split}")
+    prob = np.full(len(manifest), UNREADABLE_SCORE)
+    prob[res.index] = fake_probability(res.logits)
     submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
@@ -150,6 +176,7 @@ def predict(params: Params) -> pd.DataFrame:
 
         mlflow.set_tags({"predict.split": split})
         mlflow.log_metric("predict_images", len(submission))
+        log_skipped(res.skipped, "predict")
         mlflow.log_artifact(cfg.out, artifact_path="predict")
     return submission
 
@@ -196,17 +223,34 @@ def _save_fig(fig, out: Path) -> None:
     plt.close(fig)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def stage_main(fn) -> None:
-    """Run a stage; user errors (bad params or data) print one clear line, not a traceback."""
+    """Run a stage; user errors (bad params or data) print one clear line, not a traceback.
+
+    SIGTERM (a scheduler's or `kill`'s stop) is handled like Ctrl-C: the MLflow run
+    is marked KILLED and the last complete epoch stays saved for the rerun.
+    """
+    import signal
     import sys
 
+    signal.signal(signal.SIGTERM, _terminate)
     from ffdi.config import ConfigError, load_params
     from ffdi.data import DataError
     from ffdi.metrics import MetricError
     from ffdi.models import WeightsError
+    from ffdi.tracking import TrackingError
 
     try:
         fn(load_params(os.environ.get("FFDI_PARAMS", "params.yaml")))
-    except (ConfigError, DataError, MetricError, WeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, MetricError, WeightsError, TrackingError, FileNotFoundError) as e:
+        message = str(e).strip()
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep its own last line
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume after the last complete epoch", file=sys.stderr)
+        sys.exit(130)

@@ -22,6 +22,35 @@ from ffdi.io import write_json
 MODEL_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy")
 
 
+class TrackingError(RuntimeError):
+    pass
+
+
+def check_reachable(cfg: TrackingConfig, timeout: float = 5.0) -> None:
+    """Fail in seconds, before any training, if a remote tracking server does not answer.
+
+    MLflow's own client retries with backoff for minutes; a typo in tracking.uri
+    should not cost an epoch of compute before it shows.
+    """
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            r.read()
+    except urllib.error.HTTPError:
+        return  # it answered; auth or routing is MLflow's business
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"tracking.uri {uri}: server unreachable ({reason}). Start it, or set tracking.uri: null "
+            "to use the local SQLite store"
+        ) from None
+
+
 def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 

@@ -11,6 +11,7 @@ import copy
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ffdi.config import AugmentConfig, Params, TrainConfig
-from ffdi.data import ImageDataset, build_transform
+from ffdi.data import ImageDataset, build_transform, skip_collate
 from ffdi.io import torch_save
 from ffdi.metrics import roc_auc
 from ffdi.models import build_model
@@ -53,8 +54,9 @@ def make_loader(
     workers: int,
     train: bool,
     generator: Optional[torch.Generator] = None,
+    on_bad_image: str = "error",
 ) -> DataLoader:
-    dataset = ImageDataset(manifest, build_transform(aug, train=train), draft_size=aug.resize)
+    dataset = ImageDataset(manifest, build_transform(aug, train=train), draft_size=aug.resize, on_bad_image=on_bad_image)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -62,6 +64,7 @@ def make_loader(
         drop_last=False,
         num_workers=workers,
         generator=generator,
+        collate_fn=skip_collate,
         pin_memory=torch.cuda.is_available(),
     )
 
@@ -93,15 +96,21 @@ def train_one_epoch(
     device: torch.device,
     channels_last: bool = True,
     desc: str = "train",
+    skipped: Optional[list] = None,
 ) -> dict[str, float]:
+    """One pass over `loader`. Unreadable images (under on_bad_image=skip) are appended to `skipped`."""
     model.train()
     # Sums stay on the device: no host sync per step.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=1.0, leave=False) as bar:
-        for step, (x, y) in enumerate(loader):
-            x, y = _to_device(x, device, channels_last), y.to(device, non_blocking=True)
+        for step, batch in enumerate(loader):
+            bar.update(len(batch.y) + len(batch.skipped))
+            _note_skipped(loader, batch, skipped)
+            if batch.x is None:
+                continue
+            x, y = _to_device(batch.x, device, channels_last), batch.y.to(device, non_blocking=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -110,12 +119,26 @@ def train_one_epoch(
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
-            bar.update(len(y))
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
     if seen == 0:
-        raise RuntimeError("the training loader yielded no images")
+        raise RuntimeError("the training loader yielded no usable images")
     return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+
+
+def _note_skipped(loader: DataLoader, batch, skipped: Optional[list]) -> None:
+    for i, reason in batch.skipped:
+        tqdm.write(f"skipped: {reason}")
+        if skipped is not None:
+            skipped.append((loader.dataset.paths[i], reason))
+
+
+@dataclass
+class Inference:
+    logits: torch.Tensor  # (N_kept, 2), on the CPU
+    targets: torch.Tensor  # (N_kept,)
+    index: np.ndarray  # dataset rows the logits belong to
+    skipped: list  # (path, reason) of images that could not be read
 
 
 @torch.no_grad()
@@ -126,28 +149,39 @@ def predict_logits(
     channels_last: bool = True,
     tta_hflip: bool = False,
     desc: str = "predict",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, 2) on the CPU and the loader's targets. With TTA, logits are averaged with the mirror's."""
+) -> Inference:
+    """Logits for every readable image of `loader`. With TTA, averaged with the mirror image's."""
     model.eval()
-    out, targets = [], []
+    out, targets, index, skipped = [], [], [], []
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=1.0, leave=False) as bar:
-        for x, y in loader:
-            x = _to_device(x, device, channels_last)
+        for batch in loader:
+            bar.update(len(batch.y) + len(batch.skipped))
+            _note_skipped(loader, batch, skipped)
+            if batch.x is None:
+                continue
+            x = _to_device(batch.x, device, channels_last)
             logits = model(x)
             if tta_hflip:
                 logits = (logits + model(torch.flip(x, dims=[3]))) / 2
             out.append(logits.float().cpu())
-            targets.append(y)
-            bar.update(len(y))
-    return torch.cat(out), torch.cat(targets)
+            targets.append(batch.y)
+            index.append(batch.index)
+    if not out:
+        raise RuntimeError(f"{desc}: no readable images")
+    return Inference(torch.cat(out), torch.cat(targets), torch.cat(index).numpy(), skipped)
 
 
 def fake_probability(logits: torch.Tensor) -> np.ndarray:
     return logits.softmax(1)[:, 1].numpy().astype(np.float64)
 
 
-def validate(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = True) -> dict[str, float]:
-    logits, y = predict_logits(model, loader, device, channels_last, desc="val")
+def validate(
+    model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = True, skipped: Optional[list] = None
+) -> dict[str, float]:
+    res = predict_logits(model, loader, device, channels_last, desc="val")
+    if skipped is not None:
+        skipped.extend(res.skipped)
+    logits, y = res.logits, res.targets
     return {
         "val_loss": F.cross_entropy(logits, y).item(),
         "val_acc": (logits.argmax(1) == y).float().mean().item(),
@@ -172,7 +206,7 @@ def fit(
     """Train for params.train.epochs, keeping `state_dir/last.pt` and `state_dir/best.pt` current.
 
     If `state_dir/last.pt` exists (a killed run with the same config), training
-    resumes after its last complete epoch. Returns {'history', 'best'}.
+    resumes after its last complete epoch. Returns {'history', 'best', 'skipped'}.
     """
     cfg = params.train
     device = select_device(cfg.device)
@@ -185,6 +219,7 @@ def fit(
 
     history: list[dict] = []
     best: dict = {}
+    skipped: list = []  # (path, reason), every epoch's
     last_path, best_path = state_dir / "last.pt", state_dir / "best.pt"
     if last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=True)
@@ -192,12 +227,14 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best = list(state["history"]), dict(state["best"])
+        skipped = [tuple(s) for s in state.get("skipped", [])]
         tqdm.write(f"resuming from {last_path} after epoch {state['epoch']}")
         on_resume(history)
 
     generator = torch.Generator()
-    train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, cfg.workers, True, generator)
-    val_loader = make_loader(val_manifest, params.augment, cfg.batch_size, cfg.workers, False)
+    policy = params.data.on_bad_image
+    train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, cfg.workers, True, generator, policy)
+    val_loader = make_loader(val_manifest, params.augment, cfg.batch_size, cfg.workers, False, None, policy)
     key, maximise = cfg.best_metric, MAXIMISE[cfg.best_metric]
 
     for epoch in range(len(history), cfg.epochs):
@@ -205,8 +242,13 @@ def fit(
         generator.manual_seed(cfg.seed * 1000 + epoch)
         t0 = time.perf_counter()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(train_one_epoch(model, train_loader, optimizer, device, cfg.channels_last, f"epoch {epoch}"))
-        row.update(validate(model, val_loader, device, cfg.channels_last))
+        epoch_skipped: list = []
+        row.update(
+            train_one_epoch(model, train_loader, optimizer, device, cfg.channels_last, f"epoch {epoch}", epoch_skipped)
+        )
+        row.update(validate(model, val_loader, device, cfg.channels_last, epoch_skipped))
+        row["skipped_images"] = len(epoch_skipped)
+        skipped = sorted(set(skipped) | set(epoch_skipped))
         scheduler.step()
         row["epoch_seconds"] = time.perf_counter() - t0
         history.append(row)
@@ -224,7 +266,10 @@ def fit(
                 "epoch": epoch,
                 "history": history,
                 "best": best,
+                "skipped": skipped,
                 "config": model_config(params),
+                # Each epoch reseeds from (seed, epoch); the state is kept for inspection.
+                "rng": {"torch": torch.get_rng_state(), "seed": cfg.seed, "epoch": epoch},
             },
         )
         tqdm.write(
@@ -232,7 +277,7 @@ def fit(
             f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s)"
         )
         on_epoch(row)
-    return {"history": history, "best": best}
+    return {"history": history, "best": best, "skipped": skipped}
 
 
 def checkpoint(model: nn.Module, params: Params, epoch: int, metrics: dict) -> dict:

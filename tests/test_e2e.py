@@ -5,19 +5,15 @@ then `dvc exp run --temp`; the tests below inspect what each left behind.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from sklearn import metrics as skm
 
-from tests.conftest import ROOT
+from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
@@ -30,48 +26,13 @@ TINY_PARAMS = {
 }
 
 
-def sh(cmd: list[str], cwd: Path, env: dict) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
-    return proc.stdout
-
-
-def project_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split("\n")
-    return [f for f in out if f and (ROOT / f).is_file()]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("project")
-    for rel in project_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    for stale in ("dvc.lock", "metrics.json", "submission.csv"):
-        (repo / stale).unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for group, values in TINY_PARAMS.items():
-        params[group].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", TQDM_DISABLE="1",
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e.st", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e.st",
-    )
-    git = lambda *a: sh(["git", *a], repo, env).strip()  # noqa: E731
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("commit", "-q", "-m", "project")
-
-    sh(["dvc", "repro"], repo, env)
+    p = make_project(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS)
+    repo = p.repo
+    p.sh("dvc", "repro")
     baseline = {
-        "commit": git("rev-parse", "HEAD"),
+        "commit": p.out("git", "rev-parse", "HEAD"),
         "metrics": json.loads((repo / "metrics.json").read_text()),
         "submission": pd.read_csv(repo / "submission.csv", dtype={"img_name": str}),
         "val_predictions": pd.read_csv(repo / "reports" / "val_predictions.csv"),
@@ -79,24 +40,16 @@ def project(tmp_path_factory):
         # Later experiments overwrite the workspace checkpoint; keep the baseline's.
         "model": Path(shutil.copy2(repo / "models" / "model.pt", repo.parent / "baseline_model.pt")),
     }
-    git("add", "-A")
-    git("commit", "-q", "-m", "baseline run")
-    baseline["exp_commit"] = git("rev-parse", "HEAD")
-    sh(["dvc", "exp", "run", "-S", "model.se=true"], repo, env)
-    sh(["dvc", "exp", "run", "--temp", "-S", "train.seed=1"], repo, env)
-    exp_show = json.loads(sh(["dvc", "exp", "show", "--json"], repo, env))
-    return {"repo": repo, "env": env, "baseline": baseline, "exp_show": exp_show}
+    baseline["exp_commit"] = p.commit("baseline run")
+    p.sh("dvc", "exp", "run", "-S", "model.se=true")
+    p.sh("dvc", "exp", "run", "--temp", "-S", "train.seed=1")
+    exp_show = json.loads(p.out("dvc", "exp", "show", "--json"))
+    return {"repo": repo, "baseline": baseline, "exp_show": exp_show}
 
 
 @pytest.fixture(scope="module")
 def runs(project):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{project['repo'] / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("ffdi")
-    found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-    return client, exp, found
+    return mlflow_runs(project["repo"])
 
 
 def test_three_finished_runs_in_one_store(project, runs):
@@ -159,8 +112,9 @@ def test_metrics_match_sklearn_and_the_model(project, runs):
     model, ckpt = load_checkpoint(b["model"])
     manifest = read_manifest(project["repo"] / "prepared" / "val.csv")
     manifest["path"] = [str(project["repo"] / p) for p in manifest.path]
-    logits, _ = predict_logits(model, make_loader(manifest, ckpt["augment"], 32, 0, train=False), "cpu", False)
-    own = fake_probability(logits)
+    res = predict_logits(model, make_loader(manifest, ckpt["augment"], 32, 0, train=False), "cpu", False)
+    assert res.index.tolist() == list(range(len(manifest))) and not res.skipped
+    own = fake_probability(res.logits)
     np.testing.assert_allclose(own, p, atol=1e-5)
 
     # MLflow holds the same final numbers as metrics.json.

@@ -34,6 +34,41 @@ def test_stage_errors_are_one_clear_line(tmp_path, stage, text, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once closed
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path):
+    import time
+
+    port = closed_port()
+    t0 = time.monotonic()
+    proc = run_stage("train", tmp_path, f"tracking:\n  uri: http://127.0.0.1:{port}\n")
+    assert time.monotonic() - t0 < 30  # MLflow's own retries would take minutes
+    assert proc.returncode == 1
+    assert f"error: tracking.uri http://127.0.0.1:{port}: server unreachable" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_skipped_images_are_listed_and_counted(tmp_path, monkeypatch):
+    import mlflow
+
+    from ffdi.pipeline import log_skipped
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with tracking.run(TrackingConfig(experiment="s")) as run:
+        log_skipped([("/d/b.jpg", "/d/b.jpg: empty file"), ("/d/a.jpg", "/d/a.jpg: cannot decode")], "train")
+    client = mlflow.MlflowClient()
+    assert client.get_run(run.info.run_id).data.metrics["skipped_images_train"] == 2
+    text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/train/skipped_images.csv")
+    assert text.splitlines() == ["path,reason", "/d/a.jpg,/d/a.jpg: cannot decode", "/d/b.jpg,/d/b.jpg: empty file"]
+
+
 def test_failed_run_is_marked_failed_with_error(tmp_path, monkeypatch):
     import mlflow
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -66,3 +68,35 @@ def test_best_by_loss_picks_minimum(tiny_data, manifests, tmp_path):
     assert result["best"]["epoch"] == losses.index(min(losses))
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ckpt["metrics"]["val_loss"] == min(losses)
+
+
+def corrupt(manifest, tmp_path):
+    """Copy of `manifest` whose rows 3 and 7 point at a zero-byte and a truncated JPEG."""
+    m = manifest.copy()
+    empty, cut = tmp_path / "empty.jpg", tmp_path / "cut.jpg"
+    empty.write_bytes(b"")
+    cut.write_bytes(open(m.path[0], "rb").read()[:200])
+    m.loc[3, "path"], m.loc[7, "path"] = str(empty), str(cut)
+    return m, {str(empty), str(cut)}
+
+
+def test_skip_policy_survives_bad_images_in_worker_processes(tiny_data, manifests, tmp_path):
+    train_m, val_m = manifests
+    train_bad, bad_paths = corrupt(train_m, tmp_path)
+    (tmp_path / "v").mkdir()
+    val_bad, val_paths = corrupt(val_m, tmp_path / "v")
+    params = tiny_params(tiny_data, workers=2)
+    params = replace(params, data=replace(params.data, on_bad_image="skip"))
+    result = fit(params, train_bad, val_bad, tmp_path / "state")
+    assert len(result["history"]) == 2
+    assert {p for p, _ in result["skipped"]} == bad_paths | val_paths
+    reasons = dict(result["skipped"])
+    assert any("empty file" in r for r in reasons.values()) and any("cannot decode" in r for r in reasons.values())
+    assert [r["skipped_images"] for r in result["history"]] == [4, 4]
+
+
+def test_error_policy_names_the_bad_file(tiny_data, manifests, tmp_path):
+    train_bad, bad_paths = corrupt(manifests[0], tmp_path)
+    with pytest.raises(Exception) as e:
+        fit(tiny_params(tiny_data, workers=2), train_bad, manifests[1], tmp_path / "state")
+    assert any(p in str(e.value) for p in bad_paths)

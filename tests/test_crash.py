@@ -1,0 +1,88 @@
+"""Crashes lose nothing: a real SIGKILL and a real SIGTERM of a real `dvc repro`, then a rerun."""
+
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from ffdi.io import torch_save
+from tests.project import make_project, mlflow_runs
+
+pytestmark = pytest.mark.slow
+
+# Epochs long enough (~2 s) to be killed in the middle of one.
+CRASH_PARAMS = {
+    "sample": {"n_train": 480, "n_val": 64, "n_test": 8, "size": 32, "seed": 11},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 3, "batch_size": 16, "workers": 0},
+    "tracking": {"log_model": False},
+}
+COMPARE = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
+
+
+def wait_for(predicate, timeout=120.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def saved_epoch(repo):
+    """The last epoch saved in the resume state, or -1."""
+    states = list((repo / ".ffdi" / "resume").glob("*/last.pt"))
+    if not states:
+        return -1
+    try:
+        return torch.load(states[0], weights_only=True)["epoch"]
+    except Exception:  # replaced while we read it
+        return -1
+
+
+def test_sigkill_then_sigterm_then_rerun_matches_uninterrupted(tmp_path):
+    straight = make_project(tmp_path / "straight", CRASH_PARAMS)
+    straight.sh("dvc", "repro", "train")
+    expected = pd.read_csv(straight.repo / "reports" / "history.csv")[COMPARE]
+
+    p = make_project(tmp_path / "crashy", CRASH_PARAMS)
+    p.sh("dvc", "repro", "prepare")
+
+    # 1. SIGKILL dvc and the stage together, in the middle of epoch 1.
+    proc = p.popen("dvc", "repro", "train", log=tmp_path / "kill.log")
+    wait_for(lambda: saved_epoch(p.repo) >= 0, what="epoch 0 to be saved")
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert saved_epoch(p.repo) == 0, "the kill should land inside epoch 1"
+    _, _, runs = mlflow_runs(p.repo)
+    assert [r.info.status for r in runs] == ["RUNNING"]  # nothing could mark it
+
+    # 2. Rerun; SIGTERM it inside the next epoch: it stops cleanly and says so in MLflow.
+    proc = p.popen("dvc", "repro", "train", log=tmp_path / "term.log")
+    wait_for(lambda: saved_epoch(p.repo) >= 1, what="epoch 1 to be saved")
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    log = (tmp_path / "term.log").read_text()
+    assert "resuming from" in log and "after epoch 0" in log, log
+    client, _, runs = mlflow_runs(p.repo)
+    wait_for(lambda: client.get_run(runs[0].info.run_id).info.status == "KILLED", 30, "run marked KILLED")
+    assert len(runs) == 1  # resumed into the same run, not a new one
+    assert saved_epoch(p.repo) == 1
+
+    # 3. Rerun to the end: same numbers as the uninterrupted run, one MLflow run, no duplicate epochs.
+    out = p.sh("dvc", "repro", "train").stdout
+    assert "after epoch 1" in out
+    got = pd.read_csv(p.repo / "reports" / "history.csv")[COMPARE]
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    client, _, runs = mlflow_runs(p.repo)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    for key in ("val_auc", "train_loss"):
+        history = client.get_metric_history(runs[0].info.run_id, key)
+        assert sorted(m.step for m in history) == [0, 1, 2], key
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected[key].tolist())
+    assert not list((p.repo / ".ffdi" / "resume").iterdir())  # state dropped once done
