@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test ui bench-prepare clean
+.PHONY: setup browser run test ui compare bench-prepare clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,22 @@ run: setup
 	@echo "submission: $$(grep -c . submission.csv) lines in submission.csv (with header)"
 	@echo "browse runs: make ui  ->  http://127.0.0.1:$(PORT)"
 
-test: setup
+# The MLflow UI test drives Debian's chromium. Installing it needs apt-get and root;
+# where that fails the test says why and skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt-get (for the MLflow UI test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "note: could not install chromium; the browser test will be skipped"; }
+
+test: setup browser
 	$(VENV)/bin/python -m pytest
 
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+compare: setup
+	python -m ffdi.compare $(ARGS)
 
 bench-prepare: setup
 	python -m benchmarks.prepare_scale

@@ -84,7 +84,7 @@ def train(params: Params) -> dict:
         log_skipped(result["skipped"], "train")
         if params.tracking.log_model:
             model, ckpt = load_checkpoint(state_dir / "best.pt")
-            tracking.log_model(model, ckpt["config"]["augment"])
+            tracking.log_model(model, ckpt["config"]["augment"], step=int(ckpt["epoch"]))
         finish(state_dir, MODEL)
         tracking.write_run_ref(RUN_REF, run_id, params.tracking.experiment)
     return best

@@ -18,6 +18,11 @@ from typing import Any, Iterator, Optional
 from ffdi.config import Params, TrackingConfig, flatten
 from ffdi.io import write_json
 
+# MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
+# this one makes it show the runs table and metric charts of model training.
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
+
 # The model's runtime needs, recorded with it; passing them skips MLflow's slow inference.
 MODEL_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy")
 
@@ -67,22 +72,38 @@ def artifact_root() -> str:
     return (project_root() / "mlartifacts").as_uri()
 
 
+@contextlib.contextmanager
+def store_lock(timeout: float = 120.0) -> Iterator[None]:
+    """Serialise the few heavy writes to a local SQLite store across processes.
+
+    `dvc queue start -j N` runs N pipelines at once against one mlflow.db. The
+    first ones race to create the tables and the experiment ("table already
+    exists", "database is locked"); run starts and ends are short transactions
+    that we also serialise. Per-metric writes rely on SQLite's busy timeout.
+    """
+    from filelock import FileLock
+
+    path = project_root() / ".ffdi" / "mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=timeout):
+        yield
+
+
 def setup(cfg: TrackingConfig) -> str:
     """Point MLflow at the store; return the experiment id, creating the experiment if new."""
     import mlflow
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
+    with store_lock():
+        client = mlflow.MlflowClient()  # creates or migrates the tables on first use
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            location = artifact_root() if uri.startswith("sqlite:") else None
+            return client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
+        if exp.tags.get(KIND_TAG) is None:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
         return exp.experiment_id
-    location = artifact_root() if uri.startswith("sqlite:") else None
-    try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        # Another queued experiment created it between our lookup and create.
-        return client.get_experiment_by_name(cfg.experiment).experiment_id
 
 
 @contextlib.contextmanager
@@ -91,19 +112,27 @@ def run(cfg: TrackingConfig, run_id: Optional[str] = None, run_name: Optional[st
     import mlflow
 
     experiment_id = setup(cfg)
-    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
+    with store_lock():
+        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
     try:
         yield active
     except KeyboardInterrupt:
-        mlflow.set_tag("ffdi.error", "interrupted")
-        mlflow.end_run("KILLED")
+        _end("KILLED", "interrupted")
         raise
     except BaseException as e:
-        mlflow.set_tag("ffdi.error", f"{type(e).__name__}: {e}"[:5000])
-        mlflow.end_run("FAILED")
+        _end("FAILED", f"{type(e).__name__}: {e}"[:5000])
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end("FINISHED")
+
+
+def _end(status: str, error: Optional[str] = None) -> None:
+    import mlflow
+
+    with store_lock():
+        if error:
+            mlflow.set_tag("ffdi.error", error)
+        mlflow.end_run(status)
 
 
 def run_name(params: Params) -> str:
@@ -111,6 +140,9 @@ def run_name(params: Params) -> str:
     if exp:
         return exp
     return f"{params.model.arch}{'-se' if params.model.se else ''}-seed{params.train.seed}"
+
+
+CODE_PATHS = ("ffdi", "stages", "dvc.yaml", "requirements.txt")
 
 
 def git_info(root: Path) -> dict[str, str]:
@@ -123,25 +155,69 @@ def git_info(root: Path) -> dict[str, str]:
             return ""
 
     commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # Dirty means the *code* differs from the commit. Outputs that the pipeline rewrites and
+    # params.yaml (which `dvc exp run -S` edits, and which is logged in full) don't count.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower() if commit else "unknown"}
 
 
 def start_tags(params: Params, data_hash: str) -> dict[str, str]:
     return {
+        "ffdi.kind": "pipeline",
         **git_info(Path.cwd()),
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "data.hash": data_hash,
         "data.root": params.data.root,
         "model.variant": f"{params.model.arch}{'-se' if params.model.se else ''}",
+        **dvc_lock_hashes(),
     }
 
 
+def dvc_lock_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The md5s DVC recorded for the data and the prepared manifests of this run.
+
+    The stage runs in the experiment's own copy under `--temp/--queue`, whose
+    dvc.lock DVC updates stage by stage, so cwd's dvc.lock is this run's.
+    """
+    import yaml
+
+    try:
+        prepare = yaml.safe_load(lock.read_text())["stages"]["prepare"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+    tags = {}
+    for dep in prepare.get("deps", []):
+        if not dep["path"].endswith(".py"):
+            tags["dvc.data_md5"] = dep.get("md5", "")
+    for out in prepare.get("outs", []):
+        tags["dvc.prepared_md5"] = out.get("md5", "")
+    return tags
+
+
+def environment_report() -> str:
+    """Python, platform and every installed distribution with its version."""
+    import platform
+    from importlib.metadata import distributions
+
+    import torch
+
+    lines = [
+        f"# python {platform.python_version()} on {platform.platform()}",
+        f"# torch {torch.__version__}, cuda available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}",
+    ]
+    pkgs = sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}, key=str.lower)
+    return "\n".join(lines + pkgs) + "\n"
+
+
 def log_params(params: Params) -> None:
+    """All params, flattened, plus the resolved params file and the package versions as artifacts."""
     import mlflow
+    import yaml
 
     flat = {k: ("null" if v is None else v) for k, v in flatten(params.to_dict()).items()}
     mlflow.log_params(flat)
+    mlflow.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "reproduce/params.yaml")
+    mlflow.log_text(environment_report(), "reproduce/packages.txt")
 
 
 def log_epoch(row: dict, logged_steps: set[int]) -> None:
@@ -162,12 +238,13 @@ def logged_steps(run_id: str, key: str = "val_auc") -> set[int]:
     return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
 
 
-def log_model(model: Any, augment: dict) -> str:
+def log_model(model: Any, augment: dict, step: int = 0) -> str:
     """Log the model as an MLflow LoggedModel; return its models:/ URI.
 
     Pickle format, not MLflow 3's torch.export default: users get back the timm
     module itself (SE blocks and all) and any batch size, not a traced graph.
-    The preprocessing it expects travels in the model's metadata.
+    The preprocessing it expects travels in the model's metadata. `step` is the
+    epoch it comes from: MLflow shows the run's metrics at that step on the model's page.
     """
     import mlflow
     import numpy as np
@@ -181,6 +258,7 @@ def log_model(model: Any, augment: dict) -> str:
         input_example=example,
         pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS],
         serialization_format="pickle",
+        step=step,
         metadata={"preprocess": augment, "output": "logits (N, 2); softmax[:, 1] = probability of fake"},
     )
     return info.model_uri

@@ -5,6 +5,7 @@ then `dvc exp run --temp`; the tests below inspect what each left behind.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from tests.conftest import ROOT
 from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -41,6 +43,7 @@ def project(tmp_path_factory):
         "model": Path(shutil.copy2(repo / "models" / "model.pt", repo.parent / "baseline_model.pt")),
     }
     baseline["exp_commit"] = p.commit("baseline run")
+    baseline["rerun"] = p.out("dvc", "repro")  # nothing changed: nothing may run
     p.sh("dvc", "exp", "run", "-S", "model.se=true")
     p.sh("dvc", "exp", "run", "--temp", "-S", "train.seed=1")
     exp_show = json.loads(p.out("dvc", "exp", "show", "--json"))
@@ -58,6 +61,39 @@ def test_three_finished_runs_in_one_store(project, runs):
     assert exp.artifact_location == (project["repo"] / "mlartifacts").as_uri()
     # The --temp run executed in .dvc/tmp; nothing may be stored there.
     assert not list((project["repo"] / ".dvc").rglob("mlflow.db"))
+
+
+def test_repro_with_nothing_changed_runs_nothing(project, runs):
+    out = project["baseline"]["rerun"]
+    for stage in ("sample", "prepare", "train", "evaluate", "predict"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "Running stage" not in out
+    _, _, found = runs
+    assert len(found) == 3  # repro, exp run, exp run --temp: the no-op rerun made none
+
+
+def test_each_run_records_what_reproduces_it(project, runs):
+    from importlib.metadata import version
+
+    import mlflow
+    import yaml
+
+    client, _, (base, se, seed1) = runs
+    lock = yaml.safe_load((project["repo"] / "dvc.lock").read_text())["stages"]["prepare"]
+    prepared_md5 = next(o["md5"] for o in lock["outs"] if o["path"] == "prepared")
+    data_md5 = next(d["md5"] for d in lock["deps"] if d["path"] == "data/sample")
+    for run in (base, se, seed1):
+        tags = run.data.tags
+        assert tags["dvc.prepared_md5"] == prepared_md5 and tags["dvc.data_md5"] == data_md5
+        assert tags["git.dirty"] in ("true", "false")
+        params = yaml.safe_load(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/reproduce/params.yaml"))
+        assert params["model"]["se"] == (run.data.params["model.se"] == "True")
+        assert params["train"]["seed"] == int(run.data.params["train.seed"])
+        packages = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/reproduce/packages.txt").splitlines()
+        for dist in ("torch", "timm", "mlflow", "dvc"):
+            assert f"{dist}=={version(dist)}" in packages
+    # Code as committed. -S edits params.yaml, but params are logged in full, so that is not "dirty".
+    assert base.data.tags["git.dirty"] == "false" and se.data.tags["git.dirty"] == "false"
 
 
 def test_params_differ_only_where_asked(runs):
@@ -164,3 +200,95 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
     names = {r[0] for r in with_auc}
     assert se.data.tags["dvc.exp_name"] in names and seed1.data.tags["dvc.exp_name"] in names
     assert pytest.approx(project["baseline"]["metrics"]["val"]["roc_auc"]) in [r[2] for r in with_auc if r[1] is False]
+
+
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    # The machine has no internet: without these Chromium keeps dialling Google's hosts.
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(project):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    log = open(project["repo"].parent / "mlflow-server.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{project['repo'] / 'mlflow.db'}"],
+        cwd=project["repo"], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            break
+        except OSError:
+            assert server.poll() is None, (project["repo"].parent / "mlflow-server.log").read_text()
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("Debian's chromium is not installed here (`make test` installs it with apt-get where it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    import mlflow
+
+    _, exp, (base, se, _) = runs
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id], filter_string=f"source_run_id = '{se.info.run_id}'", output_format="list"
+    )
+    SCREENSHOTS.mkdir(exist_ok=True)
+    app = f"{mlflow_server}/#/experiments/{exp.experiment_id}"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            # 1. The experiment lists the baseline and the SE run.
+            page.goto(f"{app}/runs")
+            for run in (base, se):
+                page.get_by_role("link", name=run.info.run_name, exact=True).first.wait_for(timeout=60_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow-runs.png")
+
+            # 2. A run page charts val_auc over epochs (x axis: Step).
+            page.goto(f"{app}/runs/{se.info.run_id}/model-metrics")
+            page.get_by_placeholder("Search metric charts").fill("val_auc")
+            chart_title = page.get_by_text("val_auc", exact=True).first
+            chart_title.wait_for(timeout=60_000)
+            page.get_by_text("Step", exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow-val-auc.png")
+
+            # 3. The model is there: its page names it and its source run, and the run has its artifacts.
+            page.goto(f"{app}/models/{logged.model_id}")
+            page.get_by_text(se.info.run_name).first.wait_for(timeout=60_000)
+            assert logged.name in page.inner_text("body")
+            page.screenshot(path=SCREENSHOTS / "mlflow-model.png")
+            page.goto(f"{app}/runs/{se.info.run_id}/artifacts")
+            for folder in ("evaluate", "predict"):
+                page.get_by_text(folder, exact=True).first.wait_for(timeout=60_000)
+        except Exception:
+            page.screenshot(path=SCREENSHOTS / "mlflow-failure.png")
+            raise
+        finally:
+            browser.close()

@@ -1,0 +1,264 @@
+"""Compare the runs of an MLflow experiment, grouped by the params that differ between them.
+
+On small data the seed alone moves AUC by points, so a single run per variant
+settles nothing. Per group this reports the mean and spread over seeds, and
+for each group against the reference group a paired bootstrap confidence
+interval of the val-AUC difference, resampling the same val images for both
+groups. If the interval excludes 0, the gap is not image-sampling noise.
+
+    python -m ffdi.compare [--experiment ffdi] [--by model.se] [--out reports/compare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ffdi import tracking
+from ffdi.config import TrackingConfig
+from ffdi.io import write_csv, write_text
+
+# Params that vary between runs of the same variant rather than define one.
+REPLICATE_KEYS = ("train.seed",)
+SUMMARY_METRICS = {"eval_roc_auc": "val AUC", "eval_tpr_at_fpr": "TPR@FPR", "eval_accuracy": "accuracy"}
+
+
+class CompareError(ValueError):
+    pass
+
+
+@dataclass
+class Run:
+    run_id: str
+    name: str
+    params: dict
+    metrics: dict
+    artifact_uri: str
+
+
+def finished_pipeline_runs(experiment: str) -> list[Run]:
+    import mlflow
+
+    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    if exp is None:
+        raise CompareError(f"no MLflow experiment named {experiment!r} in {mlflow.get_tracking_uri()}")
+    found = mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"]
+    )
+    runs = [
+        Run(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics), r.info.artifact_uri)
+        for r in found
+        if r.data.tags.get("ffdi.kind") != "compare" and "eval_roc_auc" in r.data.metrics
+    ]
+    if not runs:
+        raise CompareError(f"experiment {experiment!r} has no finished, evaluated runs to compare")
+    return runs
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    keys = sorted(set().union(*(r.params for r in runs)))
+    return [k for k in keys if k not in REPLICATE_KEYS and len({r.params.get(k) for r in runs}) > 1]
+
+
+def group_runs(runs: list[Run], by: list[str]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        label = ", ".join(f"{k}={r.params.get(k)}" for k in by) if by else "all runs"
+        groups.setdefault(label, []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def summary_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
+    rows = []
+    for label, runs in groups.items():
+        row = {"group": label, "runs": len(runs), "seeds": ",".join(sorted(r.params.get("train.seed", "?") for r in runs))}
+        for key, name in SUMMARY_METRICS.items():
+            values = np.array([r.metrics[key] for r in runs if key in r.metrics])
+            row[f"{name} mean"] = values.mean()
+            row[f"{name} sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def val_predictions(run: Run) -> pd.DataFrame:
+    import mlflow
+
+    text = mlflow.artifacts.load_text(f"{run.artifact_uri}/evaluate/val_predictions.csv")
+    return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
+
+
+def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Targets and, per group, an (n_runs, n_images) matrix of P(fake) over the same val images."""
+    frames = {r.run_id: val_predictions(r).set_index("img_name") for runs in groups.values() for r in runs}
+    names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    if not names or any(len(f) != len(names) for f in frames.values()):
+        raise CompareError("runs were evaluated on different val images; compare runs of the same data only")
+    y = frames[next(iter(frames))].loc[names, "target"].to_numpy()
+    probs = {label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs]) for label, runs in groups.items()}
+    return y, probs
+
+
+def mean_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    return float(np.mean([roc_auc_score(y, p) for p in probs]))
+
+
+def bootstrap_auc_difference(
+    y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Paired bootstrap of mean-over-runs AUC(b) - AUC(a), resampling val images with replacement.
+
+    Both groups see the same resampled images, so image difficulty cancels out.
+    Resamples with a single class (AUC undefined) are drawn again.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    diffs = []
+    while len(diffs) < n_boot:
+        idx = rng.integers(0, n, n)
+        if y[idx].min() == y[idx].max():
+            continue
+        diffs.append(mean_auc(y[idx], probs_b[:, idx]) - mean_auc(y[idx], probs_a[:, idx]))
+    diffs = np.array(diffs)
+    alpha = (1 - level) / 2
+    return {
+        "difference": mean_auc(y, probs_b) - mean_auc(y, probs_a),
+        "ci_low": float(np.quantile(diffs, alpha)),
+        "ci_high": float(np.quantile(diffs, 1 - alpha)),
+        "share_below_zero": float((diffs < 0).mean()),
+        "n_boot": n_boot,
+        "level": level,
+    }
+
+
+def plot_curves(groups: dict[str, list[Run]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, runs) in enumerate(groups.items()):
+        for j, r in enumerate(runs):
+            for ax, key in zip(axes, ("val_auc", "val_loss")):
+                hist = sorted(client.get_metric_history(r.run_id, key), key=lambda m: m.step)
+                ax.plot([m.step for m in hist], [m.value for m in hist], color=colours[i % len(colours)],
+                        alpha=0.8, label=label if j == 0 else None, marker="o", ms=3)
+    for ax, key in zip(axes, ("val AUC", "val loss")):
+        ax.set(xlabel="epoch", ylabel=key, title=f"{key} per epoch, one line per run")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_roc(y: np.ndarray, probs: dict[str, np.ndarray], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, p) in enumerate(probs.items()):
+        for j, run_probs in enumerate(p):
+            fpr, tpr, _ = roc_curve(y, run_probs)
+            ax.plot(fpr, tpr, color=colours[i % len(colours)], alpha=0.7, label=f"{label} (mean AUC {mean_auc(y, p):.4f})" if j == 0 else None)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on val, one line per run")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from ffdi.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict]) -> str:
+    lines = [f"# Comparison of experiment `{experiment}`", "", f"Grouped by: {', '.join(by) or '(nothing differs)'}; "
+             f"spread is the standard deviation over runs (seeds).", "", "| group | runs | seeds | " +
+             " | ".join(f"{n} (mean ± sd)" for n in SUMMARY_METRICS.values()) + " |", "|---|---:|---|" + "---:|" * len(SUMMARY_METRICS)]
+    for _, row in table.iterrows():
+        cells = [f"{row[f'{n} mean']:.4f} ± {row[f'{n} sd']:.4f}" for n in SUMMARY_METRICS.values()]
+        lines.append(f"| {row['group']} | {row['runs']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    if diffs:
+        lines += ["", "## Val-AUC difference against the reference group", "",
+                  "Paired bootstrap over val images (the same resampled images for both groups); AUC averaged over each group's runs.", "",
+                  "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
+        for label, d in diffs.items():
+            verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
+            lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+    lines += ["", "![per-epoch curves](curves.png)", "", "![ROC curves](roc.png)", ""]
+    return "\n".join(lines)
+
+
+def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_boot: int = 1000, log: bool = True) -> dict:
+    import mlflow
+
+    tracking.setup(cfg)
+    runs = finished_pipeline_runs(cfg.experiment)
+    by = by or varying_keys(runs)
+    groups = group_runs(runs, by)
+    table = summary_table(groups)
+    y, probs = aligned_predictions(groups)
+    labels = list(groups)
+    diffs = {}
+    for label in labels[1:]:
+        d = bootstrap_auc_difference(y, probs[labels[0]], probs[label], n_boot=n_boot)
+        diffs[label] = {"reference": labels[0], **d}
+
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(groups, out / "curves.png")
+    plot_roc(y, probs, out / "roc.png")
+    write_csv(out / "summary.csv", table)
+    markdown = render_markdown(cfg.experiment, by, table, diffs)
+    write_text(out / "report.md", markdown)
+    if log:
+        with tracking.run(cfg, run_name="compare") as run:
+            mlflow.set_tags({"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)})
+            mlflow.log_artifacts(str(out), artifact_path="compare")
+    return {"by": by, "table": table, "diffs": diffs, "markdown": markdown}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from ffdi.config import load_params
+
+    ap = argparse.ArgumentParser(prog="python -m ffdi.compare", description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
+    ap.add_argument("--by", nargs="*", help="params to group by (default: every param that differs, except the seed)")
+    ap.add_argument("--out", type=Path, default=Path("reports/compare"))
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = ap.parse_args(argv)
+    cfg = load_params().tracking if Path("params.yaml").exists() else TrackingConfig()
+    if args.experiment:
+        cfg = TrackingConfig(experiment=args.experiment, uri=cfg.uri, log_model=cfg.log_model)
+    try:
+        result = compare(cfg, args.out, args.by, args.boot, log=not args.no_log)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(result["markdown"])
+    print(f"written to {args.out}/ (report.md, curves.png, roc.png, summary.csv)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ffdi.compare import Run, bootstrap_auc_difference, group_runs, varying_keys
+
+
+def scores(rng, y, signal, runs=3):
+    return np.stack([np.clip(signal * y + rng.normal(0.5 - signal / 2, 0.25, len(y)), 0, 1) for _ in range(runs)])
+
+
+def test_bootstrap_separates_a_real_gap_from_noise():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    weak, strong = scores(rng, y, 0.2), scores(rng, y, 0.6)
+    gap = bootstrap_auc_difference(y, weak, strong, n_boot=300)
+    expected = np.mean([roc_auc_score(y, p) for p in strong]) - np.mean([roc_auc_score(y, p) for p in weak])
+    assert gap["difference"] == pytest.approx(expected)
+    assert 0 < gap["ci_low"] < gap["difference"] < gap["ci_high"]
+
+    same = bootstrap_auc_difference(y, weak, weak[::-1], n_boot=300)
+    assert same["difference"] == pytest.approx(0, abs=1e-12)
+    assert same["ci_low"] <= 0 <= same["ci_high"]
+
+
+def test_grouping_ignores_seed():
+    runs = [
+        Run(str(i), f"r{i}", {"model.se": se, "train.seed": seed, "train.lr": "0.001"}, {}, "")
+        for i, (se, seed) in enumerate([("False", "1"), ("False", "2"), ("True", "1"), ("True", "2")])
+    ]
+    assert varying_keys(runs) == ["model.se"]
+    groups = group_runs(runs, ["model.se"])
+    assert {k: [r.run_id for r in v] for k, v in groups.items()} == {"model.se=False": ["0", "1"], "model.se=True": ["2", "3"]}

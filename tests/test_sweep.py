@@ -1,0 +1,95 @@
+"""A queued sweep run two at a time: every run lands, complete, in the one MLflow store."""
+
+import itertools
+import json
+import re
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.project import make_project, mlflow_runs
+
+pytestmark = pytest.mark.slow
+
+SWEEP_PARAMS = {
+    "sample": {"n_train": 64, "n_val": 32, "n_test": 4, "size": 32, "seed": 2},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "tracking": {"log_model": False},
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("sweep") / "repo", SWEEP_PARAMS)
+    p.sh("dvc", "exp", "run", "--queue", "-S", "model.se=false,true", "-S", "train.seed=1,2,3")
+    try:
+        p.sh("dvc", "queue", "start", "-j", "2")
+        deadline = time.monotonic() + 600
+        while True:
+            status = p.out("dvc", "queue", "status")
+            if not any(s in status for s in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        p.sh("dvc", "queue", "stop", check=False)
+    return p, status
+
+
+def test_queue_sweep_lands_all_six_runs(sweep):
+    p, status = sweep
+    assert "Failed" not in status, status
+    commit = p.out("git", "rev-parse", "HEAD")
+    client, exp, runs = mlflow_runs(p.repo)
+    assert len(runs) == 6, [r.info.run_name for r in runs]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    combos = {(r.data.params["model.se"], r.data.params["train.seed"]) for r in runs}
+    assert combos == set(itertools.product(("False", "True"), ("1", "2", "3")))
+    assert len({r.info.run_name for r in runs}) == 6  # one per DVC experiment, no duplicates
+    for run in runs:
+        for key in ("train_loss", "val_loss", "val_auc"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == [0, 1], (run.info.run_name, key)
+        assert "eval_roc_auc" in run.data.metrics and run.data.metrics["predict_images"] == 4
+        assert run.data.tags["git.commit"] == commit
+    # Nothing was stored inside DVC's temporary executor folders.
+    assert not list((p.repo / ".dvc" / "tmp").rglob("mlflow.db"))
+    assert not list((p.repo / ".dvc" / "tmp").rglob("mlartifacts"))
+
+    shown = json.loads(p.out("dvc", "exp", "show", "--json"))
+    names = {e["name"] for entry in shown for exp in entry.get("experiments") or [] for e in exp.get("revs", [])}
+    assert {r.info.run_name for r in runs} <= names
+
+
+def test_compare_report(sweep):
+    p, _ = sweep
+    proc = p.sh(sys.executable, "-m", "ffdi.compare", "--boot", "200")
+    client, _, runs = mlflow_runs(p.repo)
+    pipeline = [r for r in runs if r.data.tags.get("ffdi.kind") == "pipeline"]
+    (report_run,) = [r for r in runs if r.data.tags.get("ffdi.kind") == "compare"]
+    assert len(pipeline) == 6
+
+    # Mean and spread per group, computed here from the runs themselves.
+    summary = pd.read_csv(p.repo / "reports" / "compare" / "summary.csv")
+    assert summary.group.tolist() == ["model.se=False", "model.se=True"]
+    for _, row in summary.iterrows():
+        se = row.group.endswith("True")
+        aucs = [r.data.metrics["eval_roc_auc"] for r in pipeline if (r.data.params["model.se"] == "True") == se]
+        assert row.runs == 3
+        assert row["val AUC mean"] == pytest.approx(np.mean(aucs))
+        assert row["val AUC sd"] == pytest.approx(np.std(aucs, ddof=1))
+        assert f"{np.mean(aucs):.4f} ± {np.std(aucs, ddof=1):.4f}" in proc.stdout
+
+    report = (p.repo / "reports" / "compare" / "report.md").read_text()
+    assert "| model.se=True | model.se=False |" in report and "95% CI" in report
+    ci = re.search(r"\| model\.se=True \| model\.se=False \| ([+-][0-9.]+) \| \[([+-][0-9.]+), ([+-][0-9.]+)\]", report)
+    diff, low, high = map(float, ci.groups())
+    assert low <= diff <= high
+    for png in ("curves.png", "roc.png"):
+        assert (p.repo / "reports" / "compare" / png).stat().st_size > 10_000
+    arts = {a.path for a in client.list_artifacts(report_run.info.run_id, "compare")}
+    assert {"compare/report.md", "compare/curves.png", "compare/roc.png", "compare/summary.csv"} <= arts
