@@ -64,8 +64,13 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
+    """Params whose value differs between runs. A param absent from some runs (logged by an
+    older ffdi) but the same wherever present does not split runs into groups."""
     keys = sorted(set().union(*(r.params for r in runs)))
-    return [k for k in keys if k not in REPLICATE_KEYS and len({r.params.get(k) for r in runs}) > 1]
+    return [
+        k for k in keys
+        if k not in REPLICATE_KEYS and len({r.params[k] for r in runs if k in r.params}) > 1
+    ]
 
 
 def group_runs(runs: list[Run], by: list[str]) -> dict[str, list[Run]]:
@@ -196,8 +201,13 @@ def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: 
              f"spread is the standard deviation over runs (seeds).", "", "| group | runs | seeds | " +
              " | ".join(f"{n} (mean ± sd)" for n in SUMMARY_METRICS.values()) + " |", "|---|---:|---|" + "---:|" * len(SUMMARY_METRICS)]
     for _, row in table.iterrows():
-        cells = [f"{row[f'{n} mean']:.4f} ± {row[f'{n} sd']:.4f}" for n in SUMMARY_METRICS.values()]
+        cells = [
+            f"{row[f'{n} mean']:.4f} ± {row[f'{n} sd']:.4f}" if row["runs"] > 1 else f"{row[f'{n} mean']:.4f} (1 run)"
+            for n in SUMMARY_METRICS.values()
+        ]
         lines.append(f"| {row['group']} | {row['runs']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    if (table.runs < 2).any():
+        lines += ["", "A group with one run has no spread: run more seeds (`-S 'train.seed=1,2,3'`)."]
     if diffs:
         lines += ["", "## Val-AUC difference against the reference group", "",
                   "Paired bootstrap over val images (the same resampled images for both groups); AUC averaged over each group's runs.", "",

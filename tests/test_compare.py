@@ -29,5 +29,7 @@ def test_grouping_ignores_seed():
         for i, (se, seed) in enumerate([("False", "1"), ("False", "2"), ("True", "1"), ("True", "2")])
     ]
     assert varying_keys(runs) == ["model.se"]
+    runs[0].params["data.on_bad_image"] = "error"  # a param only newer runs log
+    assert varying_keys(runs) == ["model.se"]
     groups = group_runs(runs, ["model.se"])
     assert {k: [r.run_id for r in v] for k, v in groups.items()} == {"model.se=False": ["0", "1"], "model.se=True": ["2", "3"]}
