@@ -4,6 +4,9 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 PORT    ?= 5000
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 # Stages call `python`, `dvc` calls nothing else: put the venv first on PATH for every recipe.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # No network at run time here: keep DVC and MLflow from phoning home.
@@ -17,8 +20,8 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage"
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage, playwright"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup
