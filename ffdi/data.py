@@ -237,6 +237,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def build_transform(cfg: AugmentConfig, train: bool) -> Callable:
+    """PIL image -> normalised float CHW tensor, one image at a time (what the model sees)."""
+    steps: list = [*pil_steps(cfg, train), T.ToTensor()]
+    if cfg.normalize == "imagenet":
+        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return T.Compose(steps)
+
+
+def build_uint8_transform(cfg: AugmentConfig, train: bool) -> Callable:
+    """PIL image -> uint8 HWC tensor; `normalize_batch` finishes the job for a whole batch.
+
+    Loader workers stop at uint8: a quarter of the bytes to pass between processes
+    and to copy to the GPU, and the float conversion runs once per batch on the device.
+    """
+    return T.Compose([*pil_steps(cfg, train), to_uint8_hwc])
+
+
+def pil_steps(cfg: AugmentConfig, train: bool) -> list:
+    # Resize first: every later step works on the small image.
     steps: list = [T.Resize(cfg.resize)]
     if train:
         if cfg.hflip:
@@ -247,10 +265,25 @@ def build_transform(cfg: AugmentConfig, train: bool) -> Callable:
             steps.append(T.RandomRotation(cfg.rotation))
         if cfg.grayscale:
             steps.append(T.RandomGrayscale(cfg.grayscale))
-    steps += [T.CenterCrop(cfg.image_size), T.ToTensor()]
-    if cfg.normalize == "imagenet":
-        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return T.Compose(steps)
+    steps.append(T.CenterCrop(cfg.image_size))
+    return steps
+
+
+def to_uint8_hwc(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+
+
+def normalize_batch(x: torch.Tensor, normalize: str, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W), the same values as ToTensor + Normalize per image.
+
+    The permute gives channels_last strides for free; `contiguous` makes NCHW when asked.
+    """
+    x = x.permute(0, 3, 1, 2).float().div_(255)
+    if normalize == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        x = x.sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class ImageDataset(Dataset):
@@ -267,8 +300,11 @@ class ImageDataset(Dataset):
         transform: Callable,
         draft_size: Optional[int] = None,
         on_bad_image: str = "error",
+        normalize: Optional[str] = None,
     ):
         self.paths = manifest.path.tolist()
+        # With a uint8 transform: how `normalize_batch` finishes each batch on the device.
+        self.normalize = normalize
         self.targets = torch.tensor(manifest.target.to_numpy(), dtype=torch.long)
         self.transform = transform
         self.draft_size = draft_size
