@@ -152,6 +152,7 @@ def train_one_epoch(
     summed over every process.
     """
     model.train()
+    device = torch.device(device)
     normalize = getattr(loader.dataset, "normalize", None)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     # Sums stay on the device: no host sync per step.
@@ -214,6 +215,7 @@ def predict_logits(
 ) -> Inference:
     """Logits for every readable image of `loader`. With TTA, averaged with the mirror image's."""
     model.eval()
+    device = torch.device(device)
     normalize = getattr(loader.dataset, "normalize", None)
     out, targets, index, skipped = [], [], [], []
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=1.0, leave=False) as bar:
