@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test ui bench-prepare clean
+.PHONY: setup run test ui bench bench-prepare clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ test: setup
 
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+bench: setup
+	python -m benchmarks.train_speed
 
 bench-prepare: setup
 	python -m benchmarks.prepare_scale

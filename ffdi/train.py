@@ -52,15 +52,24 @@ def select_device(name: str) -> torch.device:
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for train.amp, or None for fp32.
 
-    On CPU, auto means fp32: bf16 autocast measured slower for training here (see README, Speed).
+    auto: bf16 on CUDA (fp16 where the GPU lacks bf16); on CPU, bf16 only where the CPU has
+    bf16 matrix units (AMX), which made ResNet-18 training at 256 px 3x faster here. Without
+    them bf16 is emulated and slower, so auto stays fp32.
     """
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+    if mode == "off":
         return None
     if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     if mode == "fp16" and device.type != "cuda":
         raise RuntimeError(f"train.amp is 'fp16' but the device is {device.type}; use bf16 or off")
     return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def cpu_has_native_bf16() -> bool:
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(capabilities.get("amx_bf16"))
 
 
 def seed_everything(seed: int) -> None:
