@@ -3,12 +3,15 @@
 Generates multiFFDI-shaped data (512x512 JPEGs, quality 90, real photographs and self-blended
 fakes from ffdi.sample), then measures, for both loops, with the same model (ResNet-18), image
 size (256) and batch size (40):
-  - data loading alone (images/s through the DataLoader, ready for the model);
+  - data loading alone: images/s out of the DataLoader (ffdi's are uint8), and images/s ready
+    for the model (ffdi's normalised to float on the device); steady state, after the first
+    batch, as in an epoch of 524k images where starting the workers does not count;
   - training steps (images/s end to end: loading, forward, backward, optimiser, metrics);
   - prediction (images/s, no gradients);
-  - peak memory: RSS of the main process and of the largest loader worker (ru_maxrss), and
-    peak CUDA memory on a GPU.
+  - peak memory: peak RSS of the main process after training and after prediction
+    (ru_maxrss; loader workers are forks that share its pages), peak CUDA memory on a GPU.
 Each loop runs in its own process, so the peaks and the allocator state are its own.
+`ffdi-fp32` is ffdi's loop with train.amp=off, to separate what bf16 autocast brings.
 Prints a markdown table and writes benchmarks/results/train_speed.json.
 
     python -m benchmarks.train_speed [--data DIR] [--train-images 1200] [--steps 10]
@@ -41,7 +44,7 @@ from ffdi.models import build_model
 from ffdi.sample import generate
 from ffdi.train import amp_dtype, build_optimizer, make_loader, predict_logits, select_device, train_one_epoch
 
-IMPLS = ("reference", "ffdi")
+IMPLS = ("reference", "ffdi-fp32", "ffdi")
 # The original baseline's settings (README, "Use it on the real multiFFDI data").
 AUG = AugmentConfig(resize=256, image_size=256, hflip=0.5, vflip=0.5)
 TRAIN = TrainConfig(batch_size=40, lr=0.005, workers=2)
@@ -102,12 +105,12 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
     device = select_device("auto")
     torch.manual_seed(0)
     model = build_model(ModelConfig()).to(device)
-    ffdi = impl == "ffdi"
+    ffdi = impl.startswith("ffdi")
     if ffdi:
         model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-    amp = amp_dtype(TRAIN.amp, device) if ffdi else None
+    amp = amp_dtype("off" if impl == "ffdi-fp32" else TRAIN.amp, device) if ffdi else None
     optimizer = build_optimizer(model, TRAIN)
 
     def loader(manifest, train, batch=bs):
@@ -115,14 +118,20 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
             return make_loader(manifest, AUG, batch, workers, train, torch.Generator().manual_seed(0))
         return reference_loader(manifest, batch, workers, train)
 
-    # 1. Data loading alone: every training image, up to the batch the model would get.
-    t0 = time.perf_counter()
-    n = 0
-    for batch in loader(train_m, True):
-        x = normalize_batch(batch.x.to(device), AUG.normalize) if ffdi else batch[0].to(device)
-        n += len(x)
-    sync(device)
-    load_s = time.perf_counter() - t0
+    # 1. Data loading alone: every training image, as the loader gives it and ready for the model.
+    load = {}
+    for ready in (False, True):
+        n, t0 = 0, None
+        for batch in loader(train_m, True):
+            x = batch.x if ffdi else batch[0]
+            if ready:
+                x = normalize_batch(x.to(device), AUG.normalize) if ffdi else x.to(device)
+                sync(device)
+            if t0 is None:  # steady state: from the first batch on
+                t0 = time.perf_counter()
+            else:
+                n += len(x)
+        load[ready] = n / (time.perf_counter() - t0)
 
     # 2. Training: warm-up steps, then `steps` timed steps, loader workers included.
     head = train_m.iloc[: warmup * bs]
@@ -135,6 +144,7 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
             reference_train(model, loader(part, True), optimizer, device)
         sync(device)
         train_s = time.perf_counter() - t0
+    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
     # 3. Prediction over the val images, after one warm-up batch.
     pbatch = predict_batch if ffdi else bs
@@ -150,14 +160,15 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
     return {
         "impl": impl,
         "device": str(device),
-        "load_img_s": n / load_s,
+        "loader_img_s": load[False],
+        "load_img_s": load[True],
         "train_img_s": len(timed) / train_s,
         "predict_img_s": len(val_m) / predict_s,
         "predict_batch": pbatch,
         "train_images_timed": len(timed),
-        # ru_maxrss is in KiB on Linux; CHILDREN is the largest single loader worker.
-        "peak_rss_main_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "amp": str(amp).replace("torch.", "") if amp else "fp32",
+        "peak_rss_train_mib": rss_train,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
 
@@ -190,19 +201,24 @@ def run_impl(impl: str, args) -> dict:
 
 
 def table(results: dict) -> str:
-    ref, own = results["reference"], results["ffdi"]
+    ref, fp32, own = (results[k] for k in IMPLS)
     rows = [
-        ("data loading, img/s", "load_img_s", "{:.0f}"),
+        ("data loading, out of the loader, img/s", "loader_img_s", "{:.0f}"),
+        ("data loading, ready for the model, img/s", "load_img_s", "{:.0f}"),
         ("training, img/s", "train_img_s", "{:.1f}"),
-        ("prediction, img/s", "predict_img_s", "{:.1f}"),
-        ("peak RSS main process, MiB", "peak_rss_main_mib", "{:.0f}"),
-        ("peak RSS one loader worker, MiB", "peak_rss_worker_mib", "{:.0f}"),
+        (f"prediction (batch {ref['predict_batch']} / {own['predict_batch']}), img/s", "predict_img_s", "{:.1f}"),
+        ("peak RSS after training, MiB", "peak_rss_train_mib", "{:.0f}"),
+        ("peak RSS after prediction, MiB", "peak_rss_mib", "{:.0f}"),
     ]
     if own["peak_cuda_mib"] is not None:
         rows.append(("peak CUDA memory, MiB", "peak_cuda_mib", "{:.0f}"))
-    lines = ["| measure | reference | ffdi | ffdi / reference |", "|---|---:|---:|---:|"]
+    lines = [
+        f"| measure | reference | ffdi, fp32 | ffdi, {own['amp']} | ffdi fp32 / ref | ffdi / ref |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for label, key, fmt in rows:
-        lines.append(f"| {label} | {fmt.format(ref[key])} | {fmt.format(own[key])} | {own[key] / ref[key]:.2f}x |")
+        cells = " | ".join(fmt.format(r[key]) for r in (ref, fp32, own))
+        lines.append(f"| {label} | {cells} | {fp32[key] / ref[key]:.2f}x | {own[key] / ref[key]:.2f}x |")
     return "\n".join(lines)
 
 
@@ -244,7 +260,10 @@ def main() -> None:
         "settings": {"model": "resnet18", "image_size": 256, "batch_size": TRAIN.batch_size, "workers": args.workers},
         "data": data,
         "results": results,
-        "ratio": {k: results["ffdi"][k] / results["reference"][k] for k in ("load_img_s", "train_img_s", "predict_img_s")},
+        "ratio": {
+            impl: {k: results[impl][k] / results["reference"][k] for k in ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")}
+            for impl in IMPLS[1:]
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
