@@ -45,6 +45,7 @@ from ffdi.sample import generate
 from ffdi.train import amp_dtype, build_optimizer, make_loader, predict_logits, select_device, train_one_epoch
 
 IMPLS = ("reference", "ffdi-fp32", "ffdi")
+RATIOS = ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")
 # The original baseline's settings (README, "Use it on the real multiFFDI data").
 AUG = AugmentConfig(resize=256, image_size=256, hflip=0.5, vflip=0.5)
 TRAIN = TrainConfig(batch_size=40, lr=0.005, workers=2)
@@ -189,7 +190,8 @@ def make_data(root: Path, n_train: int, n_val: int) -> dict:
         prepare(DataConfig(root=str(root / "phase1")), root / "prepared")
         print(f"generated {n_train + n_val} 512x512 JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     sizes = [p.stat().st_size for p in (root / "phase1" / "trainset").iterdir()]
-    return {"train_images": len(sizes), "mean_kib": float(np.mean(sizes)) / 1024, "median_kib": float(np.median(sizes)) / 1024}
+    kib = np.array(sizes) / 1024
+    return {"train_images": len(sizes), "mean_kib": float(kib.mean()), "median_kib": float(np.median(kib))}
 
 
 def run_impl(impl: str, args) -> dict:
@@ -261,13 +263,13 @@ def main() -> None:
         "data": data,
         "results": results,
         "ratio": {
-            impl: {k: results[impl][k] / results["reference"][k] for k in ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")}
-            for impl in IMPLS[1:]
+            impl: {k: results[impl][k] / results["reference"][k] for k in RATIOS} for impl in IMPLS[1:]
         },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{data['train_images']} train JPEGs of 512 px, mean {data['mean_kib']:.0f} KiB; device {results['ffdi']['device']}")
+    device = results["ffdi"]["device"]
+    print(f"{data['train_images']} train JPEGs of 512 px, mean {data['mean_kib']:.0f} KiB; device {device}")
     print(table(results))
     print(f"wrote {args.json}")
     if tmp is not None:

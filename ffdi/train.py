@@ -436,7 +436,8 @@ def fit(
         if rank == 0:  # every process holds the same weights and metrics; rank 0 writes them
             if improved:
                 torch_save(best_path, checkpoint(model, params, epoch, row))
-            torch_save(last_path, resume_state(model, optimizer, scheduler, scaler, params, epoch, history, best, skipped))
+            state = resume_state(model, optimizer, scheduler, scaler, params, epoch, history, best, skipped)
+            torch_save(last_path, state)
             tqdm.write(
                 f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                 f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s)"
