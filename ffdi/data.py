@@ -293,19 +293,17 @@ class Uint8Transform:
 
 
 def normalize_batch(x: torch.Tensor, normalize: str, channels_last: bool = True) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W): ToTensor + Normalize for a whole batch.
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W): ToTensor + Normalize for a whole batch, bit for bit.
 
-    The permute gives channels_last strides for free. (x / 255 - mean) / std is computed as
-    x * scale + shift in place, two passes over the batch instead of four; it differs from
-    ToTensor + Normalize by float rounding (< 1e-6).
+    The permute gives channels_last strides for free. The same operations in the same order
+    as torchvision's keep training numbers identical to the per-image pipeline: a fused
+    x * scale + shift is 2x cheaper on CPU, but its last-bit differences change a run's results.
     """
-    x = x.permute(0, 3, 1, 2).float()
+    x = x.permute(0, 3, 1, 2).float().div_(255)
     if normalize == "imagenet":
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = torch.addcmul(-mean / std, x, 1 / (255 * std), out=x)
-    else:
-        x = x.div_(255)
+        x = x.sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 

@@ -115,7 +115,7 @@ def test_loader_batches_equal_the_per_image_transform(manifests, train):
     assert batch.x.dtype == torch.uint8 and tuple(batch.x.shape) == (5, 20, 20, 3)
     x = normalize_batch(batch.x, aug.normalize)
     expected = torch.stack([build_transform(aug, train)(load_image(val.path[i], 24)) for i in batch.index.tolist()])
-    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+    assert torch.equal(x, expected)
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
