@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run test ui compare bench-prepare clean
+.PHONY: setup browser run test ui compare bench bench-prepare clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ ui: setup
 
 compare: setup
 	python -m ffdi.compare $(ARGS)
+
+bench: setup
+	python -m benchmarks.train_speed
 
 bench-prepare: setup
 	python -m benchmarks.prepare_scale

@@ -118,6 +118,9 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    distributed: Literal["auto", "off", "on"] = "auto"
 
     def check(self) -> None:
         _positive(self, "epochs", "batch_size", "step_size")

@@ -23,6 +23,8 @@ from ffdi.train import (
     make_loader,
     model_config,
     predict_logits,
+    process_group,
+    rank_and_world,
     select_device,
 )
 
@@ -45,7 +47,23 @@ def resume_dir(params: Params, data_hash: str) -> Path:
     return tracking.project_root() / ".ffdi" / "resume" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def train(params: Params) -> dict:
+def train(params: Params) -> dict | None:
+    """Train and log one MLflow run. Under torchrun, every process trains; rank 0 alone writes
+    and returns the best epoch (other ranks return None)."""
+    with process_group(params.train):
+        if rank_and_world()[0] != 0:
+            return _train_worker(params)
+        return _train(params)
+
+
+def _train_worker(params: Params) -> None:
+    """A rank > 0 of a DDP group: trains its shard; no files, no MLflow, nothing to report."""
+    summary = json.loads((PREPARED / "summary.json").read_text())
+    train_m, val_m = read_manifest(PREPARED / "train.csv"), read_manifest(PREPARED / "val.csv")
+    fit(params, train_m, val_m, resume_dir(params, summary["data_hash"]))
+
+
+def _train(params: Params) -> dict:
     tracking.check_reachable(params.tracking)
     summary = json.loads((PREPARED / "summary.json").read_text())
     train_m, val_m = read_manifest(PREPARED / "train.csv"), read_manifest(PREPARED / "val.csv")

@@ -5,7 +5,8 @@ from ffdi import pipeline
 
 def main(params):
     best = pipeline.train(params)
-    print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {pipeline.MODEL}")
+    if best:  # rank 0, or a single process
+        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {pipeline.MODEL}")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,45 @@ def test_error_policy_names_the_bad_file(tiny_data, manifests, tmp_path):
     with pytest.raises(Exception) as e:
         fit(tiny_params(tiny_data, workers=2), train_bad, manifests[1], tmp_path / "state")
     assert any(p in str(e.value) for p in bad_paths)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_loader_batches_equal_the_per_image_transform(manifests, train):
+    """Workers hand over uint8 NHWC; normalised on the device it is what ToTensor + Normalize give."""
+    from ffdi.data import build_transform, load_image, normalize_batch
+    from ffdi.train import make_loader
+
+    # Resize from 32 to 24 and crop to 20; when training, both flips always.
+    aug = AugmentConfig(resize=24, image_size=20, hflip=1.0, vflip=1.0)
+    val = manifests[1].iloc[:5]
+    batch = next(iter(make_loader(val, aug, 5, 0, train=train)))
+    assert batch.x.dtype == torch.uint8 and tuple(batch.x.shape) == (5, 20, 20, 3)
+    x = normalize_batch(batch.x, aug.normalize)
+    expected = torch.stack([build_transform(aug, train)(load_image(val.path[i], 24)) for i in batch.index.tolist()])
+    assert torch.equal(x, expected)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_amp_and_distributed_switches(monkeypatch):
+    from ffdi.train import amp_dtype, use_distributed
+
+    import ffdi.train
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ffdi.train, "cpu_has_native_bf16", lambda: False)
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
+    monkeypatch.setattr(ffdi.train, "cpu_has_native_bf16", lambda: True)
+    assert amp_dtype("auto", cpu) == torch.bfloat16 and amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(RuntimeError, match="train.amp is 'fp16' but the device is cpu"):
+        amp_dtype("fp16", cpu)
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not use_distributed(TrainConfig(distributed="auto"))
+    with pytest.raises(RuntimeError, match="WORLD_SIZE is not set"):
+        use_distributed(TrainConfig(distributed="on"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert use_distributed(TrainConfig(distributed="auto"))
+    assert not use_distributed(TrainConfig(distributed="off"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not use_distributed(TrainConfig(distributed="auto"))

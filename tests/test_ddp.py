@@ -1,0 +1,58 @@
+"""The train stage under torchrun: 2 processes, gloo on CPU, DistributedDataParallel."""
+
+import pandas as pd
+import pytest
+import torch
+
+from ffdi.data import read_manifest
+from ffdi.metrics import roc_auc
+from ffdi.train import fake_probability, load_checkpoint, make_loader, predict_logits
+from tests.project import make_project, mlflow_runs
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2
+# 51 val images: not a multiple of 2 processes, so the sampler pads one shard with a repeat.
+DDP_PARAMS = {
+    "sample": {"n_train": 96, "n_val": 51, "n_test": 4, "size": 32, "seed": 5},
+    "augment": {"resize": 32, "image_size": 32},
+    # fp32, so a re-inference of the checkpoint here must give the very same val AUC.
+    "train": {"epochs": EPOCHS, "batch_size": 8, "workers": 0, "amp": "off"},
+    "tracking": {"log_model": False},
+}
+
+
+def test_torchrun_two_processes_one_run_whole_val_set(tmp_path):
+    p = make_project(tmp_path / "ddp", DDP_PARAMS)
+    p.sh("dvc", "repro", "prepare")
+    out = p.sh("torchrun", "--standalone", "--nproc_per_node=2", "-m", "stages.train").stdout
+
+    val = read_manifest(p.repo / "prepared" / "val.csv")
+    n_val = len(val)
+    assert n_val == 51
+    # Both processes ran the stage; only rank 0 reports epochs (and writes checkpoints).
+    assert out.count("best val_auc") == 2, out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 0", "epoch 1"]
+
+    client, _, runs = mlflow_runs(p.repo)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    run_id = runs[0].info.run_id
+    for key in ("val_auc", "train_loss", "val_images"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(EPOCHS)), key
+    # Each epoch's val metrics cover every val image exactly once: no shard missing, no padding counted.
+    assert [m.value for m in client.get_metric_history(run_id, "val_images")] == [n_val] * EPOCHS
+    history = pd.read_csv(p.repo / "reports" / "history.csv")
+    assert history.epoch.tolist() == list(range(EPOCHS)) and history.val_images.tolist() == [n_val] * EPOCHS
+
+    # The checkpoint is a plain single-process model, and its own val AUC is the one reported.
+    model, ckpt = load_checkpoint(p.repo / "models" / "model.pt")
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    val["path"] = [str(p.repo / path) for path in val.path]
+    res = predict_logits(model, make_loader(val, ckpt["augment"], 16, 0, train=False), "cpu", False)
+    assert sorted(res.index.tolist()) == list(range(n_val)) and res.logits.shape == (n_val, 2)
+    best = history.loc[history.epoch == ckpt["epoch"]].iloc[0]
+    own_auc = roc_auc(res.targets.numpy(), fake_probability(res.logits))
+    assert own_auc == pytest.approx(best.val_auc, abs=1e-9)
+    assert ckpt["metrics"]["val_auc"] == best.val_auc
+    own_loss = torch.nn.functional.cross_entropy(res.logits, res.targets).item()
+    assert own_loss == pytest.approx(best.val_loss, rel=1e-4)
