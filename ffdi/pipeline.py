@@ -79,6 +79,7 @@ def _train(params: Params) -> dict:
             import mlflow
 
             mlflow.set_tags(tracking.start_tags(params, summary["data_hash"]))
+            mlflow.set_tag("train.world_size", rank_and_world()[1])
             tracking.write_run_ref(run_file, run_id, params.tracking.experiment)
         steps = tracking.logged_steps(run_id)
 
