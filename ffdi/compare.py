@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from ffdi import tracking
 from ffdi.config import TrackingConfig
-from ffdi.io import write_csv, write_text
+from ffdi.io import save_figure, write_csv, write_text
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
@@ -164,7 +164,7 @@ def plot_curves(groups: dict[str, list[Run]], out: Path) -> None:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_roc(y: np.ndarray, probs: dict[str, np.ndarray], out: Path) -> None:
@@ -183,17 +183,7 @@ def plot_roc(y: np.ndarray, probs: dict[str, np.ndarray], out: Path) -> None:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on val, one line per run")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    _save(fig, out)
-
-
-def _save(fig, out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from ffdi.io import atomic_path
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict]) -> str:

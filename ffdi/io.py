@@ -42,6 +42,16 @@ def write_csv(path: str | Path, frame: Any) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Save a matplotlib figure (format from the suffix) atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."))
+    plt.close(fig)
+
+
 def torch_save(path: str | Path, obj: Any) -> None:
     import torch
 

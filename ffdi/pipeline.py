@@ -13,7 +13,7 @@ import pandas as pd
 from ffdi import tracking
 from ffdi.config import Params
 from ffdi.data import read_manifest
-from ffdi.io import write_csv, write_json
+from ffdi.io import save_figure, write_csv, write_json
 from ffdi.metrics import binary_metrics, confusion, roc_points
 from ffdi.train import (
     fake_probability,
@@ -213,7 +213,7 @@ def plot_roc(y: np.ndarray, prob: np.ndarray, scores: dict, out: Path) -> None:
     ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate", title="ROC, val")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save_fig(fig, out)
+    save_figure(fig, out)
 
 
 def plot_confusion(cm: np.ndarray, out: Path) -> None:
@@ -229,17 +229,7 @@ def plot_confusion(cm: np.ndarray, out: Path) -> None:
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["real", "fake"], yticklabels=["real", "fake"])
     ax.set(xlabel="predicted", ylabel="true", title="confusion, val")
     fig.tight_layout()
-    _save_fig(fig, out)
-
-
-def _save_fig(fig, out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from ffdi.io import atomic_path
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=out.suffix.lstrip("."))
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def _terminate(signum, frame):

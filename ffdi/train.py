@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ffdi.config import AugmentConfig, Params, TrainConfig
 from ffdi.data import ImageDataset, build_uint8_transform, normalize_batch, skip_collate
-from ffdi.io import torch_save
+from ffdi.io import atomic_path, torch_save
 from ffdi.metrics import roc_auc
 from ffdi.models import build_model
 
@@ -475,10 +475,8 @@ def checkpoint(model: nn.Module, params: Params, epoch: int, metrics: dict) -> d
 
 def finish(state_dir: Path, out: Path) -> None:
     """Move the best checkpoint to its output and drop the resume state."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(state_dir / "best.pt", tmp)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(state_dir / "best.pt", tmp)
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
