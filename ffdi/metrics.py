@@ -38,13 +38,21 @@ def tpr_at_fpr(y_true, y_prob, target_fpr: float = 1e-3) -> float:
     """
     y_true, y_prob = _check(y_true, y_prob)
     fpr, tpr, _ = skm.roc_curve(y_true, y_prob)
-    return float(tpr[fpr <= target_fpr].max())
+    return _tpr_at(fpr, tpr, target_fpr)
 
 
 def eer(y_true, y_prob) -> float:
     """Equal error rate: where the false positive and false negative rates cross."""
     y_true, y_prob = _check(y_true, y_prob)
     fpr, tpr, _ = skm.roc_curve(y_true, y_prob)
+    return _eer(fpr, tpr)
+
+
+def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, target_fpr: float) -> float:
+    return float(tpr[fpr <= target_fpr].max())
+
+
+def _eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2.0)
@@ -53,11 +61,12 @@ def eer(y_true, y_prob) -> float:
 def binary_metrics(y_true, y_prob, threshold: float = 0.5, target_fpr: float = 1e-3) -> dict[str, float]:
     y_true, y_prob = _check(y_true, y_prob)
     y_pred = (y_prob >= threshold).astype(int)
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)  # once, for both the tie-breaker and the EER
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "roc_auc": roc_auc(y_true, y_prob),
-        "tpr_at_fpr": tpr_at_fpr(y_true, y_prob, target_fpr),
-        "eer": eer(y_true, y_prob),
+        "roc_auc": float(skm.roc_auc_score(y_true, y_prob)),
+        "tpr_at_fpr": _tpr_at(fpr, tpr, target_fpr),
+        "eer": _eer(fpr, tpr),
         "average_precision": float(skm.average_precision_score(y_true, y_prob)),
         "log_loss": float(skm.log_loss(y_true, np.clip(y_prob, 1e-7, 1 - 1e-7), labels=[0, 1])),
     }

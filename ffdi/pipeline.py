@@ -147,9 +147,10 @@ def evaluate(params: Params) -> dict:
         {"img_name": kept.img_name, "target": y, "y_pred": prob, "predicted": (prob >= cfg.threshold).astype(int)}
     )
     write_csv(REPORTS / "val_predictions.csv", predictions)
-    write_csv(REPORTS / "roc.csv", pd.DataFrame(roc_points(y, prob)))
+    roc = roc_points(y, prob)
+    write_csv(REPORTS / "roc.csv", pd.DataFrame(roc))
     cm = confusion(y, prob, cfg.threshold)
-    plot_roc(y, prob, scores, REPORTS / "roc.png")
+    plot_roc(roc, scores, REPORTS / "roc.png")
     plot_confusion(cm, REPORTS / "confusion.png")
 
     report = {
@@ -200,13 +201,12 @@ def predict(params: Params) -> pd.DataFrame:
     return submission
 
 
-def plot_roc(y: np.ndarray, prob: np.ndarray, scores: dict, out: Path) -> None:
+def plot_roc(pts: dict[str, np.ndarray], scores: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = roc_points(y, prob)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.plot(pts["fpr"], pts["tpr"], label=f"AUC = {scores['roc_auc']:.4f}")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
