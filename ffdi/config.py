@@ -281,16 +281,8 @@ def _in_range(obj: Any, key: str, low: float, high: float, open_: bool = False) 
         raise ConfigError(f"{_group(obj)}.{key} must be in {bounds}, got {v}")
 
 
-_GROUPS = {
-    SampleConfig: "sample",
-    DataConfig: "data",
-    AugmentConfig: "augment",
-    ModelConfig: "model",
-    TrainConfig: "train",
-    EvalConfig: "eval",
-    PredictConfig: "predict",
-    TrackingConfig: "tracking",
-}
+# Each group's dataclass -> its name in params.yaml, as Params declares it.
+_GROUPS = {cls: name for name, cls in typing.get_type_hints(Params).items()}
 
 
 def _group(obj: Any) -> str:
