@@ -1,7 +1,7 @@
 # Two commands on a fresh machine: `make run` and `make test`. Both set up .venv first.
 VENV    ?= .venv
 PYTHON  ?= python3
-STAMP   := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 PORT    ?= 5000
 
 SHELL := /bin/bash
@@ -18,9 +18,10 @@ export DO_NOT_TRACK := 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage, playwright"
 	@rm -f $(VENV)/.installed-* && touch $@
 
@@ -45,7 +46,7 @@ ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 compare: setup
-	python -m ffdi.compare $(ARGS)
+	ffdi compare $(ARGS)
 
 bench: setup
 	python -m benchmarks.train_speed

@@ -39,10 +39,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from ffdi.config import AugmentConfig, DataConfig, ModelConfig, SampleConfig, TrainConfig
-from ffdi.data import IMAGENET_MEAN, IMAGENET_STD, normalize_batch, prepare, read_manifest
+from ffdi.data import make_loader, prepare, read_manifest
+from ffdi.detector import Detector
+from ffdi.hardware import autocast_dtype, resolve_precision, select_device
 from ffdi.models import build_model
 from ffdi.sample import generate
-from ffdi.train import amp_dtype, build_optimizer, make_loader, predict_logits, select_device, train_one_epoch
+from ffdi.train import build_optimizer, train_one_epoch
+from ffdi.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
 
 IMPLS = ("reference", "ffdi-fp32", "ffdi")
 RATIOS = ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")
@@ -111,7 +114,8 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
         model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-    amp = amp_dtype("off" if impl == "ffdi-fp32" else TRAIN.amp, device) if ffdi else None
+    precision = resolve_precision("off" if impl == "ffdi-fp32" else TRAIN.amp, device)
+    amp = autocast_dtype(precision) if ffdi else None
     optimizer = build_optimizer(model, TRAIN)
 
     def loader(manifest, train, batch=bs):
@@ -152,7 +156,7 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
     for part in (val_m.iloc[:pbatch], val_m):
         t0 = time.perf_counter()
         if ffdi:
-            predict_logits(model, loader(part, False, pbatch), device, True, amp=amp)
+            Detector(model, AUG, device, precision).score_loader(loader(part, False, pbatch))
         else:
             reference_predict(model, loader(part, False, pbatch), device)
         sync(device)

@@ -1,0 +1,1 @@
+"""ffdi: experiment-tracked deepfake face-image detection."""

@@ -14,21 +14,29 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
-from ffdi import tracking
+from ffdi import report, tracking
 from ffdi.config import TrackingConfig
-from ffdi.io import save_figure, write_csv, write_text
+from ffdi.io import write_csv, write_text
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
-SUMMARY_METRICS = {"eval_roc_auc": "val AUC", "eval_tpr_at_fpr": "TPR@FPR", "eval_accuracy": "accuracy"}
+SUMMARY_METRICS = {
+    "eval_roc_auc": "val AUC",
+    "heldout_roc_auc": "held-out AUC",
+    "eval_group_worst_auc": "worst-group AUC",
+    "eval_tpr_at_fpr": "TPR@FPR",
+    "eval_accuracy": "accuracy",
+}
+# Tags that say how a run computed; runs that differ in them differ for reasons other than params.
+HARDWARE_TAGS = {"hw.precision": "precision", "hw.device_name": "hardware"}
 
 
 class CompareError(ValueError):
@@ -42,6 +50,7 @@ class Run:
     params: dict
     metrics: dict
     artifact_uri: str
+    tags: dict = field(default_factory=dict)
 
 
 def finished_pipeline_runs(experiment: str) -> list[Run]:
@@ -54,7 +63,8 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
         [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"]
     )
     runs = [
-        Run(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics), r.info.artifact_uri)
+        Run(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics), r.info.artifact_uri,
+            dict(r.data.tags))
         for r in found
         if r.data.tags.get("ffdi.kind") != "compare" and "eval_roc_auc" in r.data.metrics
     ]
@@ -87,7 +97,7 @@ def summary_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
         row = {"group": label, "runs": len(runs), "seeds": ",".join(sorted(r.params.get("train.seed", "?") for r in runs))}
         for key, name in SUMMARY_METRICS.items():
             values = np.array([r.metrics[key] for r in runs if key in r.metrics])
-            row[f"{name} mean"] = values.mean()
+            row[f"{name} mean"] = values.mean() if len(values) else float("nan")
             row[f"{name} sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -100,15 +110,18 @@ def val_predictions(run: Run) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
 
 
-def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Targets and, per group, an (n_runs, n_images) matrix of P(fake) over the same val images."""
+def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray], pd.Series]:
+    """Targets, per group an (n_runs, n_images) matrix of P(fake) over the same val images, and
+    each image's manipulation ('' where the predictions don't say)."""
     frames = {r.run_id: val_predictions(r).set_index("img_name") for runs in groups.values() for r in runs}
     names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
     if not names or any(len(f) != len(names) for f in frames.values()):
         raise CompareError("runs were evaluated on different val images; compare runs of the same data only")
     y = frames[next(iter(frames))].loc[names, "target"].to_numpy()
     probs = {label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs]) for label, runs in groups.items()}
-    return y, probs
+    first = frames[next(iter(frames))]
+    image_groups = first.loc[names, "group"].fillna("").astype(str) if "group" in first else pd.Series([""] * len(names))
+    return y, probs, image_groups.reset_index(drop=True)
 
 
 def mean_auc(y: np.ndarray, probs: np.ndarray) -> float:
@@ -143,55 +156,60 @@ def bootstrap_auc_difference(
     }
 
 
-def plot_curves(groups: dict[str, list[Run]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def run_histories(groups: dict[str, list[Run]]) -> dict[str, list[dict[str, list]]]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, runs) in enumerate(groups.items()):
-        for j, r in enumerate(runs):
-            for ax, key in zip(axes, ("val_auc", "val_loss")):
+    out: dict[str, list[dict[str, list]]] = {}
+    for label, runs in groups.items():
+        for r in runs:
+            h: dict[str, list] = {}
+            for key in ("val_auc", "val_loss"):
                 hist = sorted(client.get_metric_history(r.run_id, key), key=lambda m: m.step)
-                ax.plot([m.step for m in hist], [m.value for m in hist], color=colours[i % len(colours)],
-                        alpha=0.8, label=label if j == 0 else None, marker="o", ms=3)
-    for ax, key in zip(axes, ("val AUC", "val loss")):
-        ax.set(xlabel="epoch", ylabel=key, title=f"{key} per epoch, one line per run")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out)
+                h["step"], h[key] = [m.step for m in hist], [m.value for m in hist]
+            out.setdefault(label, []).append(h)
+    return out
 
 
-def plot_roc(y: np.ndarray, probs: dict[str, np.ndarray], out: Path) -> None:
-    import matplotlib
+def hardware_warnings(groups: dict[str, list[Run]]) -> list[str]:
+    """One line per way the runs being compared differ in how they computed (precision, CPU/GPU).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The same params give other numbers in bf16 than in fp32, and on another CPU: a gap between
+    groups computed differently may be the hardware's, not the params'.
+    """
+    runs = [r for rs in groups.values() for r in rs]
+    warnings = []
+    for tag, what in HARDWARE_TAGS.items():
+        values = {r.tags.get(tag, "unknown") for r in runs}
+        if len(values) > 1:
+            by_group = "; ".join(
+                f"{label}: {', '.join(sorted({r.tags.get(tag, 'unknown') for r in rs}))}" for label, rs in groups.items()
+            )
+            warnings.append(f"runs differ in {what} ({tag}): {by_group}")
+    return warnings
 
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (label, p) in enumerate(probs.items()):
-        for j, run_probs in enumerate(p):
-            fpr, tpr, _ = roc_curve(y, run_probs)
-            ax.plot(fpr, tpr, color=colours[i % len(colours)], alpha=0.7, label=f"{label} (mean AUC {mean_auc(y, p):.4f})" if j == 0 else None)
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on val, one line per run")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out)
+
+def heldout_rows(groups: dict[str, list[Run]], frame_groups: pd.Series) -> Optional[np.ndarray]:
+    """Real images plus the held-out manipulations' fakes, where every run held out the same ones."""
+    import ast
+
+    holdouts = {r.params.get("data.holdout", "[]") for rs in groups.values() for r in rs}
+    if len(holdouts) != 1:
+        return None
+    names = ast.literal_eval(holdouts.pop())
+    if not names:
+        return None
+    return (frame_groups.isin(names) | (frame_groups == "real")).to_numpy()
 
 
-def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict]) -> str:
+def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict],
+                    warnings: tuple = (), heldout_diffs: Optional[dict] = None) -> str:
     lines = [f"# Comparison of experiment `{experiment}`", "", f"Grouped by: {', '.join(by) or '(nothing differs)'}; "
              f"spread is the standard deviation over runs (seeds).", "", "| group | runs | seeds | " +
              " | ".join(f"{n} (mean ± sd)" for n in SUMMARY_METRICS.values()) + " |", "|---|---:|---|" + "---:|" * len(SUMMARY_METRICS)]
     for _, row in table.iterrows():
         cells = [
+            "n/a" if np.isnan(row[f"{n} mean"]) else
             f"{row[f'{n} mean']:.4f} ± {row[f'{n} sd']:.4f}" if row["runs"] > 1 else f"{row[f'{n} mean']:.4f} (1 run)"
             for n in SUMMARY_METRICS.values()
         ]
@@ -205,6 +223,17 @@ def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: 
         for label, d in diffs.items():
             verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
             lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+    if heldout_diffs:
+        lines += ["", "## Held-out-AUC difference against the reference group", "",
+                  "The same paired bootstrap, over real images and the held-out manipulations' fakes only.", "",
+                  "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
+        for label, d in heldout_diffs.items():
+            verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
+            lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+    if warnings:
+        lines += ["", "## Warning: these runs computed differently", ""] + [f"- {w}" for w in warnings] + [
+            "", "Identical params give different numbers in another precision or on other hardware; see the README's "
+            "reproducibility section for how large that spread was measured to be."]
     lines += ["", "![per-epoch curves](curves.png)", "", "![ROC curves](roc.png)", ""]
     return "\n".join(lines)
 
@@ -217,30 +246,38 @@ def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_bo
     by = by or varying_keys(runs)
     groups = group_runs(runs, by)
     table = summary_table(groups)
-    y, probs = aligned_predictions(groups)
+    y, probs, image_groups = aligned_predictions(groups)
     labels = list(groups)
-    diffs = {}
+    diffs, heldout_diffs = {}, {}
+    rows = heldout_rows(groups, image_groups)
     for label in labels[1:]:
         d = bootstrap_auc_difference(y, probs[labels[0]], probs[label], n_boot=n_boot)
         diffs[label] = {"reference": labels[0], **d}
+        if rows is not None:
+            d = bootstrap_auc_difference(y[rows], probs[labels[0]][:, rows], probs[label][:, rows], n_boot=n_boot)
+            heldout_diffs[label] = {"reference": labels[0], **d}
+    warnings = hardware_warnings(groups)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(groups, out / "curves.png")
-    plot_roc(y, probs, out / "roc.png")
+    report.plot_run_curves(run_histories(groups), out / "curves.png")
+    report.plot_run_rocs(y, probs, {label: mean_auc(y, p) for label, p in probs.items()}, out / "roc.png")
     write_csv(out / "summary.csv", table)
-    markdown = render_markdown(cfg.experiment, by, table, diffs)
+    markdown = render_markdown(cfg.experiment, by, table, diffs, warnings, heldout_diffs)
     write_text(out / "report.md", markdown)
     if log:
         with tracking.run(cfg, run_name="compare") as run:
             mlflow.set_tags({"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)})
             mlflow.log_artifacts(str(out), artifact_path="compare")
-    return {"by": by, "table": table, "diffs": diffs, "markdown": markdown}
+    return {"by": by, "table": table, "diffs": diffs, "heldout_diffs": heldout_diffs, "warnings": warnings,
+            "markdown": markdown}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     from ffdi.config import load_params
 
-    ap = argparse.ArgumentParser(prog="python -m ffdi.compare", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="ffdi compare", description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     ap.add_argument("--by", nargs="*", help="params to group by (default: every param that differs, except the seed)")
     ap.add_argument("--out", type=Path, default=Path("reports/compare"))

@@ -13,13 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from ffdi.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A params.yaml value that cannot be used; the message names the key."""
+# Test-time views the Detector can average over; the image itself is always one of them.
+TTA_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,15 @@ class DataConfig:
     val_labels: str = "valset_label.txt"
     test_labels: str = "testset_label.txt"
     on_bad_image: Literal["error", "skip"] = "error"
+    group_column: Optional[str] = "method"  # label-file column naming each fake's manipulation
+    holdout: tuple[str, ...] = ()  # manipulations kept out of training and model selection
 
     def check(self) -> None:
         for key in ("root", "train_dir", "val_dir", "train_labels", "val_labels"):
             if not getattr(self, key):
                 raise ConfigError(f"data.{key} must not be empty")
+        if "real" in self.holdout:
+            raise ConfigError("data.holdout names manipulations of fakes; 'real' cannot be held out")
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,8 @@ class TrainConfig:
     step_size: int = 4
     gamma: float = 0.85
     best_metric: Literal["val_auc", "val_acc", "val_loss"] = "val_auc"
-    workers: int = 2
+    workers: Union[int, Literal["auto"]] = "auto"
+    threads: Union[int, Literal["auto"]] = "auto"
     seed: int = 0
     channels_last: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -124,7 +130,10 @@ class TrainConfig:
 
     def check(self) -> None:
         _positive(self, "epochs", "batch_size", "step_size")
-        _at_least(self, "workers", 0)
+        if self.workers != "auto":
+            _at_least(self, "workers", 0)
+        if self.threads != "auto":
+            _positive(self, "threads")
         if not self.lr > 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         _at_least(self, "weight_decay", 0.0)
@@ -136,21 +145,26 @@ class EvalConfig:
     batch_size: int = 128
     threshold: float = 0.5
     target_fpr: float = 0.001
+    fprs: tuple[float, ...] = (0.01, 0.005, 0.001)  # TPR at each, as the FFDI organiser reports
 
     def check(self) -> None:
         _positive(self, "batch_size")
         _in_range(self, "threshold", 0.0, 1.0)
         _in_range(self, "target_fpr", 0.0, 1.0, open_=True)
+        for f in self.fprs:
+            if not 0.0 < f < 1.0:
+                raise ConfigError(f"eval.fprs: each must be in (0.0, 1.0), got {f}")
 
 
 @dataclass(frozen=True)
 class PredictConfig:
     batch_size: int = 128
-    tta_hflip: bool = True
+    tta: tuple[str, ...] = ("hflip",)
     out: str = "submission.csv"
 
     def check(self) -> None:
         _positive(self, "batch_size")
+        check_views(self.tta, "predict.tta")
 
 
 @dataclass(frozen=True)
@@ -178,7 +192,16 @@ class Params:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        # Lists, not tuples: YAML, JSON and MLflow take them as written in params.yaml.
+        return dataclasses.asdict(self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv})
+
+
+def check_views(views: tuple[str, ...], key: str) -> None:
+    for v in views:
+        if v not in TTA_VIEWS:
+            raise ConfigError(f"{key}: unknown view {v!r}; known views: {', '.join(TTA_VIEWS)}")
+    if len(set(views)) != len(views):
+        raise ConfigError(f"{key}: a view is listed twice: {list(views)}")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -229,8 +252,21 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        if len(inner) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key} must be {' or '.join(_describe(a) for a in inner)}, got {_show(value)}")
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {_show(value)}")
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -252,6 +288,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     else:  # pragma: no cover - a programming error in this module
         raise TypeError(f"unsupported config type {hint} for {key}")
     raise ConfigError(f"{key} must be {_type_name(hint)}, got {_show(value)}")
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(hint))
+    return _type_name(hint)
 
 
 def _type_name(hint: Any) -> str:

@@ -1,7 +1,8 @@
-"""Label files, split manifests, the image dataset and its transforms.
+"""Label files, split manifests, the image Dataset and its loader.
 
 Label files follow multiFFDI: CSV with header `img_name,target` (`img_path` is
 accepted for `img_name`), target 1 = fake, 0 = real. A test split has names only.
+An optional extra column (data.group_column) names each image's manipulation or source.
 """
 
 from __future__ import annotations
@@ -10,37 +11,30 @@ import csv
 import hashlib
 import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset, default_collate
-from torchvision import transforms as T
-from torchvision.transforms import functional as TF
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from tqdm import tqdm
 
 from ffdi.config import AugmentConfig, DataConfig
+from ffdi.errors import BadImage, DataError
 from ffdi.io import write_csv, write_json
+from ffdi.transforms import build_uint8_transform, load_image
 
 NAME_COLUMNS = ("img_name", "img_path")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MANIFEST_COLUMNS = ["img_name", "target", "path"]
+MANIFEST_COLUMNS = ["img_name", "target", "group", "path"]
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and value."""
+def read_labels(path: str | Path, require_target: bool = True, group_column: Optional[str] = None) -> pd.DataFrame:
+    """Parse a label file into columns img_name, target, group (target is -1 when absent).
 
-
-def read_labels(path: str | Path, require_target: bool = True) -> pd.DataFrame:
-    """Parse a label file into columns img_name, target (target is -1 when absent).
-
+    group: the `group_column` of the file where it has one (the manipulation that made a fake);
+    real images may leave it empty and get 'real'. Without the column, group is ''.
     Tolerates a UTF-8 BOM, CRLF line ends, blank lines and a missing final newline.
     A file without a known header is read as one name per line, but only when no
     target is required (a test split listing names).
@@ -65,15 +59,17 @@ def read_labels(path: str | Path, require_target: bool = True) -> pd.DataFrame:
                 f"{path} line {header_line}: expected a header 'img_name,target' "
                 f"(or 'img_path,target'), got {','.join(header)!r}"
             )
-        body, name_idx, target_idx = rows, 0, None  # a bare list of names
+        body, name_idx, target_idx, group_idx = rows, 0, None, None  # a bare list of names
     else:
         body, name_idx = rows[1:], header.index(name_col)
         target_idx = header.index("target") if "target" in header else None
+        group_idx = header.index(group_column) if group_column and group_column in header else None
         if require_target and target_idx is None:
             raise DataError(f"{path} line {header_line}: header has no 'target' column: {','.join(header)!r}")
 
     names: list[str] = []
     targets: list[int] = []
+    groups: list[str] = []
     seen: dict[str, int] = {}
     for line, row in tqdm(body, desc=f"check {path.name}", unit="row", mininterval=1.0, leave=False):
         if len(row) != len(header) and name_col is not None:
@@ -89,9 +85,18 @@ def read_labels(path: str | Path, require_target: bool = True) -> pd.DataFrame:
             if raw not in ("0", "1"):
                 raise DataError(f"{path} line {line}: target must be 0 or 1, got {raw!r}")
             target = int(raw)
+        group = ""
+        if group_idx is not None:
+            group = row[group_idx].strip() or ("real" if target == 0 else "unknown")
+            if target == 0 and group != "real":
+                raise DataError(f"{path} line {line}: a real image (target 0) has {group_column} {group!r}; "
+                                "leave it empty or write 'real'")
+            if target == 1 and group == "real":
+                raise DataError(f"{path} line {line}: a fake image (target 1) has {group_column} 'real'")
         names.append(name)
         targets.append(target)
-    return pd.DataFrame({"img_name": names, "target": targets})
+        groups.append(group)
+    return pd.DataFrame({"img_name": names, "target": targets, "group": groups})
 
 
 def check_name(name: str, path: Path, line: int) -> None:
@@ -144,7 +149,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict:
     splits = {}
     for split, folder, label_file in (("train", cfg.train_dir, cfg.train_labels), ("val", cfg.val_dir, cfg.val_labels)):
         labels_path = root / label_file
-        labels = read_labels(labels_path, require_target=True)
+        labels = read_labels(labels_path, require_target=True, group_column=cfg.group_column)
         if labels.empty:
             raise DataError(f"{labels_path}: the {split} split is empty")
         classes = sorted(set(labels.target))
@@ -161,7 +166,7 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict:
         if labels_path is not None and labels_path.is_file():
             labels = read_labels(labels_path, require_target=False)
         else:
-            labels = pd.DataFrame({"img_name": sorted(list_images(test_folder)), "target": -1})
+            labels = pd.DataFrame({"img_name": sorted(list_images(test_folder)), "target": -1, "group": ""})
             labels_path = test_folder
         if labels.empty:
             raise DataError(f"{labels_path}: the test split is empty")
@@ -178,7 +183,12 @@ def prepare(cfg: DataConfig, out_dir: str | Path) -> dict:
         "predict_split": "test" if "test" in splits else "val",
         "data_hash": digest.hexdigest()[:16],
         "splits": {
-            s: {"images": len(m), "fake": int((m.target == 1).sum()), "real": int((m.target == 0).sum())}
+            s: {
+                "images": len(m),
+                "fake": int((m.target == 1).sum()),
+                "real": int((m.target == 0).sum()),
+                "fake_groups": {g: int(((m.target == 1) & (m.group == g)).sum()) for g in fake_groups(m)},
+            }
             for s, m in splits.items()
         },
     }
@@ -190,121 +200,21 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; run the prepare stage first (dvc repro prepare)")
-    return pd.read_csv(path, dtype={"img_name": str, "target": int, "path": str}, keep_default_na=False)
+    frame = pd.read_csv(path, dtype={"img_name": str, "target": int, "group": str, "path": str}, keep_default_na=False)
+    if "group" not in frame:  # a manifest written before groups existed
+        frame.insert(2, "group", "")
+    return frame
 
 
-class BadImage(DataError):
-    """An image file that cannot be used: empty, truncated, not an image, or a decompression bomb."""
+def fake_groups(manifest: pd.DataFrame) -> list[str]:
+    """The manipulations named among the fakes, sorted; [] when the labels name none."""
+    return sorted(g for g in set(manifest.group[manifest.target == 1]) if g)
 
 
-def load_image(path: str, draft_size: Optional[int] = None) -> Image.Image:
-    """Open an image as 8-bit RGB, honouring EXIF rotation; raise BadImage naming the file.
-
-    JPEG draft mode decodes at a reduced scale (1/2, 1/4, 1/8) that is still at
-    least `draft_size`: a 512 px multiFFDI image bound for 256 px decodes ~2.5x faster.
-    Images over PIL's pixel limit (~89 Mpx) are refused, not decoded: a tiny
-    file can expand to gigabytes.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if draft_size and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise BadImage(f"{path}: refused as a possible decompression bomb: {e}") from None
-    except FileNotFoundError:
-        raise BadImage(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        reason = "empty file" if size == 0 else f"cannot decode ({e})"
-        raise BadImage(f"{path}: {reason}") from None
-    ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no EXIF rotation
-    return to_rgb(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":  # convert() would copy it
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: keep the top 8 bits. PIL's own convert() clips to 255, turning it white.
-        arr = np.asarray(img).astype(np.uint32) >> 8
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        # Transparent pixels become black, the same for every image.
-        canvas = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(canvas, img)
-    return img.convert("RGB")
-
-
-def build_transform(cfg: AugmentConfig, train: bool) -> Callable:
-    """PIL image -> normalised float CHW tensor, one image at a time (the reference for what the model sees)."""
-    steps: list = [*pil_steps(cfg, train), T.ToTensor()]
-    if cfg.normalize == "imagenet":
-        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return T.Compose(steps)
-
-
-def build_uint8_transform(cfg: AugmentConfig, train: bool) -> Callable:
-    """PIL image -> uint8 HWC tensor; `normalize_batch` finishes the job for a whole batch.
-
-    Loader workers stop at uint8: a quarter of the bytes to pass between processes
-    and to copy to the GPU, and the float conversion runs once per batch on the device.
-    """
-    return Uint8Transform(cfg, train)
-
-
-def pil_steps(cfg: AugmentConfig, train: bool) -> list:
-    # Resize first: every later step works on the small image.
-    steps: list = [T.Resize(cfg.resize)]
-    if train:
-        if cfg.hflip:
-            steps.append(T.RandomHorizontalFlip(cfg.hflip))
-        if cfg.vflip:
-            steps.append(T.RandomVerticalFlip(cfg.vflip))
-        if cfg.rotation:
-            steps.append(T.RandomRotation(cfg.rotation))
-        if cfg.grayscale:
-            steps.append(T.RandomGrayscale(cfg.grayscale))
-    steps.append(T.CenterCrop(cfg.image_size))
-    return steps
-
-
-class Uint8Transform:
-    """`pil_steps`, then the pixels as a uint8 HWC tensor, skipping the steps that would only copy.
-
-    The draft decode usually gives the resize size already, and then the centre crop size.
-    """
-
-    def __init__(self, cfg: AugmentConfig, train: bool):
-        self.resize, self.size = cfg.resize, cfg.image_size
-        self.random = pil_steps(cfg, train)[1:-1]  # the flips, rotation and grayscale, in order
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        if min(img.size) != self.resize:
-            img = TF.resize(img, self.resize)
-        for step in self.random:
-            img = step(img)
-        if img.size != (self.size, self.size):
-            img = TF.center_crop(img, self.size)
-        return torch.from_numpy(np.array(img))
-
-
-def normalize_batch(x: torch.Tensor, normalize: str, channels_last: bool = True) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W): ToTensor + Normalize for a whole batch, bit for bit.
-
-    The permute gives channels_last strides for free. The same operations in the same order
-    as torchvision's keep training numbers identical to the per-image pipeline: a fused
-    x * scale + shift is 2x cheaper on CPU, but its last-bit differences change a run's results.
-    """
-    x = x.permute(0, 3, 1, 2).float().div_(255)
-    if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = x.sub_(mean).div_(std)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+def drop_groups(manifest: pd.DataFrame, groups) -> pd.DataFrame:
+    """`manifest` without the fakes of `groups` (held-out manipulations); real images stay."""
+    keep = ~((manifest.target == 1) & manifest.group.isin(list(groups)))
+    return manifest[keep].reset_index(drop=True)
 
 
 class ImageDataset(Dataset):
@@ -330,6 +240,9 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.draft_size = draft_size
         self.on_bad_image = on_bad_image
+        # Set per epoch by the training loop. Each image's random augmentation is seeded from
+        # (seed, index), so results do not depend on which worker (or how many) loaded it.
+        self.seed: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -341,7 +254,11 @@ class ImageDataset(Dataset):
             if self.on_bad_image == "error":
                 raise
             return None, self.targets[i], i, str(e)
-        return self.transform(img), self.targets[i], i, ""
+        if self.seed is None:
+            return self.transform(img), self.targets[i], i, ""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + i)
+            return self.transform(img), self.targets[i], i, ""
 
 
 @dataclass
@@ -360,4 +277,42 @@ def skip_collate(items: list) -> Batch:
         y=torch.stack([it[1] for it in kept]) if kept else torch.zeros(0, dtype=torch.long),
         index=torch.tensor([it[2] for it in kept], dtype=torch.long),
         skipped=[(it[2], it[3]) for it in items if it[0] is None],
+    )
+
+
+def make_loader(
+    manifest: pd.DataFrame,
+    aug: AugmentConfig,
+    batch_size: int,
+    workers: int,
+    train: bool,
+    generator: Optional[torch.Generator] = None,
+    on_bad_image: str = "error",
+    shard: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """Batches of uint8 NHWC images; `transforms.normalize_batch` finishes them on the device.
+
+    shard: in a DDP group, each process reads only its 1/world of the rows (a DistributedSampler,
+    shuffled from `seed` and the epoch set by `set_epoch`). Workers are not persistent, so the
+    training loop may change `num_workers` between epochs as the CPU share changes.
+    """
+    dataset = ImageDataset(
+        manifest,
+        build_uint8_transform(aug, train=train),
+        draft_size=aug.resize,
+        on_bad_image=on_bad_image,
+        normalize=aug.normalize,
+    )
+    sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False) if shard else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=False,
+        num_workers=workers,
+        generator=generator,
+        collate_fn=skip_collate,
+        pin_memory=torch.cuda.is_available(),
     )

@@ -57,3 +57,9 @@ def torch_save(path: str | Path, obj: Any) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def project_root() -> Path:
+    """The project's root: DVC_ROOT under `dvc repro/exp run` (whose --temp/--queue stages run in
+    a temporary copy that is deleted afterwards), else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()

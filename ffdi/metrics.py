@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from ffdi.errors import MetricError
 
-class MetricError(ValueError):
-    pass
 
 
 def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,10 +57,19 @@ def _eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float((fpr[i] + fnr[i]) / 2.0)
 
 
-def binary_metrics(y_true, y_prob, threshold: float = 0.5, target_fpr: float = 1e-3) -> dict[str, float]:
+def fpr_key(fpr: float) -> str:
+    """tpr_at_fpr_1e-3: a metric name DVC and MLflow both keep as one key (no dots)."""
+    mantissa, exponent = f"{fpr:.0e}".split("e")
+    return f"tpr_at_fpr_{mantissa}e{int(exponent)}"
+
+
+def binary_metrics(
+    y_true, y_prob, threshold: float = 0.5, target_fpr: float = 1e-3, fprs: tuple[float, ...] = ()
+) -> dict[str, float]:
+    """accuracy, ROC-AUC, the tie-breaker TPR at `target_fpr`, EER, AP, log loss, and TPR at each of `fprs`."""
     y_true, y_prob = _check(y_true, y_prob)
     y_pred = (y_prob >= threshold).astype(int)
-    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)  # once, for both the tie-breaker and the EER
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)  # once, for the tie-breakers and the EER
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "roc_auc": float(skm.roc_auc_score(y_true, y_prob)),
@@ -69,6 +77,18 @@ def binary_metrics(y_true, y_prob, threshold: float = 0.5, target_fpr: float = 1
         "eer": _eer(fpr, tpr),
         "average_precision": float(skm.average_precision_score(y_true, y_prob)),
         "log_loss": float(skm.log_loss(y_true, np.clip(y_prob, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        **{fpr_key(f): _tpr_at(fpr, tpr, f) for f in fprs},
+    }
+
+
+def ranking_metrics(y_true, y_prob, fprs: tuple[float, ...] = ()) -> dict[str, float]:
+    """Threshold-free metrics for a subset (one manipulation's fakes against all real images)."""
+    y_true, y_prob = _check(y_true, y_prob)
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)
+    return {
+        "roc_auc": float(skm.roc_auc_score(y_true, y_prob)),
+        "average_precision": float(skm.average_precision_score(y_true, y_prob)),
+        **{fpr_key(f): _tpr_at(fpr, tpr, f) for f in fprs},
     }
 
 
@@ -83,3 +103,24 @@ def confusion(y_true, y_prob, threshold: float = 0.5) -> np.ndarray:
     """2x2 counts, rows = true (real, fake), columns = predicted (real, fake)."""
     y_true, y_prob = _check(y_true, y_prob)
     return skm.confusion_matrix(y_true, (y_prob >= threshold).astype(int), labels=[0, 1])
+
+
+def group_metrics(y_true, y_prob, groups, fprs: tuple[float, ...] = ()) -> dict[str, dict[str, float]]:
+    """Per manipulation: that group's fakes against every real image. Groups with no fakes are left out."""
+    y_true, y_prob = np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float)
+    groups = np.asarray(groups, dtype=object)
+    real = y_true == 0
+    out = {}
+    for g in sorted({g for g, t in zip(groups, y_true) if t == 1 and g}):
+        rows = real | ((y_true == 1) & (groups == g))
+        out[g] = ranking_metrics(y_true[rows], y_prob[rows], fprs)
+    return out
+
+
+def summarise_groups(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean and worst group AUC: a detector is only as good as the manipulation it misses most."""
+    aucs = {g: m["roc_auc"] for g, m in per_group.items()}
+    if not aucs:
+        return {}
+    worst = min(aucs, key=aucs.get)
+    return {"group_mean_auc": float(np.mean(list(aucs.values()))), "group_worst_auc": aucs[worst]}

@@ -18,10 +18,8 @@ from timm.layers import SEModule
 from torch import nn
 
 from ffdi.config import ModelConfig
+from ffdi.errors import WeightsError
 
-
-class WeightsError(ValueError):
-    pass
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ffdi.config import Params, TrackingConfig, flatten
-from ffdi.io import write_json
+from ffdi.errors import TrackingError
+from ffdi.io import project_root, write_json
 
 # MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
 # this one makes it show the runs table and metric charts of model training.
@@ -25,10 +26,6 @@ EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
 
 # The model's runtime needs, recorded with it; passing them skips MLflow's slow inference.
 MODEL_REQUIREMENTS = ("torch", "torchvision", "timm", "numpy")
-
-
-class TrackingError(RuntimeError):
-    pass
 
 
 def check_reachable(cfg: TrackingConfig, timeout: float = 5.0) -> None:
@@ -54,10 +51,6 @@ def check_reachable(cfg: TrackingConfig, timeout: float = 5.0) -> None:
             f"tracking.uri {uri}: server unreachable ({reason}). Start it, or set tracking.uri: null "
             "to use the local SQLite store"
         ) from None
-
-
-def project_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -238,18 +231,21 @@ def logged_steps(run_id: str, key: str = "val_auc") -> set[int]:
     return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
 
 
-def log_model(model: Any, augment: dict, step: int = 0) -> str:
+def log_model(model: Any, ckpt: dict, checkpoint_file: Path) -> str:
     """Log the model as an MLflow LoggedModel; return its models:/ URI.
 
     Pickle format, not MLflow 3's torch.export default: users get back the timm
     module itself (SE blocks and all) and any batch size, not a traced graph.
-    The preprocessing it expects travels in the model's metadata. `step` is the
-    epoch it comes from: MLflow shows the run's metrics at that step on the model's page.
+    The checkpoint travels inside it too, so `Detector.load("models:/<id>")` rebuilds
+    the same scorer (preprocessing, precision) that evaluate and predict used. It is
+    logged at the step of the epoch it comes from: MLflow shows that epoch's metrics
+    on the model's page.
     """
     import mlflow
     import numpy as np
     from importlib.metadata import version
 
+    augment = ckpt["config"]["augment"]
     size = int(augment["image_size"])
     example = np.zeros((2, 3, size, size), dtype=np.float32)
     info = mlflow.pytorch.log_model(
@@ -258,10 +254,27 @@ def log_model(model: Any, augment: dict, step: int = 0) -> str:
         input_example=example,
         pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS],
         serialization_format="pickle",
-        step=step,
-        metadata={"preprocess": augment, "output": "logits (N, 2); softmax[:, 1] = probability of fake"},
+        step=int(ckpt["epoch"]),
+        extra_files=[str(checkpoint_file)],
+        metadata={
+            "preprocess": augment,
+            "precision": ckpt.get("precision", "fp32"),
+            "output": "logits (N, 2); softmax[:, 1] = probability of fake",
+        },
     )
     return info.model_uri
+
+
+def log_skipped(skipped: list, stage: str) -> None:
+    """Under data.on_bad_image=skip: list the skipped files in an artifact, count them in MLflow."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.log_metric(f"skipped_images_{stage}", len(skipped))
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable images skipped in {stage}; see skipped_images.csv in MLflow")
+        frame = pd.DataFrame(sorted(set(skipped)), columns=["path", "reason"])
+        mlflow.log_text(frame.to_csv(index=False), f"{stage}/skipped_images.csv")
 
 
 def write_run_ref(path: str | Path, run_id: str, experiment: str) -> None:

@@ -1,12 +1,46 @@
 """Stage `predict`: write the submission CSV img_name,y_pred (probability of fake)."""
 
-from ffdi import pipeline
+import json
+
+import numpy as np
+import pandas as pd
+
+from ffdi import hardware, tracking
+from ffdi.cli import stage_main
+from ffdi.data import read_manifest
+from ffdi.detector import Detector
+from ffdi.io import project_root, write_csv
+from stages import MODEL, PREPARED, RUN_REF
+
+# What an unreadable test image scores under on_bad_image=skip: a submission needs every row,
+# and 0.5 claims nothing either way.
+UNREADABLE_SCORE = 0.5
 
 
 def main(params):
-    submission = pipeline.predict(params)
-    print(f"{len(submission)} predictions -> {params.predict.out}")
+    cfg = params.predict
+    tracking.check_reachable(params.tracking)
+    share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
+    hardware.apply_threads(hardware.resolve_threads(params.train.threads, share))
+    split = json.loads((PREPARED / "summary.json").read_text())["predict_split"]
+    manifest = read_manifest(PREPARED / f"{split}.csv")
+    detector = Detector.load(MODEL, params.train.device, tta=cfg.tta)
+    workers = hardware.resolve_workers(params.train.workers, share.threads(), detector.device)
+    res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
+    prob = np.full(len(manifest), UNREADABLE_SCORE)
+    prob[res.index] = res.prob
+    submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
+    write_csv(cfg.out, submission)
+
+    with tracking.run(params.tracking, run_id=tracking.read_run_ref(RUN_REF)):
+        import mlflow
+
+        mlflow.set_tags({"predict.split": split})
+        mlflow.log_metric("predict_images", len(submission))
+        tracking.log_skipped(res.skipped, "predict")
+        mlflow.log_artifact(cfg.out, artifact_path="predict")
+    print(f"{len(submission)} predictions -> {cfg.out}")
 
 
 if __name__ == "__main__":
-    pipeline.stage_main(main)
+    stage_main(main)

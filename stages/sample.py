@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from ffdi.pipeline import stage_main
+from ffdi.cli import stage_main
 from ffdi.sample import generate
 
 

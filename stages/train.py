@@ -1,13 +1,87 @@
-"""Stage `train`: train the detector; best checkpoint to models/model.pt, one MLflow run."""
+"""Stage `train`: train the detector; best checkpoint to models/model.pt, one MLflow run.
 
-from ffdi import pipeline
+Under torchrun every process trains its shard; rank 0 alone writes files and talks to MLflow.
+A killed run resumes after its last complete epoch, into the same MLflow run.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from ffdi import checkpoint, distributed, hardware, tracking
+from ffdi.cli import stage_main
+from ffdi.data import drop_groups, fake_groups, read_manifest
+from ffdi.errors import DataError
+from ffdi.io import project_root, write_csv
+from ffdi.train import fit
+from stages import HISTORY, MODEL, PREPARED, RUN_REF
+
+
+def load_manifests(params):
+    """Train and val rows, without the held-out manipulations' fakes: they must not reach
+    training, nor the choice of the best epoch."""
+    train, val = read_manifest(PREPARED / "train.csv"), read_manifest(PREPARED / "val.csv")
+    unknown = sorted(set(params.data.holdout) - set(fake_groups(train)) - set(fake_groups(val)))
+    if unknown:
+        raise DataError(f"data.holdout names {unknown}, which no fake in the label files has in column "
+                        f"{params.data.group_column!r}; known: {fake_groups(train) or 'none'}")
+    return drop_groups(train, params.data.holdout), drop_groups(val, params.data.holdout)
 
 
 def main(params):
-    best = pipeline.train(params)
-    if best:  # rank 0, or a single process
-        print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {pipeline.MODEL}")
+    tracking.check_reachable(params.tracking)  # in seconds, before anything is read or trained
+    share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
+    data_hash = json.loads((PREPARED / "summary.json").read_text())["data_hash"]
+    train_rows, val_rows = load_manifests(params)
+    state_dir = checkpoint.resume_dir(params, data_hash)
+    with distributed.process_group(params.train):
+        if distributed.rank_and_world()[0] != 0:  # a DDP worker: trains its shard, reports nothing
+            fit(params, train_rows, val_rows, state_dir, cpu_share=share)
+            return
+        state_dir.mkdir(parents=True, exist_ok=True)
+        run_file = state_dir / "run.json"
+        prior_run = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
+        with tracking.run(params.tracking, run_id=prior_run, run_name=tracking.run_name(params)) as run:
+            import mlflow
+
+            if prior_run is None:
+                tracking.log_params(params)
+                mlflow.set_tags(tracking.start_tags(params, data_hash))
+                device = hardware.select_device(params.train.device)
+                mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device)))
+                mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
+                tracking.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
+            steps = tracking.logged_steps(run.info.run_id)
+            history: list[dict] = []
+
+            def on_epoch(row):
+                history.append(row)
+                write_csv(HISTORY, pd.DataFrame(history))
+                tracking.log_epoch(row, steps)
+
+            def on_resume(rows):
+                history.extend(rows)
+                for row in rows:  # an epoch saved but killed before it was logged
+                    tracking.log_epoch(row, steps)
+
+            result = fit(params, train_rows, val_rows, state_dir, on_epoch, on_resume, cpu_share=share)
+            # Again after fit: a resumed run with no epochs left wrote no history, and DVC deleted it.
+            write_csv(HISTORY, pd.DataFrame(result["history"]))
+            best = result["best"]
+            mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"]})
+            tracking.log_skipped(result["skipped"], "train")
+            if params.tracking.log_model:
+                ckpt = checkpoint.load(state_dir / "best.pt")
+                with tempfile.TemporaryDirectory() as tmp:
+                    named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / checkpoint.CHECKPOINT_NAME))
+                    tracking.log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
+            checkpoint.finish(state_dir, MODEL)
+            tracking.write_run_ref(RUN_REF, run.info.run_id, params.tracking.experiment)
+    print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {MODEL}")
 
 
 if __name__ == "__main__":
-    pipeline.stage_main(main)
+    stage_main(main)

@@ -33,3 +33,18 @@ def test_grouping_ignores_seed():
     assert varying_keys(runs) == ["model.se"]
     groups = group_runs(runs, ["model.se"])
     assert {k: [r.run_id for r in v] for k, v in groups.items()} == {"model.se=False": ["0", "1"], "model.se=True": ["2", "3"]}
+
+
+def test_mixed_precision_or_hardware_is_warned():
+    from ffdi.compare import hardware_warnings
+
+    def run(i, se, precision, cpu):
+        return Run(str(i), f"r{i}", {"model.se": se}, {}, "", {"hw.precision": precision, "hw.device_name": cpu})
+
+    same = {"a": [run(0, "False", "fp32", "AMD EPYC")], "b": [run(1, "True", "fp32", "AMD EPYC")]}
+    assert hardware_warnings(same) == []
+    mixed = {"a": [run(0, "False", "fp32", "AMD EPYC")], "b": [run(1, "True", "bf16", "Intel Xeon")]}
+    warnings = hardware_warnings(mixed)
+    assert len(warnings) == 2
+    assert "precision" in warnings[0] and "a: fp32" in warnings[0] and "b: bf16" in warnings[0]
+    assert "hardware" in warnings[1] and "Intel Xeon" in warnings[1]

@@ -54,3 +54,24 @@ def test_flatten_names():
     flat = flatten(Params().to_dict())
     assert flat["model.se"] is False
     assert flat["train.lr"] == Params().train.lr
+
+
+def test_auto_or_int_and_lists_are_checked(tmp_path):
+    p = tmp_path / "params.yaml"
+    for text, message in [
+        ("train:\n  workers: many\n", "train.workers must be an integer or 'auto', got 'many'"),
+        ("train:\n  threads: 0\n", "train.threads must be > 0, got 0"),
+        ("predict:\n  tta: hflip\n", "predict.tta must be a list, got 'hflip'"),
+        ("predict:\n  tta: [hflip, spin]\n", "predict.tta: unknown view 'spin'"),
+        ("eval:\n  fprs: [0.01, 2]\n", "eval.fprs: each must be in (0.0, 1.0), got 2.0"),
+        ("data:\n  holdout: [real]\n", "'real' cannot be held out"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_params(p)
+        assert message in str(e.value), (text, str(e.value))
+    p.write_text("train:\n  workers: 3\n  threads: auto\npredict:\n  tta: [vflip, hflip]\ndata:\n  holdout: [splice]\n")
+    params = load_params(p)
+    assert params.train.workers == 3 and params.train.threads == "auto"
+    assert params.predict.tta == ("vflip", "hflip") and params.data.holdout == ("splice",)
+    assert params.to_dict()["predict"]["tta"] == ["vflip", "hflip"]  # YAML- and JSON-friendly

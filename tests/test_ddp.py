@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
+from ffdi import checkpoint
 from ffdi.data import read_manifest
+from ffdi.detector import Detector
 from ffdi.metrics import roc_auc
-from ffdi.train import fake_probability, load_checkpoint, make_loader, predict_logits
 from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -46,14 +47,13 @@ def test_torchrun_two_processes_one_run_whole_val_set(tmp_path):
     assert history.epoch.tolist() == list(range(EPOCHS)) and history.val_images.tolist() == [n_val] * EPOCHS
 
     # The checkpoint is a plain single-process model, and its own val AUC is the one reported.
-    model, ckpt = load_checkpoint(p.repo / "models" / "model.pt")
+    ckpt = checkpoint.load(p.repo / "models" / "model.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])
     val["path"] = [str(p.repo / path) for path in val.path]
-    res = predict_logits(model, make_loader(val, ckpt["augment"], 16, 0, train=False), "cpu", False)
-    assert sorted(res.index.tolist()) == list(range(n_val)) and res.logits.shape == (n_val, 2)
+    detector = Detector.load(p.repo / "models" / "model.pt", "cpu", tta=["hflip"])
+    res = detector.score_manifest(val, 16)
+    assert sorted(res.index.tolist()) == list(range(n_val)) and res.view_logp.shape == (n_val, 2, 2)
     best = history.loc[history.epoch == ckpt["epoch"]].iloc[0]
-    own_auc = roc_auc(res.targets.numpy(), fake_probability(res.logits))
-    assert own_auc == pytest.approx(best.val_auc, abs=1e-9)
+    assert roc_auc(res.targets, res.prob) == pytest.approx(best.val_auc, abs=1e-9)
     assert ckpt["metrics"]["val_auc"] == best.val_auc
-    own_loss = torch.nn.functional.cross_entropy(res.logits, res.targets).item()
-    assert own_loss == pytest.approx(best.val_loss, rel=1e-4)
+    assert res.log_loss() == pytest.approx(best.val_loss, rel=1e-6)

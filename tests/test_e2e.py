@@ -141,17 +141,24 @@ def test_metrics_match_sklearn_and_the_model(project, runs):
     assert m["tpr_at_fpr"] == pytest.approx(tpr[fpr <= 1e-3].max())
     assert b["metrics"]["images"] == len(labels)
 
-    # The metrics really come from the trained model: re-infer the saved checkpoint here.
+    # The metrics really come from the trained model: re-score the saved checkpoint here, with
+    # the scorer predict uses (same views, same precision): the same AUC to 1e-9.
     from ffdi.data import read_manifest
-    from ffdi.train import fake_probability, load_checkpoint, make_loader, predict_logits
+    from ffdi.detector import Detector
 
-    model, ckpt = load_checkpoint(b["model"])
+    detector = Detector.load(b["model"], "cpu", tta=["hflip"])
     manifest = read_manifest(project["repo"] / "prepared" / "val.csv")
     manifest["path"] = [str(project["repo"] / p) for p in manifest.path]
-    res = predict_logits(model, make_loader(manifest, ckpt["augment"], 32, 0, train=False), "cpu", False)
+    res = detector.score_manifest(manifest, 32)
     assert res.index.tolist() == list(range(len(manifest))) and not res.skipped
-    own = fake_probability(res.logits)
-    np.testing.assert_allclose(own, p, atol=1e-5)
+    np.testing.assert_allclose(res.prob, p, atol=1e-9)
+    assert skm.roc_auc_score(res.targets, res.prob) == pytest.approx(m["roc_auc"], abs=1e-9)
+    # ... and that scorer, on the test split, wrote the submission.
+    test = read_manifest(project["repo"] / "prepared" / "test.csv")
+    test["path"] = [str(project["repo"] / p) for p in test.path]
+    np.testing.assert_allclose(detector.score_manifest(test, 32).prob, b["submission"].y_pred, atol=1e-9)
+    # Without test-time views the number differs, and is reported under its own name.
+    assert b["metrics"]["val_no_tta"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, res.prob_single_view), abs=1e-9)
 
     # MLflow holds the same final numbers as metrics.json.
     _, _, (base, _, _) = runs

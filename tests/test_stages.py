@@ -57,7 +57,7 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
 def test_skipped_images_are_listed_and_counted(tmp_path, monkeypatch):
     import mlflow
 
-    from ffdi.pipeline import log_skipped
+    from ffdi.tracking import log_skipped
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -2,10 +2,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, TrainConfig
 from ffdi.data import prepare, read_manifest
-from ffdi.train import fit, load_checkpoint
+from ffdi import checkpoint
+from ffdi.detector import Detector
+from ffdi.train import fit
 
 
 def tiny_params(tiny_data, **train):
@@ -27,15 +30,23 @@ def test_fit_history_and_checkpoints(tiny_data, manifests, tmp_path):
     rows = []
     result = fit(tiny_params(tiny_data), *manifests, tmp_path, on_epoch=rows.append)
     assert [r["epoch"] for r in result["history"]] == [0, 1] == [r["epoch"] for r in rows]
+    val = manifests[1]
     for r in rows:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"} <= set(r)
-        assert 0 <= r["val_auc"] <= 1 and r["train_loss"] > 0
+        assert r["val_images"] == len(val)
     best = result["best"]
     assert best["value"] == max(r["val_auc"] for r in rows)
-    model, ckpt = load_checkpoint(tmp_path / "best.pt")
-    assert ckpt["epoch"] == best["epoch"]
+    ckpt = checkpoint.load(tmp_path / "best.pt")
+    assert ckpt["epoch"] == best["epoch"] and ckpt["precision"] == result["precision"]
     assert ckpt["config"]["train"]["epochs"] == 2 and ckpt["config"]["model"]["se"] is False
     assert ckpt["metrics"]["val_auc"] == best["value"]
+    # The best epoch's val numbers are what the saved checkpoint scores, through the Detector,
+    # with the same views: checked against sklearn on its probabilities.
+    detector = Detector.load(tmp_path / "best.pt", "cpu", tta=Params().predict.tta)
+    res = detector.score_manifest(val, 32)
+    assert skm.roc_auc_score(res.targets, res.prob) == pytest.approx(best["value"], abs=1e-12)
+    assert skm.log_loss(res.targets, res.prob) == pytest.approx(ckpt["metrics"]["val_loss"], rel=1e-6)
+    assert skm.accuracy_score(res.targets, res.prob >= 0.5) == pytest.approx(ckpt["metrics"]["val_acc"])
 
 
 class Killed(Exception):
@@ -105,8 +116,8 @@ def test_error_policy_names_the_bad_file(tiny_data, manifests, tmp_path):
 @pytest.mark.parametrize("train", [False, True])
 def test_loader_batches_equal_the_per_image_transform(manifests, train):
     """Workers hand over uint8 NHWC; normalised on the device it is what ToTensor + Normalize give."""
-    from ffdi.data import build_transform, load_image, normalize_batch
-    from ffdi.train import make_loader
+    from ffdi.data import make_loader
+    from ffdi.transforms import build_transform, load_image, normalize_batch
 
     # Resize from 32 to 24 and crop to 20; when training, both flips always.
     aug = AugmentConfig(resize=24, image_size=20, hflip=1.0, vflip=1.0)
@@ -120,18 +131,18 @@ def test_loader_batches_equal_the_per_image_transform(manifests, train):
 
 
 def test_amp_and_distributed_switches(monkeypatch):
-    from ffdi.train import amp_dtype, use_distributed
-
-    import ffdi.train
+    from ffdi import hardware
+    from ffdi.distributed import use_distributed
+    from ffdi.hardware import resolve_precision
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(ffdi.train, "cpu_has_native_bf16", lambda: False)
-    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None
-    monkeypatch.setattr(ffdi.train, "cpu_has_native_bf16", lambda: True)
-    assert amp_dtype("auto", cpu) == torch.bfloat16 and amp_dtype("off", cpu) is None
-    assert amp_dtype("bf16", cpu) == torch.bfloat16
-    with pytest.raises(RuntimeError, match="train.amp is 'fp16' but the device is cpu"):
-        amp_dtype("fp16", cpu)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("off", cpu) == "fp32"
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16" and resolve_precision("off", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(RuntimeError, match="fp16 needs CUDA but the device is cpu"):
+        resolve_precision("fp16", cpu)
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not use_distributed(TrainConfig(distributed="auto"))

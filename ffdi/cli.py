@@ -1,0 +1,69 @@
+"""The command line: `stage_main` for the DVC stages, and the `ffdi` command.
+
+User errors (bad params, data, weights, tracking address) print one clear line and exit 1,
+not a traceback. SIGTERM (a scheduler's or `kill`'s stop) is handled like Ctrl-C: the MLflow
+run is marked KILLED and the last complete epoch stays saved for the rerun. This module
+imports nothing heavy, so `sample` and `prepare` don't load the training stack to reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Callable, Optional
+
+from ffdi.errors import FfdiError
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def user_error_message(e: BaseException) -> str:
+    message = str(e).strip()
+    if "Original Traceback" in message:  # raised in a DataLoader worker: keep its own last line
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
+def stage_main(fn: Callable) -> None:
+    """Run a stage function on the validated params (FFDI_PARAMS, default params.yaml)."""
+    signal.signal(signal.SIGTERM, _terminate)
+    from ffdi.config import load_params
+
+    try:
+        fn(load_params(os.environ.get("FFDI_PARAMS", "params.yaml")))
+    except (FfdiError, FileNotFoundError) as e:
+        print(f"error: {user_error_message(e)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume after the last complete epoch", file=sys.stderr)
+        sys.exit(130)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`ffdi <command> ...`; each command's module parses its own arguments."""
+    commands = {
+        "compare": ("ffdi.compare", "compare the runs of an MLflow experiment"),
+    }
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        ap = argparse.ArgumentParser(prog="ffdi", description="Deepfake image detection: train with `dvc repro`, "
+                                     "then use the trained detector with these commands.")
+        ap.add_argument("command", choices=list(commands), help="; ".join(f"{k}: {v[1]}" for k, v in commands.items()))
+        ap.parse_args(argv[:1])
+        return 2
+    import importlib
+
+    module = importlib.import_module(commands[argv[0]][0])
+    try:
+        return module.main(argv[1:])
+    except FfdiError as e:
+        print(f"error: {user_error_message(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The errors a user can cause, each with a message that names the file, line, key or value.
+
+One light module, so the command-line layer can catch them all without importing
+torch, timm or MLflow.
+"""
+
+
+class FfdiError(ValueError):
+    """Bad input from the user: params, data, weights or a tracking address."""
+
+
+class ConfigError(FfdiError):
+    """A params.yaml value that cannot be used; the message names the key."""
+
+
+class DataError(FfdiError):
+    """Bad input data; the message names the file, line and value."""
+
+
+class BadImage(DataError):
+    """An image file that cannot be used: empty, truncated, not an image, or a decompression bomb."""
+
+
+class MetricError(FfdiError):
+    pass
+
+
+class WeightsError(FfdiError):
+    pass
+
+
+class TrackingError(FfdiError):
+    pass
