@@ -18,12 +18,18 @@ from timm.layers import SEModule
 from torch import nn
 
 from ffdi.config import ModelConfig
-from ffdi.errors import WeightsError
+from ffdi.errors import ConfigError, WeightsError
 
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network described by `cfg`, with weights from the hub or a file if asked."""
+    if not timm.is_model(cfg.arch):
+        close = timm.list_models(f"*{cfg.arch.split('_')[0]}*")[:5]
+        raise ConfigError(f"model.arch {cfg.arch!r} is not a timm model" + (f"; e.g. {', '.join(close)}" if close else ""))
+    if cfg.se and cfg.arch not in timm.list_models(module="resnet"):
+        # SE is added through the ResNet blocks' own attn_layer argument; other families have no such slot.
+        raise ConfigError(f"model.se: true needs a ResNet-family model.arch, got {cfg.arch!r}")
     kwargs: dict[str, Any] = {"num_classes": cfg.num_classes}
     if cfg.se:
         # rd_divisor=1 keeps the reduction exact (64 channels / 32 = 2), as in the original improvement.

@@ -174,9 +174,10 @@ def test_submission_rows(project):
     assert sub.y_pred.between(0, 1).all() and sub.y_pred.nunique() > 1
 
 
-def test_artifacts_and_logged_models(runs):
+def test_artifacts_and_logged_models(project, runs):
     import mlflow
 
+    from ffdi.detector import Detector
     from ffdi.models import count_se_modules
 
     client, exp, (base, se, _) = runs
@@ -191,6 +192,13 @@ def test_artifacts_and_logged_models(runs):
         )
         model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
         assert count_se_modules(model) == n_se
+        # The Detector rebuilds the very scorer from the logged model's URI.
+        detector = Detector.load(f"models:/{logged.model_id}", "cpu", tta=["hflip"])
+        assert count_se_modules(detector.model) == n_se
+        if run is base:
+            images = sorted((project["repo"] / "data" / "sample" / "valset").glob("*.jpg"))[:8]
+            from_file = Detector.load(project["baseline"]["model"], "cpu", tta=["hflip"]).score(images)
+            np.testing.assert_array_equal(detector.score(images), from_file)
 
 
 def test_dvc_exp_show_lists_both_with_auc(project, runs):

@@ -72,3 +72,12 @@ def test_safetensors(tmp_path):
     save_file(donor.state_dict(), tmp_path / "w.safetensors")
     model = build_model(ModelConfig(se=True, weights=str(tmp_path / "w.safetensors")))
     assert torch.equal(model.layer4[1].conv2.weight, donor.layer4[1].conv2.weight)
+
+
+def test_arch_and_se_errors_name_the_key():
+    from ffdi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.arch 'resnet_eighteen' is not a timm model"):
+        build_model(ModelConfig(arch="resnet_eighteen"))
+    with pytest.raises(ConfigError, match="model.se: true needs a ResNet-family model.arch, got 'convnext_atto'"):
+        build_model(ModelConfig(arch="convnext_atto", se=True))
