@@ -47,6 +47,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     """`ffdi <command> ...`; each command's module parses its own arguments."""
     commands = {
         "compare": ("ffdi.compare", "compare the runs of an MLflow experiment"),
+        "generalisation": ("ffdi.generalisation", "leave-one-manipulation-out experiments and their tables"),
+        "serve": ("ffdi.serving", "serve a logged detector over HTTP (mlflow models serve)"),
+        "score": ("ffdi.score", "P(fake) for image files, folders and globs, to CSV or JSON"),
+        "explain": ("ffdi.explain", "overlays of where a detector sees fake evidence (LayerCAM or Grad-CAM)"),
     }
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:

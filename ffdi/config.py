@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,16 @@ from ffdi.errors import ConfigError
 
 # Test-time views the Detector can average over; the image itself is always one of them.
 TTA_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
+
+# Degradations evaluate can apply to val images (ffdi.degrade), written `kind:severity` in
+# eval.degradations: kind -> (what the severity is, lowest, highest, whether the bounds are open).
+DEGRADATIONS = {
+    "jpeg": ("JPEG quality", 1, 100, False),
+    "blur": ("Gaussian blur sigma in px", 0.0, 100.0, True),
+    "downscale": ("scale factor, down and back up", 0.0, 1.0, True),
+    "resize": ("shorter side in px", 1, 100_000, False),
+    "noise": ("Gaussian noise sd in 8-bit levels", 0.0, 255.0, True),
+}
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,11 @@ class EvalConfig:
     threshold: float = 0.5
     target_fpr: float = 0.001
     fprs: tuple[float, ...] = (0.01, 0.005, 0.001)  # TPR at each, as the FFDI organiser reports
+    # Other labelled folders (val layout: data.val_dir + data.val_labels) scored by the same Detector.
+    extra_sets: dict[str, str] = field(default_factory=dict)
+    # `kind:severity` applied to the decoded val images before the Detector's preprocessing.
+    degradations: tuple[str, ...] = ("jpeg:50", "blur:0.5", "blur:1", "downscale:0.5")
+    robustness_images: Optional[int] = None  # null: every val image; else a fixed random subset
 
     def check(self) -> None:
         _positive(self, "batch_size")
@@ -154,6 +170,18 @@ class EvalConfig:
         for f in self.fprs:
             if not 0.0 < f < 1.0:
                 raise ConfigError(f"eval.fprs: each must be in (0.0, 1.0), got {f}")
+        for name, path in self.extra_sets.items():
+            if not _SET_NAME.fullmatch(name) or name in ("val", "real"):
+                raise ConfigError(f"eval.extra_sets: name {name!r} must be letters, digits, '_' or '-' "
+                                  "(it names metrics and files), and not 'val' or 'real'")
+            if not path:
+                raise ConfigError(f"eval.extra_sets.{name}: the path must not be empty")
+        for spec in self.degradations:
+            parse_degradation(spec)
+        if len(set(map(parse_degradation, self.degradations))) != len(self.degradations):
+            raise ConfigError(f"eval.degradations: a degradation is listed twice: {list(self.degradations)}")
+        if self.robustness_images is not None:
+            _at_least(self, "robustness_images", 2)
 
 
 @dataclass(frozen=True)
@@ -194,6 +222,31 @@ class Params:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         # Lists, not tuples: YAML, JSON and MLflow take them as written in params.yaml.
         return dataclasses.asdict(self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv})
+
+
+_SET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def parse_degradation(spec: str) -> tuple[str, float]:
+    """'jpeg:70' -> ('jpeg', 70.0), checked against DEGRADATIONS."""
+    kind, sep, raw = str(spec).partition(":")
+    kind = kind.strip()
+    if not sep or kind not in DEGRADATIONS:
+        raise ConfigError(f"eval.degradations: {spec!r} must be 'kind:severity' with kind one of "
+                          f"{', '.join(DEGRADATIONS)}, e.g. 'jpeg:70'")
+    what, low, high, open_ = DEGRADATIONS[kind]
+    try:
+        severity = float(raw)
+    except ValueError:
+        raise ConfigError(f"eval.degradations: {spec!r}: the {what} must be a number") from None
+    ok = low < severity < high if open_ else low <= severity <= high
+    if isinstance(low, int) and severity != int(severity):
+        ok = False
+    if not ok:
+        bounds = f"({low}, {high})" if open_ else f"[{low}, {high}]"
+        kind_of = "an integer" if isinstance(low, int) else "a number"
+        raise ConfigError(f"eval.degradations: {spec!r}: the {what} must be {kind_of} in {bounds}")
+    return kind, severity
 
 
 def check_views(views: tuple[str, ...], key: str) -> None:
@@ -262,6 +315,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if len(inner) == 1:
             raise errors[0]
         raise ConfigError(f"{key} must be {' or '.join(_describe(a) for a in inner)}, got {_show(value)}")
+    if origin is dict:
+        key_hint, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {_show(value)}")
+        return {_coerce(key_hint, k, f"{key} key {k!r}"): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         (item, _) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):

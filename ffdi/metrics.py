@@ -69,7 +69,8 @@ def binary_metrics(
     """accuracy, ROC-AUC, the tie-breaker TPR at `target_fpr`, EER, AP, log loss, and TPR at each of `fprs`."""
     y_true, y_prob = _check(y_true, y_prob)
     y_pred = (y_prob >= threshold).astype(int)
-    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)  # once, for the tie-breakers and the EER
+    # once, for the tie-breakers and the EER; every threshold kept: tied scores can hide achievable points
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob, drop_intermediate=False)
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "roc_auc": float(skm.roc_auc_score(y_true, y_prob)),
@@ -84,7 +85,7 @@ def binary_metrics(
 def ranking_metrics(y_true, y_prob, fprs: tuple[float, ...] = ()) -> dict[str, float]:
     """Threshold-free metrics for a subset (one manipulation's fakes against all real images)."""
     y_true, y_prob = _check(y_true, y_prob)
-    fpr, tpr, _ = skm.roc_curve(y_true, y_prob)
+    fpr, tpr, _ = skm.roc_curve(y_true, y_prob, drop_intermediate=False)
     return {
         "roc_auc": float(skm.roc_auc_score(y_true, y_prob)),
         "average_precision": float(skm.average_precision_score(y_true, y_prob)),

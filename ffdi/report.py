@@ -76,3 +76,83 @@ def plot_run_rocs(y: np.ndarray, probs: dict[str, np.ndarray], mean_aucs: dict[s
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     save_figure(fig, out)
+
+
+def plot_groups(per_group: dict[str, dict[str, float]], out: Path, heldout: tuple = (),
+                title: str = "AUC per manipulation, val") -> None:
+    """One bar per manipulation (its fakes against every real image), best at the top; the worst
+    is drawn in red, the mean as a dashed line, and held-out manipulations are hatched."""
+    names = sorted(per_group, key=lambda g: per_group[g]["roc_auc"], reverse=True)
+    aucs = np.array([per_group[g]["roc_auc"] for g in names])
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(names), 1)), dpi=100)
+    if len(names):
+        worst = int(np.argmin(aucs))
+        colours = ["tab:red" if i == worst else "tab:blue" for i in range(len(names))]
+        bars = ax.barh(range(len(names)), aucs, color=colours, height=0.6)
+        low = min(0.5, float(aucs.min()) - 0.1)
+        for i, (bar, g) in enumerate(zip(bars, names)):
+            if g in heldout:
+                bar.set_hatch("//")
+                bar.set_edgecolor("white")
+            note = ("held out, " if g in heldout else "") + ("worst, " if i == worst and len(names) > 1 else "")
+            ax.text(max(aucs[i], low + 0.1 * (1 - low)) - 0.005, i, f"{note}{aucs[i]:.4f}", va="center", ha="right",
+                    fontsize=8, color="white")
+        ax.axvline(aucs.mean(), ls="--", c="black", lw=1, label=f"mean {aucs.mean():.4f}")
+        ax.set(yticks=range(len(names)), yticklabels=names)
+        ax.invert_yaxis()
+        ax.set_xlim(low, 1.0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "the labels name no manipulation", ha="center", va="center", transform=ax.transAxes)
+        ax.set(yticks=[])
+    ax.set(xlabel="ROC-AUC (that manipulation's fakes vs all real)", title=title)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def plot_robustness(table, clean_auc: float, out: Path, title: str = "AUC under degradation, val") -> None:
+    """AUC against severity, one line per kind of degradation, mildest severity on the left;
+    each point is labelled with its severity, and the clean AUC is the dashed reference."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
+    ax.axhline(clean_auc, ls="--", c="grey", lw=1, label=f"clean {clean_auc:.4f}")
+    colours = _colours()
+    if len(table):
+        for i, (kind, rows) in enumerate(table.groupby("kind", sort=False)):
+            c = colours[i % len(colours)]
+            ax.plot(rows.level, rows.roc_auc, marker="o", color=c, label=kind)
+            for _, r in rows.iterrows():
+                ax.annotate(f"{r.severity:g}", (r.level, r.roc_auc), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=c)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    else:
+        ax.text(0.5, 0.3, "no degradations in eval.degradations", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="severity step (1 = mildest listed; labels: the severity)", ylabel="ROC-AUC", title=title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def plot_heatmaps(tables: dict, out: Path, title: str, value_label: str, vmin: float = 0.5,
+                  vmax: float = 1.0) -> None:
+    """One annotated heatmap per variant, side by side: {variant: DataFrame of values (NaN: no run)}."""
+    n = max(len(tables), 1)
+    shapes = [t.shape for t in tables.values()] or [(1, 1)]
+    rows = max(s[0] for s in shapes)
+    cols = max(s[1] for s in shapes)
+    fig, axes = plt.subplots(1, n, figsize=(1.6 + 1.25 * cols * n, 1.6 + 0.55 * rows), dpi=100, squeeze=False,
+                             layout="constrained")
+    image = None
+    for ax, (label, frame) in zip(axes[0], tables.items()):
+        values = frame.to_numpy(dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
+                    color="black" if np.isnan(v) or v > (vmin + vmax) / 2 else "white")
+        ax.set(xticks=range(values.shape[1]), yticks=range(values.shape[0]), title=label)
+        ax.set_xticklabels([str(c) for c in frame.columns], rotation=30, ha="right", fontsize=8)
+        ax.set_yticklabels([str(r) for r in frame.index], fontsize=8)
+        ax.set(xlabel=frame.columns.name or "", ylabel=frame.index.name or "")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[0]), label=value_label, shrink=0.8)
+    fig.suptitle(title)
+    save_figure(fig, out)

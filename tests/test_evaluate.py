@@ -1,0 +1,288 @@
+"""The evaluate stage: per-manipulation, held-out, extra-set and robustness metrics.
+
+Unit tests score with a random model (fast). One module-scoped tiny project, with a `method`
+column written into its labels, runs `dvc repro evaluate` and then
+`dvc exp run -S 'data.holdout=["a"]'`; the slow tests below check what each left behind
+against scikit-learn and against the Detector itself.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from sklearn import metrics as skm
+
+from ffdi import checkpoint, degrade
+from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig, from_dict
+from ffdi.data import prepare, read_manifest
+from ffdi.detector import Detector
+from ffdi.errors import ConfigError
+from ffdi.models import build_model
+from ffdi.sample import generate
+from tests.project import make_project, mlflow_runs
+
+GROUPS = ("a", "b", "c")
+
+
+def label_with_groups(root: Path, groups=GROUPS) -> None:
+    """Rewrite the train and val label files with a `method` column: fakes take the groups in turn."""
+    for name in ("trainset_label.txt", "valset_label.txt"):
+        labels = pd.read_csv(root / name, dtype={"img_name": str})
+        fake_rank = (labels.target == 1).cumsum() - 1
+        labels["method"] = [groups[r % len(groups)] if t == 1 else "real" for t, r in zip(labels.target, fake_rank)]
+        labels[["img_name", "target", "method"]].to_csv(root / name, index=False)
+
+
+# --- unit: degradations, with a random model ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_detector(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-unit")
+    torch.manual_seed(0)
+    params = Params(data=DataConfig(root=str(tiny_data)), augment=AugmentConfig(resize=36, image_size=32))
+    checkpoint.save(out / "model.pt", checkpoint.snapshot(build_model(params.model), params, 0, {}, "fp32"))
+    prepare(params.data, out / "prepared")
+    return Detector.load(out / "model.pt", "cpu", tta=["hflip"]), read_manifest(out / "prepared" / "val.csv")
+
+
+def test_degradations_parse_checked_and_ordered_mild_to_severe():
+    specs = ["blur:2", "jpeg:50", "blur:0.5", "jpeg:90", "downscale:0.25", "downscale:0.5", "resize:24"]
+    ordered = degrade.parse_all(specs)
+    assert [d.label for d in ordered] == ["blur:0.5", "blur:2", "jpeg:90", "jpeg:50", "downscale:0.5",
+                                          "downscale:0.25", "resize:24"]
+    assert [d.key for d in ordered][:2] == ["0p5", "2"]
+    for bad, message in [("jpeg:0", "integer in [1, 100]"), ("blur:0", "(0.0, 100.0)"), ("sharpen:1", "kind one of"),
+                         ("downscale:1.5", "(0.0, 1.0)"), ("jpeg", "kind:severity")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            from_dict(EvalConfig, {"degradations": [bad]}, "eval.")
+    with pytest.raises(ConfigError, match="listed twice"):
+        from_dict(EvalConfig, {"degradations": ["jpeg:70", "jpeg:70.0"]}, "eval.")
+    with pytest.raises(ConfigError, match="eval.extra_sets: name 'a b'"):
+        from_dict(EvalConfig, {"extra_sets": {"a b": "x"}}, "eval.")
+    with pytest.raises(ConfigError, match="eval.extra_sets must be a mapping"):
+        from_dict(EvalConfig, {"extra_sets": ["x"]}, "eval.")
+    assert from_dict(EvalConfig, {"extra_sets": {"other": "data/x"}}, "eval.").extra_sets == {"other": "data/x"}
+
+
+def test_degraded_scores_are_the_detectors_scores_of_the_degraded_images(random_detector):
+    det, val = random_detector
+    rows = val.iloc[:6]
+    degradations = degrade.parse_all(["jpeg:40", "blur:1", "downscale:0.5", "resize:20", "noise:20", "resize:32"])
+    probs = degrade.score_degraded(det, rows, degradations, batch_size=18)
+    # The same degraded images handed to the Detector (JPEG as bytes, the rest as images), then the
+    # files themselves; in one call, as few batch shapes cost the fewest warm-ups on CPU.
+    images = [d.apply(Image.open(p).convert("RGB"), n) for d in degradations for p, n in zip(rows.path, rows.img_name)]
+    expected = det.score(images + rows.path.tolist(), batch_size=18).reshape(len(degradations) + 1, len(rows))
+    for d, e in zip(degradations, expected):
+        np.testing.assert_allclose(probs[d], e, atol=1e-6, err_msg=d.label)
+    # resize:32 leaves these 32 px images as they are: the clean scores, as the files give them.
+    np.testing.assert_allclose(probs[degrade.Degradation("resize", 32.0)], expected[-1], atol=1e-6)
+    # Deterministic, whatever the order: noise is seeded from the image's name.
+    again = degrade.score_degraded(det, rows.iloc[::-1], degradations, batch_size=18)
+    for d in degradations:
+        np.testing.assert_allclose(again[d][::-1], probs[d], atol=1e-6)
+    assert not np.allclose(probs[degrade.Degradation("noise", 20.0)], expected[-1])
+
+
+def test_robustness_subset_keeps_both_classes_and_is_fixed(random_detector):
+    _, val = random_detector
+    a, b = degrade.subset(val, 10), degrade.subset(val, 10)
+    assert a.index.tolist() == b.index.tolist() and set(a.target) == {0, 1} and 9 <= len(a) <= 11
+    assert degrade.subset(val, None) is val
+
+
+def test_plots_are_written(tmp_path):
+    from ffdi import report
+
+    per_group = {"a": {"roc_auc": 0.9}, "b": {"roc_auc": 0.7}, "c": {"roc_auc": 0.95}}
+    report.plot_groups(per_group, tmp_path / "groups.png", heldout=("b",))
+    table = pd.DataFrame({"kind": ["jpeg", "jpeg", "blur"], "severity": [90, 50, 1.0], "level": [1, 2, 1],
+                          "roc_auc": [0.9, 0.8, 0.85]})
+    report.plot_robustness(table, 0.92, tmp_path / "robustness.png")
+    report.plot_robustness(table.iloc[:0], 0.92, tmp_path / "empty.png")
+    for name in ("groups.png", "robustness.png", "empty.png"):
+        assert (tmp_path / name).stat().st_size > 5_000
+
+
+def test_extra_set_folder_is_checked_and_fingerprinted(tiny_data, tmp_path):
+    from ffdi.errors import DataError
+    from stages.evaluate import labelled_folder
+
+    data = DataConfig()
+    manifest, fingerprint = labelled_folder("other", str(tiny_data), data)
+    assert len(manifest) == 48 and manifest.path.map(lambda p: Path(p).is_file()).all()
+    assert labelled_folder("other", str(tiny_data), data)[1] == fingerprint and len(fingerprint) == 16
+    with pytest.raises(DataError, match="eval.extra_sets.gone: folder '/no/such' not found"):
+        labelled_folder("gone", "/no/such", data)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    first = (copy / "valset" / manifest.img_name[0])
+    first.write_bytes(first.read_bytes() + b"\0")  # same names and labels, other content
+    assert labelled_folder("other", str(copy), data)[1] != fingerprint
+    (copy / "valset_label.txt").write_text("img_name,target\n" + f"{manifest.img_name[0]},1\n")
+    with pytest.raises(DataError, match="both real"):
+        labelled_folder("other", str(copy), data)
+
+
+# --- the stage, end to end on a tiny project ----------------------------------------------------
+
+TINY = {
+    "data": {"root": "data/labelled"},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "eval": {"batch_size": 32, "extra_sets": {"other": "data/other"},
+             "degradations": ["jpeg:100", "noise:60", "downscale:0.25"]},
+    "predict": {"batch_size": 32},
+    "tracking": {"log_model": False},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("evaluate") / "repo", TINY)
+    generate(SampleConfig(n_train=96, n_val=48, n_test=4, size=32, seed=5), p.repo / "data" / "labelled")
+    generate(SampleConfig(n_train=4, n_val=40, n_test=0, size=32, seed=6), p.repo / "data" / "other")
+    label_with_groups(p.repo / "data" / "labelled")
+    label_with_groups(p.repo / "data" / "other")
+    p.commit("labelled data")
+    p.sh("dvc", "repro", "evaluate")
+    repo = p.repo
+    base = {
+        "metrics": json.loads((repo / "metrics.json").read_text()),
+        "predictions": pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str},
+                                   keep_default_na=False),
+        "groups_csv": pd.read_csv(repo / "reports" / "groups.csv", keep_default_na=False),
+        "robustness": {f.name: pd.read_csv(f) for f in (repo / "reports" / "robustness").iterdir()},
+        "robustness_png": (repo / "reports" / "robustness.png").stat().st_size,
+        "model": Path(shutil.copy2(repo / "models" / "model.pt", repo.parent / "base_model.pt")),
+    }
+    _, _, (base_run,) = mlflow_runs(repo)
+    base["run"] = base_run
+
+    # Held out: make the train fakes of `a` unreadable. With data.on_bad_image=error a run that
+    # loaded any of them would stop, so a finished run proves training never read one.
+    train_labels = pd.read_csv(repo / "data" / "labelled" / "trainset_label.txt", dtype={"img_name": str})
+    for name in train_labels.img_name[train_labels.method == "a"]:
+        (repo / "data" / "labelled" / "trainset" / name).write_bytes(b"not a jpeg")
+    p.commit("train fakes of a unreadable")
+    p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "evaluate")
+    held = {
+        "metrics": json.loads((repo / "metrics.json").read_text()),
+        "predictions": pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str},
+                                   keep_default_na=False),
+        "history": pd.read_csv(repo / "reports" / "history.csv"),
+    }
+    _, _, runs = mlflow_runs(repo)
+    held["run"] = runs[-1]
+    return {"p": p, "repo": repo, "base": base, "held": held}
+
+
+@pytest.mark.slow
+def test_group_metrics_equal_sklearn_on_that_groups_fakes_and_all_real(project):
+    m, preds = project["base"]["metrics"], project["base"]["predictions"]
+    assert sorted(m["groups"]) == list(GROUPS)
+    y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
+    for g in GROUPS:
+        rows = ((preds.target == 0) | (preds.group == g)).to_numpy()
+        assert m["groups"][g]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[rows], p[rows]), abs=1e-12)
+        assert m["groups"][g]["average_precision"] == pytest.approx(skm.average_precision_score(y[rows], p[rows]))
+        fpr, tpr, _ = skm.roc_curve(y[rows], p[rows])
+        assert m["groups"][g]["tpr_at_fpr_1e-2"] == pytest.approx(tpr[fpr <= 1e-2].max())
+        assert project["base"]["run"].data.metrics[f"eval_auc_{g}"] == pytest.approx(m["groups"][g]["roc_auc"])
+    aucs = [m["groups"][g]["roc_auc"] for g in GROUPS]
+    assert m["group_worst_auc"] == min(aucs) and m["group_mean_auc"] == pytest.approx(np.mean(aucs))
+    # groups.csv, the DVC plot's data: the same numbers, with each group's count of fakes.
+    table = project["base"]["groups_csv"].set_index("group")
+    assert sorted(table.index) == list(GROUPS)
+    for g in GROUPS:
+        assert table.loc[g, "roc_auc"] == pytest.approx(m["groups"][g]["roc_auc"])
+        assert table.loc[g, "fakes"] == ((preds.group == g) & (preds.target == 1)).sum()
+    assert (project["repo"] / "reports" / "groups.png").stat().st_size > 5_000
+    assert "evaluate/groups.png" in {a.path for a in _artifacts(project["base"]["run"], "evaluate")}
+
+
+def _artifacts(run, path):
+    import mlflow
+
+    return mlflow.MlflowClient().list_artifacts(run.info.run_id, path)
+
+
+@pytest.mark.slow
+def test_extra_set_is_scored_by_the_same_detector_and_equals_sklearn(project):
+    import mlflow
+
+    m = project["base"]["metrics"]["extra_sets"]["other"]
+    run = project["base"]["run"]
+    preds = pd.read_csv(mlflow.artifacts.download_artifacts(
+        f"{run.info.artifact_uri}/evaluate/extra_sets/other_predictions.csv"), dtype={"img_name": str},
+        keep_default_na=False)
+    labels = pd.read_csv(project["repo"] / "data" / "other" / "valset_label.txt", dtype={"img_name": str})
+    assert preds.img_name.tolist() == labels.img_name.tolist() and m["images"] == len(labels) == 40
+    y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(y, p))
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p >= 0.5))
+    for g in GROUPS:
+        rows = ((preds.target == 0) | (preds.group == g)).to_numpy()
+        assert m["groups"][g]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[rows], p[rows]), abs=1e-12)
+    assert run.data.metrics["extra_other_roc_auc"] == pytest.approx(m["roc_auc"])
+    assert run.data.metrics["extra_other_auc_a"] == pytest.approx(m["groups"]["a"]["roc_auc"])
+    assert run.data.tags["extra.other.data_hash"] == m["data_hash"] and len(m["data_hash"]) == 16
+    # The scores are the Detector's, with the views predict uses (predict.tta: [hflip]).
+    det = Detector.load(project["base"]["model"], "cpu", tta=["hflip"])
+    files = [str(project["repo"] / "data" / "other" / "valset" / n) for n in labels.img_name]
+    np.testing.assert_allclose(det.score(files), p, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_robustness_identity_is_close_to_clean_and_severe_changes_scores(project):
+    m = project["base"]["metrics"]
+    r, clean = m["robustness"], m["robustness"]["clean"]
+    assert clean["roc_auc"] == pytest.approx(m["val"]["roc_auc"]) and clean["images"] == 48
+    assert set(r) == {"clean", "jpeg", "noise", "downscale"}
+    assert abs(r["jpeg"]["100"]["roc_auc"] - clean["roc_auc"]) < 0.02
+    assert r["jpeg"]["100"]["mean_abs_prob_change"] < 0.02
+    assert r["noise"]["60"]["mean_abs_prob_change"] > 5 * r["jpeg"]["100"]["mean_abs_prob_change"]
+    assert r["downscale"]["0p25"]["mean_abs_prob_change"] > r["jpeg"]["100"]["mean_abs_prob_change"]
+    run = project["base"]["run"]
+    assert run.data.metrics["robust_noise_60_auc"] == pytest.approx(r["noise"]["60"]["roc_auc"])
+    assert run.data.metrics["robust_downscale_0p25_auc"] == pytest.approx(r["downscale"]["0p25"]["roc_auc"])
+    # One CSV per kind for DVC's plots, with the clean AUC as the reference column.
+    files = project["base"]["robustness"]
+    assert sorted(files) == ["downscale.csv", "jpeg.csv", "noise.csv"]
+    assert files["jpeg.csv"].severity.tolist() == [100]
+    assert files["jpeg.csv"].roc_auc.tolist() == pytest.approx([r["jpeg"]["100"]["roc_auc"]])
+    assert files["noise.csv"].clean_roc_auc.tolist() == pytest.approx([clean["roc_auc"]])
+    assert project["base"]["robustness_png"] > 5_000
+
+
+@pytest.mark.slow
+def test_holdout_keeps_a_out_of_training_and_model_selection(project):
+    held = project["held"]
+    m, preds = held["metrics"], held["predictions"]
+    # Training never read a train fake of `a` (they are unreadable, and on_bad_image is error) ...
+    assert held["run"].data.params["data.holdout"] == "['a']" and held["run"].info.status == "FINISHED"
+    # ... and the val it chose the best epoch on had no fake of `a`: val_images counts what it scored.
+    n_val_a = int(((preds.group == "a") & (preds.target == 1)).sum())
+    assert n_val_a > 0
+    assert held["history"].val_images.tolist() == [len(preds) - n_val_a] * 2
+    # Evaluate still scores every val image; `heldout` is a's fakes against all real, `seen` the rest.
+    assert m["images"] == len(preds) == 48
+    y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
+    for key, rows in (("heldout", (preds.target == 0) | (preds.group == "a")), ("seen", preds.group != "a")):
+        rows = rows.to_numpy()
+        assert m[key]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[rows], p[rows]), abs=1e-12)
+        assert m[key]["average_precision"] == pytest.approx(skm.average_precision_score(y[rows], p[rows]))
+        fpr, tpr, _ = skm.roc_curve(y[rows], p[rows])
+        assert m[key]["tpr_at_fpr_1e-3"] == pytest.approx(tpr[fpr <= 1e-3].max())
+        assert held["run"].data.metrics[f"{key}_roc_auc"] == pytest.approx(m[key]["roc_auc"])
+    assert m["heldout"]["roc_auc"] == pytest.approx(m["groups"]["a"]["roc_auc"])
+    groups = pd.read_csv(project["repo"] / "reports" / "groups.csv", keep_default_na=False).set_index("group")
+    assert groups.heldout.to_dict() == {"a": True, "b": False, "c": False}

@@ -1,0 +1,198 @@
+"""`ffdi generalisation`: which experiments it queues, how it waits, and the tables it renders.
+
+The rendering is checked on made-up runs (every cell against the runs' own metrics); one slow
+test runs the real command on a tiny project with two manipulations.
+"""
+
+import json
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ffdi import generalisation as gen
+from ffdi.compare import Run
+from ffdi.config import DataConfig, Params, SampleConfig
+from ffdi.sample import generate
+from tests.project import make_project, mlflow_runs
+from tests.test_evaluate import label_with_groups
+
+
+def test_holdout_sets_leave_one_out_and_train_on_one():
+    assert gen.holdout_sets(["a", "b", "c"]) == [("a",), ("b",), ("c",), ("b", "c"), ("a", "c"), ("a", "b")]
+    assert gen.holdout_sets(["a", "b", "c"], train_on_one=False) == [("a",), ("b",), ("c",)]
+    # With two manipulations, leaving one out is training on the other: queued once.
+    assert gen.holdout_sets(["a", "b"]) == [("a",), ("b",)]
+
+
+def test_exp_run_args_pass_the_holdout_as_one_list_not_a_sweep():
+    args = gen.exp_run_args(("b", "c"), [0, 1], ["model.se=true"])
+    assert args == ["exp", "run", "--queue", "-S", 'data.holdout=["b", "c"]', "-S", "train.seed=0,1",
+                    "-S", "model.se=true"]
+    assert gen.exp_run_args(("a",), [], []) == ["exp", "run", "--queue", "-S", 'data.holdout=["a"]']
+
+
+def test_parse_queue_status():
+    text = """Task     Name        Created    Status
+252591e  pricy-tyne  12:32 AM   Success
+5442222  batty-ryas  12:32 AM   Running
+5900022  inane-puck  12:32 AM   Failed
+7700022  other-puck  12:33 AM   Queued
+
+Worker status: 1 active, 0 idle
+"""
+    tasks, active = gen.parse_queue_status(text)
+    assert tasks == {"pricy-tyne": "Success", "batty-ryas": "Running", "inane-puck": "Failed", "other-puck": "Queued"}
+    assert active == 1
+
+
+def test_wait_gives_up_when_no_worker_runs_the_queue(monkeypatch, capsys):
+    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Queued"}, 0))
+    status = gen.wait_for(["x", "y"], timeout_s=60, poll_s=0.01, stall_s=0.05)
+    assert status == {"x": "Queued", "y": "unknown"}
+    assert "no queue worker is active" in capsys.readouterr().err
+
+
+def test_wait_is_bounded(monkeypatch, capsys):
+    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Running"}, 1))
+    assert gen.wait_for(["x"], timeout_s=0.05, poll_s=0.01) == {"x": "Running"}
+    assert "timed out" in capsys.readouterr().err
+
+
+def test_manipulations_from_summary_or_labels(tmp_path):
+    root = tmp_path / "data"
+    generate(SampleConfig(n_train=12, n_val=8, n_test=0, size=16, seed=1), root)
+    label_with_groups(root, ("x", "y"))
+    params = Params(data=DataConfig(root=str(root)))
+    assert gen.manipulations(params, tmp_path / "missing.json") == ["x", "y"]
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"root": str(root), "splits": {"train": {"fake_groups": {"p": 3, "q": 3}}}}))
+    assert gen.manipulations(params, summary) == ["p", "q"]
+    label_with_groups(root, ("only",))
+    with pytest.raises(gen.GeneralisationError, match="at least two manipulations"):
+        gen.manipulations(params, tmp_path / "missing.json")
+
+
+def fake_runs() -> list[Run]:
+    """Two variants (model.se), two seeds, leave-one-out and train-on-one over a, b, c; plus a
+    baseline run without a holdout, which the tables must leave out."""
+    rng = np.random.default_rng(0)
+    runs, i = [], 0
+    for se in ("False", "True"):
+        for seed in ("0", "1"):
+            for holdout in gen.holdout_sets(["a", "b", "c"]):
+                i += 1
+                metrics = {"eval_roc_auc": rng.uniform(0.8, 1), "heldout_roc_auc": rng.uniform(0.5, 1),
+                           "heldout_average_precision": rng.uniform(0.5, 1), "heldout_tpr_at_fpr_1e-3": rng.uniform(),
+                           "seen_roc_auc": rng.uniform(0.8, 1),
+                           **{f"eval_auc_{g}": rng.uniform(0.5, 1) for g in "abc"}}
+                params = {"model.se": se, "train.seed": seed, "data.holdout": str(list(holdout)), "train.lr": "0.001"}
+                runs.append(Run(f"id{i}", f"exp{i}", params, metrics, "", {"git.commit": "c0ffee"}))
+    runs.append(Run("base", "base", {"model.se": "False", "train.seed": "0", "data.holdout": "[]",
+                                     "train.lr": "0.001"}, {"eval_roc_auc": 0.5}, ""))
+    return runs
+
+
+def test_tables_equal_the_runs_metrics(tmp_path):
+    runs = fake_runs()
+    result = gen.render(runs, tmp_path)
+    assert result["keys"] == ["model.se"] and len(result["runs"]) == 24
+    assert set(result["tables"]) == {"model.se=False", "model.se=True"}
+    for label, t in result["tables"].items():
+        se = label.endswith("True")
+        mine = [r for r in runs if r.params["model.se"] == ("True" if se else "False") and r.run_id != "base"]
+        held = t["heldout"].set_index(["heldout", "metric"])
+        for g in "abc":
+            loo = [r for r in mine if r.params["data.holdout"] == f"['{g}']"]
+            assert len(loo) == 2  # two seeds
+            for key, column in gen.HELDOUT_COLUMNS.items():
+                values = [r.metrics[key] for r in loo]
+                assert held.loc[(g, column), "mean"] == pytest.approx(np.mean(values))
+                assert held.loc[(g, column), "sd"] == pytest.approx(np.std(values, ddof=1))
+                assert held.loc[(g, column), "runs"] == 2
+        cross = t["train_on_one"].set_index(["trained_on", "tested_on"])
+        for trained in "abc":
+            others = str(sorted(set("abc") - {trained}))
+            on_one = [r for r in mine if r.params["data.holdout"] == others]
+            for tested in "abc":
+                assert cross.loc[(trained, tested), "mean"] == pytest.approx(
+                    np.mean([r.metrics[f"eval_auc_{tested}"] for r in on_one]))
+    # The markdown shows the same numbers, and the files are all there.
+    md = (tmp_path / "report.md").read_text()
+    assert md == result["markdown"]
+    held = result["tables"]["model.se=True"]["heldout"].set_index(["heldout", "metric"])
+    row = re.search(r"^\| b \| (.*) \|$", md.split("## model.se=True")[1], re.M).group(1).split(" | ")
+    assert row[0] == f"{held.loc[('b', 'held-out AUC'), 'mean']:.4f} ± {held.loc[('b', 'held-out AUC'), 'sd']:.4f}"
+    for name in ("heldout.png", "train_on_one.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    listed = pd.read_csv(tmp_path / "runs.csv")
+    assert len(listed) == 24 and "base" not in set(listed.run_id)
+    assert len(pd.read_csv(tmp_path / "train_on_one.csv")) == 2 * 9
+
+
+def test_a_missing_run_shows_as_na(tmp_path):
+    runs = [r for r in fake_runs() if r.params["model.se"] == "False" and r.params["data.holdout"] != "['c']"]
+    result = gen.render(runs, tmp_path)
+    held = result["tables"]["all runs"]["heldout"].set_index(["heldout", "metric"])
+    assert held.loc[("c", "held-out AUC"), "runs"] == 0 and np.isnan(held.loc[("c", "held-out AUC"), "mean"])
+    assert re.search(r"^\| c \| n/a \| n/a", result["markdown"], re.M)
+
+
+def test_nothing_to_render_is_a_clear_error(tmp_path):
+    with pytest.raises(gen.GeneralisationError, match="no finished, evaluated run has data.holdout set"):
+        gen.render([r for r in fake_runs() if r.run_id == "base"], tmp_path)
+
+
+# --- the real command on a tiny project -----------------------------------------------------------
+
+TINY = {
+    "data": {"root": "data/labelled"},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "eval": {"batch_size": 32, "degradations": []},
+    "predict": {"batch_size": 32},
+    "tracking": {"log_model": False},
+}
+
+
+@pytest.mark.slow
+def test_generalisation_end_to_end(tmp_path):
+    p = make_project(tmp_path / "repo", TINY)
+    generate(SampleConfig(n_train=64, n_val=32, n_test=4, size=32, seed=7), p.repo / "data" / "labelled")
+    label_with_groups(p.repo / "data" / "labelled", ("a", "b"))
+    p.commit("labelled data")
+    proc = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--jobs", "1", "--poll", "2", "--timeout", "15")
+    assert "manipulations: a, b" in proc.stdout and "2 succeeded, 0 failed, 0 unfinished" in proc.stdout
+
+    client, _, runs = mlflow_runs(p.repo)
+    pipeline = {r.data.params["data.holdout"]: r for r in runs if r.data.tags.get("ffdi.kind") == "pipeline"}
+    assert set(pipeline) == {"['a']", "['b']"}
+    assert {r.info.status for r in pipeline.values()} == {"FINISHED"}
+    (report_run,) = [r for r in runs if r.data.tags.get("ffdi.kind") == "generalisation"]
+    arts = {a.path for a in client.list_artifacts(report_run.info.run_id, "generalisation")}
+    assert {"generalisation/report.md", "generalisation/heldout.png", "generalisation/train_on_one.png"} <= arts
+
+    # Every cell is its run's metric: held out a = trained on b, and the reverse.
+    out = p.repo / "reports" / "generalisation"
+    held = pd.read_csv(out / "heldout.csv").set_index(["heldout", "metric"])
+    cross = pd.read_csv(out / "train_on_one.csv").set_index(["trained_on", "tested_on"])
+    for g, other in (("a", "b"), ("b", "a")):
+        m = pipeline[f"['{g}']"].data.metrics
+        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m["heldout_roc_auc"])
+        assert held.loc[(g, "seen AUC"), "mean"] == pytest.approx(m["seen_roc_auc"])
+        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[f"eval_auc_{g}"])
+        for tested in "ab":
+            assert cross.loc[(other, tested), "mean"] == pytest.approx(m[f"eval_auc_{tested}"])
+    report = (out / "report.md").read_text()
+    heldout_a = pipeline["['a']"].data.metrics["heldout_roc_auc"]
+    assert f"| a | {heldout_a:.4f} |" in report
+
+    # `ffdi compare` leaves the report run out; --no-run renders again from MLflow alone.
+    from ffdi.compare import finished_pipeline_runs
+
+    assert {r.run_id for r in finished_pipeline_runs("ffdi")} == {r.info.run_id for r in pipeline.values()}
+    again = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--no-run", "--no-log", "--out", "reports/again")
+    assert "| a |" in again.stdout
+    assert (p.repo / "reports" / "again" / "report.md").read_text() == report
