@@ -203,7 +203,7 @@ def resample(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, n
         up = np.asarray(low.resize((size, size), Image.NEAREST), np.float32)
     # Mixing some original detail back keeps it from being mere blur.
     strength = rng.uniform(0.85, 1.0)
-    mask = np.ones((size, size), np.float32) if rng.random() < 0.5 else blend_mask(size, rng)
+    mask = np.ones((size, size), np.float32) if rng.random() < 0.3 else blend_mask(size, rng)
     out = _paste(target, target + strength * (up - target), mask)
     return out, mask
 
@@ -236,9 +236,10 @@ def splice(img: Image.Image, donors: list[Image.Image], rng: np.random.Generator
 
 
 def patch_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A soft rounded rectangle anywhere in the image, like an inpainting box (HxW float32)."""
-    w, h = rng.uniform(0.3, 0.6, 2) * size
-    x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+    """A soft rounded rectangle over the middle of the image, like an inpainting box (HxW float32)."""
+    w, h = rng.uniform(0.35, 0.6, 2) * size
+    cx, cy = rng.uniform(0.35, 0.65, 2) * size
+    x0, y0 = cx - w / 2, cy - h / 2
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).rounded_rectangle((x0, y0, x0 + w, y0 + h), radius=min(w, h) / 4, fill=255)
     mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.02, 0.05) * size))

@@ -182,14 +182,17 @@ def test_artifacts_and_logged_models(project, runs):
 
     client, exp, (base, se, _) = runs
     arts = {a.path for a in client.list_artifacts(se.info.run_id, "evaluate")}
-    assert {"evaluate/roc.png", "evaluate/confusion.png", "evaluate/roc.csv"} <= arts
+    assert {"evaluate/roc.png", "evaluate/confusion.png", "evaluate/roc.csv", "evaluate/explain.png"} <= arts
     assert [a.path for a in client.list_artifacts(se.info.run_id, "predict")] == ["predict/submission.csv"]
     for run, n_se in ((base, 0), (se, 8)):
-        (logged,) = mlflow.search_logged_models(
+        found = mlflow.search_logged_models(
             experiment_ids=[exp.experiment_id],
             filter_string=f"source_run_id = '{run.info.run_id}'",
             output_format="list",
         )
+        # The torch model (train) and the served pyfunc detector (evaluate), one of each.
+        assert sorted(m.name for m in found) == ["detector", "model"]
+        (logged,) = [m for m in found if m.name == "model"]
         model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
         assert count_se_modules(model) == n_se
         # The Detector rebuilds the very scorer from the logged model's URI.
@@ -271,9 +274,9 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
     import mlflow
 
     _, exp, (base, se, _) = runs
-    (logged,) = mlflow.search_logged_models(
+    (logged,) = [m for m in mlflow.search_logged_models(
         experiment_ids=[exp.experiment_id], filter_string=f"source_run_id = '{se.info.run_id}'", output_format="list"
-    )
+    ) if m.name == "model"]
     SCREENSHOTS.mkdir(exist_ok=True)
     app = f"{mlflow_server}/#/experiments/{exp.experiment_id}"
     with sync_api.sync_playwright() as p:
