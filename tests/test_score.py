@@ -202,10 +202,13 @@ def test_score_a_model_logged_in_mlflow(project):
 
     mlflow.set_tracking_uri(f"sqlite:///{project.repo / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("ffdi")
-    (logged,) = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
-    project.sh("ffdi", "score", "data/sample/testset", "--model", f"models:/{logged.model_id}", "--out", "m.csv")
+    found = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    # The torch model (train) and the served detector (evaluate) both carry the checkpoint.
+    assert sorted(m.name for m in found) == ["detector", "model"]
     project.sh("ffdi", "score", "data/sample/testset", "--out", "local.csv")
-    from_mlflow = pd.read_csv(project.repo / "m.csv")
     local = pd.read_csv(project.repo / "local.csv")
-    assert from_mlflow.path.tolist() == local.path.tolist()
-    np.testing.assert_allclose(from_mlflow.p_fake, local.p_fake, atol=1e-12)
+    for logged in found:
+        project.sh("ffdi", "score", "data/sample/testset", "--model", f"models:/{logged.model_id}", "--out", "m.csv")
+        from_mlflow = pd.read_csv(project.repo / "m.csv")
+        assert from_mlflow.path.tolist() == local.path.tolist()
+        np.testing.assert_allclose(from_mlflow.p_fake, local.p_fake, atol=1e-12)
