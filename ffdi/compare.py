@@ -202,6 +202,16 @@ def heldout_rows(groups: dict[str, list[Run]], frame_groups: pd.Series) -> Optio
     return (frame_groups.isin(names) | (frame_groups == "real")).to_numpy()
 
 
+def difference_table(what: str, how: str, diffs: dict[str, dict]) -> list[str]:
+    """Markdown lines: each group's AUC difference against the reference, its CI and a verdict."""
+    lines = ["", f"## {what} difference against the reference group", "", how, "",
+             "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
+    for label, d in diffs.items():
+        verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
+        lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+    return lines
+
+
 def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict],
                     warnings: tuple = (), heldout_diffs: Optional[dict] = None) -> str:
     lines = [f"# Comparison of experiment `{experiment}`", "", f"Grouped by: {', '.join(by) or '(nothing differs)'}; "
@@ -217,19 +227,11 @@ def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: 
     if (table.runs < 2).any():
         lines += ["", "A group with one run has no spread: run more seeds (`-S 'train.seed=1,2,3'`)."]
     if diffs:
-        lines += ["", "## Val-AUC difference against the reference group", "",
-                  "Paired bootstrap over val images (the same resampled images for both groups); AUC averaged over each group's runs.", "",
-                  "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
-        for label, d in diffs.items():
-            verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
-            lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+        lines += difference_table("Val-AUC", "Paired bootstrap over val images (the same resampled images for both "
+                                  "groups); AUC averaged over each group's runs.", diffs)
     if heldout_diffs:
-        lines += ["", "## Held-out-AUC difference against the reference group", "",
-                  "The same paired bootstrap, over real images and the held-out manipulations' fakes only.", "",
-                  "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
-        for label, d in heldout_diffs.items():
-            verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
-            lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+        lines += difference_table("Held-out-AUC", "The same paired bootstrap, over real images and the held-out "
+                                  "manipulations' fakes only.", heldout_diffs)
     if warnings:
         lines += ["", "## Warning: these runs computed differently", ""] + [f"- {w}" for w in warnings] + [
             "", "Identical params give different numbers in another precision or on other hardware; see the README's "

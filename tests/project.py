@@ -14,6 +14,15 @@ import yaml
 
 from tests.conftest import ROOT
 
+# The whole pipeline in about 30 s: 32 px images, 2 epochs.
+TINY_PARAMS = {
+    "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "eval": {"batch_size": 32},
+    "predict": {"batch_size": 32},
+}
+
 
 def project_files() -> list[str]:
     out = subprocess.run(

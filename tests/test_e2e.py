@@ -15,18 +15,9 @@ import pytest
 from sklearn import metrics as skm
 
 from tests.conftest import ROOT
-from tests.project import make_project, mlflow_runs
+from tests.project import TINY_PARAMS, make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
-
-TINY_PARAMS = {
-    "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},
-    "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
-    "eval": {"batch_size": 32},
-    "predict": {"batch_size": 32},
-}
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):

@@ -17,7 +17,7 @@ from ffdi import checkpoint, score
 from ffdi.config import AugmentConfig, Params
 from ffdi.detector import Detector
 from ffdi.models import build_model
-from tests.project import make_project
+from tests.project import TINY_PARAMS, make_project
 
 
 def random_checkpoint(path: Path, image_size: int = 32) -> Path:
@@ -157,15 +157,6 @@ def test_the_ffdi_command_has_score_and_explain(images, model, capsys):
 
 
 # --- the real pipeline ---------------------------------------------------------------------------
-
-TINY_PARAMS = {
-    "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},
-    "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
-    "eval": {"batch_size": 32},
-    "predict": {"batch_size": 32},
-}
-
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
