@@ -84,7 +84,7 @@ def rebuild_model(ckpt: dict) -> nn.Module:
     """The network a checkpoint was trained as, with its weights."""
     # Weights come from the checkpoint itself; never re-fetch the pretrained source.
     model_cfg = dict(ckpt["config"]["model"], pretrained=False, weights=None)
-    model = build_model(from_dict(ModelConfig, model_cfg, "model."))
+    model = build_model(from_dict(ModelConfig, model_cfg, "model."), ckpt["config"]["augment"]["image_size"])
     model.load_state_dict(ckpt["model"])
     return model
 

@@ -39,7 +39,7 @@ class SampleConfig:
     """The built-in, generated sample data set (see ffdi.sample)."""
 
     out: str = "data/sample"
-    n_train: int = 2000
+    n_train: int = 3000
     n_val: int = 400
     n_test: int = 200
     fake_fraction: float = 0.5
@@ -88,9 +88,31 @@ class AugmentConfig:
     rotation: float = 0.0
     grayscale: float = 0.0
     normalize: Literal["imagenet", "none"] = "imagenet"
+    # Degradations of training images, real and fake alike: never of one class only, which would
+    # teach "degraded means fake". Each is null or a [low, high] range, drawn per image and
+    # applied with probability degrade_p.
+    jpeg: Optional[tuple[int, ...]] = None  # JPEG quality, e.g. [30, 95]
+    blur: Optional[tuple[float, ...]] = None  # Gaussian sigma in px, e.g. [0.2, 1.5]
+    downscale: Optional[tuple[float, ...]] = None  # shrink factor, then back up, e.g. [0.5, 0.9]
+    degrade_p: float = 0.5
+    # Self-blending on the fly (SBI, CVPR 2022): a real training image becomes a self-blended
+    # fake, label 1, with this probability; ffdi.sample's blending, its jitter scaled by strength.
+    self_blend: float = 0.0
+    self_blend_strength: float = 1.0
+    self_blend_mask: tuple[float, ...] = (0.3, 0.45)  # the blended ellipse's half-axes, fraction of the side
 
     def check(self) -> None:
         _positive(self, "resize", "image_size")
+        for key, low, high in (("jpeg", 1, 100), ("blur", 0.0, 50.0), ("downscale", 0.0, 1.0),
+                               ("self_blend_mask", 0.0, 0.5)):
+            rng = getattr(self, key)
+            if rng is not None and (len(rng) != 2 or not low <= rng[0] <= rng[1] <= high
+                                    or (key in ("downscale", "self_blend_mask") and rng[0] <= 0)):
+                raise ConfigError(f"augment.{key} must be null or [low, high] with {low} <= low <= high <= {high}"
+                                  f"{' (low > 0)' if key in ('downscale', 'self_blend_mask') else ''}, got {list(rng)}")
+        _in_range(self, "degrade_p", 0.0, 1.0)
+        _in_range(self, "self_blend", 0.0, 1.0)
+        _in_range(self, "self_blend_strength", 0.0, 5.0)
         if self.image_size > self.resize:
             raise ConfigError(
                 f"augment.image_size ({self.image_size}) must not exceed "
@@ -109,6 +131,12 @@ class ModelConfig:
     pretrained: bool = False
     weights: Optional[str] = None
     num_classes: int = 2
+    # full: train everything; linear: the head only (a probe on frozen features); norm: the
+    # normalisation layers and the head (as GenD tunes foundation models).
+    tune: Literal["full", "linear", "norm"] = "full"
+    # Fixed noise-residual channels next to RGB (SRM filters, or NPR's neighbouring-pixel
+    # residual), mixed back to 3 channels by a learned 1x1 conv that starts as the identity on RGB.
+    input: Literal["rgb", "rgb+srm", "rgb+npr"] = "rgb"
 
     def check(self) -> None:
         _positive(self, "se_reduction")
@@ -120,7 +148,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 4
     batch_size: int = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 0.001
@@ -138,9 +166,14 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     compile: bool = False
     distributed: Literal["auto", "off", "on"] = "auto"
+    # Decay of an exponential moving average of the weights (timm ModelEmaV3, with warm-up), or
+    # null. The averaged weights are the ones validated, checkpointed, logged and served.
+    ema: Optional[float] = None
 
     def check(self) -> None:
         _positive(self, "epochs", "batch_size", "step_size")
+        if self.ema is not None:
+            _in_range(self, "ema", 0.0, 1.0, open_=True)
         if self.workers != "auto":
             _at_least(self, "workers", 0)
         if self.threads != "auto":
@@ -189,6 +222,9 @@ class PredictConfig:
     batch_size: int = 128
     tta: tuple[str, ...] = ("hflip",)
     out: str = "submission.csv"
+    # Other trained models (models:/<id>, runs:/<id>/<path> or checkpoint files) averaged with this
+    # run's model into the submission; evaluate reports that ensemble's val metrics as `ensemble`.
+    ensemble: tuple[str, ...] = ()
 
     def check(self) -> None:
         _positive(self, "batch_size")

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
+from ffdi import sample
 from ffdi.config import AugmentConfig, DataConfig
 from ffdi.errors import BadImage, DataError
 from ffdi.io import write_csv, write_json
@@ -232,6 +235,9 @@ class ImageDataset(Dataset):
         draft_size: Optional[int] = None,
         on_bad_image: str = "error",
         normalize: Optional[str] = None,
+        self_blend: float = 0.0,
+        blend_strength: float = 1.0,
+        blend_axes: tuple[float, float] = (0.3, 0.45),
     ):
         self.paths = manifest.path.tolist()
         # With a uint8 transform: how `normalize_batch` finishes each batch on the device.
@@ -243,6 +249,8 @@ class ImageDataset(Dataset):
         # Set per epoch by the training loop. Each image's random augmentation is seeded from
         # (seed, index), so results do not depend on which worker (or how many) loaded it.
         self.seed: Optional[int] = None
+        # augment.self_blend: a real image becomes a self-blended fake with this probability.
+        self.self_blend, self.blend_strength, self.blend_axes = self_blend, blend_strength, tuple(blend_axes)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -255,10 +263,20 @@ class ImageDataset(Dataset):
                 raise
             return None, self.targets[i], i, str(e)
         if self.seed is None:
-            return self.transform(img), self.targets[i], i, ""
+            return self._item(img, i)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + i)
-            return self.transform(img), self.targets[i], i, ""
+            return self._item(img, i)
+
+    def _item(self, img, i: int):
+        target = self.targets[i]
+        if self.self_blend and target == 0 and float(torch.rand(())) < self.self_blend:
+            side = min(img.size)  # the region Resize + CenterCrop keep, as a square to blend in
+            img = TF.center_crop(img, side) if img.size != (side, side) else img
+            rng = np.random.default_rng(int(torch.randint(2**62, ())))
+            img, _ = sample.self_blend(img, rng, self.blend_strength, self.blend_axes)
+            target = torch.tensor(1)
+        return self.transform(img), target, i, ""
 
 
 @dataclass
@@ -303,6 +321,9 @@ def make_loader(
         draft_size=aug.resize,
         on_bad_image=on_bad_image,
         normalize=aug.normalize,
+        self_blend=aug.self_blend if train else 0.0,
+        blend_strength=aug.self_blend_strength,
+        blend_axes=aug.self_blend_mask,
     )
     sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False) if shard else None
     return DataLoader(

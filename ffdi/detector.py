@@ -34,20 +34,24 @@ ImageInput = Union[str, Path, bytes, Image.Image]
 class Scores:
     """What a Detector says about the readable images of a manifest or loader."""
 
-    view_logp: torch.Tensor  # (N, V, 2) log-softmax per test-time view; view 0 is the image itself
+    # (N, M * V, 2) log-softmax per model and test-time view: M models (an ensemble's members,
+    # else 1), each with the same V views, view 0 of each being the image itself.
+    view_logp: torch.Tensor
     targets: np.ndarray  # (N,) labels from the manifest (-1 where unknown)
     index: np.ndarray  # (N,) manifest rows these belong to
     skipped: list  # (path, reason) of images that could not be read
+    models: int = 1
 
     @property
     def prob(self) -> np.ndarray:
-        """P(fake), averaged over the views."""
+        """P(fake), averaged over the views (and over the models: each has as many views)."""
         return self.view_logp[:, :, 1].double().exp().mean(1).numpy()
 
     @property
     def prob_single_view(self) -> np.ndarray:
-        """P(fake) of the image alone, without test-time views."""
-        return self.view_logp[:, 0, 1].double().exp().numpy()
+        """P(fake) of the image alone, without test-time views (averaged over the models)."""
+        views = self.view_logp.shape[1] // self.models
+        return self.view_logp[:, ::views, 1].double().exp().mean(1).numpy()
 
     def log_loss(self) -> float:
         """Mean negative log of the view-averaged probability of the true class."""
@@ -127,6 +131,10 @@ class Detector:
             return self._transform(load_image(io.BytesIO(image), self.augment.resize, name="image bytes"))
         return self._transform(load_image(image, self.augment.resize))
 
+    def prob_batch(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """P(fake) of images from `preprocess`, as one forward pass; as Scores.prob."""
+        return Scores(self.view_log_probs(torch.stack(list(pixels))), np.zeros(0), np.zeros(0), []).prob
+
     def score(self, images: Iterable[ImageInput], batch_size: int = 64) -> np.ndarray:
         """P(fake) for each image (paths, encoded bytes or PIL images). Unreadable ones raise BadImage."""
         out, batch = [], []
@@ -165,6 +173,53 @@ class Detector:
     ) -> Scores:
         loader = make_loader(manifest, self.augment, batch_size, workers, train=False, on_bad_image=on_bad_image)
         return self.score_loader(loader, desc)
+
+
+class Ensemble:
+    """Several Detectors as one: P(fake) is the mean of the members' P(fake).
+
+    Each member keeps its own preprocessing, device and precision; all use the same test-time
+    views, so the mean over every member's views is the mean of the members' means, exactly.
+    """
+
+    def __init__(self, members: Sequence[Detector]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        if len({m.views for m in members}) != 1:
+            raise ValueError("the members of an ensemble must use the same test-time views")
+        self.members = list(members)
+        self.views = self.members[0].views
+        self.device, self.precision = self.members[0].device, self.members[0].precision
+        self.augment = self.members[0].augment
+        self.source = " + ".join(m.source for m in self.members)
+
+    @classmethod
+    def load(cls, sources: Sequence[Union[str, Path]], device: str = "auto", precision: Optional[str] = None,
+             tta: Sequence[str] = ()) -> "Ensemble":
+        return cls([Detector.load(s, device, precision, tta) for s in sources])
+
+    def describe(self) -> dict:
+        return {"members": [m.describe() for m in self.members], "tta": list(self.views[1:])}
+
+    def preprocess(self, image: ImageInput) -> tuple[torch.Tensor, ...]:
+        return tuple(m.preprocess(image) for m in self.members)
+
+    def prob_batch(self, pixels: Sequence[tuple[torch.Tensor, ...]]) -> np.ndarray:
+        return np.mean([m.prob_batch([p[i] for p in pixels]) for i, m in enumerate(self.members)], axis=0)
+
+    def score(self, images: Iterable[ImageInput], batch_size: int = 64) -> np.ndarray:
+        images = list(images)
+        return np.mean([m.score(images, batch_size) for m in self.members], axis=0)
+
+    def score_manifest(self, manifest: pd.DataFrame, batch_size: int = 128, workers: int = 0,
+                       on_bad_image: str = "error", desc: str = "score") -> Scores:
+        scores = [m.score_manifest(manifest, batch_size, workers, on_bad_image, f"{desc} {k + 1}/{len(self.members)}")
+                  for k, m in enumerate(self.members)]
+        first = scores[0]
+        if any(not np.array_equal(s.index, first.index) for s in scores[1:]):
+            raise RuntimeError("the members of the ensemble could not read the same images")
+        return Scores(torch.cat([s.view_logp for s in scores], 1), first.targets, first.index, first.skipped,
+                      models=len(scores))
 
 
 def resolve_checkpoint(source: str) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from timm.layers import SEModule
 from torch import nn
 
@@ -22,8 +23,12 @@ from ffdi.errors import ConfigError, WeightsError
 
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network described by `cfg`, with weights from the hub or a file if asked."""
+def build_model(cfg: ModelConfig, image_size: int | None = None) -> nn.Module:
+    """The network described by `cfg`, with weights from the hub or a file if asked.
+
+    image_size: the input size (augment.image_size), for the architectures built for one size
+    (ViT, CoAtNet...: their pretrained config says fixed_input_size); others take any size.
+    """
     if not timm.is_model(cfg.arch):
         close = timm.list_models(f"*{cfg.arch.split('_')[0]}*")[:5]
         raise ConfigError(f"model.arch {cfg.arch!r} is not a timm model" + (f"; e.g. {', '.join(close)}" if close else ""))
@@ -31,15 +36,21 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         # SE is added through the ResNet blocks' own attn_layer argument; other families have no such slot.
         raise ConfigError(f"model.se: true needs a ResNet-family model.arch, got {cfg.arch!r}")
     kwargs: dict[str, Any] = {"num_classes": cfg.num_classes}
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.arch)
+    if image_size and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = image_size  # the hub loader resamples position embeddings to it
     if cfg.se:
         # rd_divisor=1 keeps the reduction exact (64 channels / 32 = 2), as in the original improvement.
         se = partial(SEModule, rd_ratio=1.0 / cfg.se_reduction, rd_divisor=1)
         kwargs["block_args"] = {"attn_layer": se}
     model = timm.create_model(cfg.arch, pretrained=False, **kwargs)
+    if cfg.input != "rgb":
+        add_artefact_input(model, cfg.input.removeprefix("rgb+"))
     if cfg.pretrained:
         # Hub download (needs internet). The plain architecture carries the weights;
         # they are then copied into whichever variant was built.
-        hub = timm.create_model(cfg.arch, pretrained=True, num_classes=cfg.num_classes)
+        plain = {k: v for k, v in kwargs.items() if k != "block_args"}
+        hub = timm.create_model(cfg.arch, pretrained=True, **plain)
         load_backbone_weights(model, hub.state_dict())
     elif cfg.weights:
         load_backbone_weights(model, read_state_dict(cfg.weights))
@@ -87,11 +98,101 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> d
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise WeightsError(f"weights have keys the model lacks: {', '.join(result.unexpected_keys[:5])}")
-    fresh_ok = [k for k in result.missing_keys if ".se." in k or k.startswith(head_prefix(model))]
+    fresh_ok = [k for k in result.missing_keys
+                if ".se." in k or k.startswith(head_prefix(model)) or k.startswith(ARTEFACTS + ".")]
     not_ok = sorted(set(result.missing_keys) - set(fresh_ok))
     if not_ok:
         raise WeightsError(f"weights lack parameters of the model: {', '.join(not_ok[:5])}")
     return {"missing": list(result.missing_keys), "skipped": skipped}
+
+
+# --- artefact input channels (model.input) ----------------------------------------------------
+
+# The three SRM high-pass kernels of Fridrich & Kodovsky's rich models, as used by face-forgery
+# detectors (e.g. Luo et al., CVPR 2021): 1st-order edge, 2nd-order, and the 3rd-order "KV" kernel.
+SRM_KERNELS = [
+    [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 1, -2, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+    [[0, 0, 0, 0, 0], [0, -1, 2, -1, 0], [0, 2, -4, 2, 0], [0, -1, 2, -1, 0], [0, 0, 0, 0, 0]],
+    [[-1, 2, -2, 2, -1], [2, -6, 8, -6, 2], [-2, 8, -12, 8, -2], [2, -6, 8, -6, 2], [-1, 2, -2, 2, -1]],
+]
+SRM_SCALE = (2.0, 4.0, 12.0)
+ARTEFACTS = "artefacts"  # the attribute, and state-dict prefix, of the input adapter
+
+
+class ArtefactInput(nn.Module):
+    """RGB plus three fixed residual channels -> 3 channels, through a learned 1x1 conv.
+
+    srm: each SRM kernel over the three colour channels; npr: the image minus its 2x nearest
+    down-and-up-sampled copy (NPR, CVPR 2024), the trace upsampling layers leave. The 1x1 conv
+    starts as the identity on RGB and zero on the residuals, so a pretrained stem sees what it
+    was trained on until training finds the residuals useful.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind == "srm":
+            k = torch.tensor(SRM_KERNELS, dtype=torch.float32) / torch.tensor(SRM_SCALE).view(3, 1, 1)
+            self.register_buffer("kernels", k.unsqueeze(1).repeat(1, 3, 1, 1) / 3, persistent=False)
+        self.mix = nn.Conv2d(6, 3, 1, bias=False)
+        with torch.no_grad():
+            self.mix.weight.zero_()
+            self.mix.weight[:, :3, 0, 0] = torch.eye(3)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "srm":
+            return F.conv2d(x, self.kernels.to(x.dtype), padding=2)
+        h, w = x.shape[-2:]
+        down = F.interpolate(x, scale_factor=0.5, mode="nearest")
+        return x - F.interpolate(down, size=(h, w), mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.cat([x, self.residual(x)], 1))
+
+
+def add_artefact_input(model: nn.Module, kind: str) -> None:
+    """Put an ArtefactInput in front of `model`, as a child and a forward pre-hook.
+
+    Not a wrapper module: the backbone keeps timm's parameter names, its classifier and its
+    stages, so pretrained weights, the head and the explanation layers are found as before.
+    """
+    setattr(model, ARTEFACTS, ArtefactInput(kind))
+    model.register_forward_pre_hook(lambda m, args: (getattr(m, ARTEFACTS)(args[0]), *args[1:]))
+
+
+def is_norm(module: nn.Module) -> bool:
+    """BatchNorm, LayerNorm, GroupNorm and timm's own (LayerNorm2d, BatchNormAct2d, RmsNorm...)."""
+    torch_norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+    return isinstance(module, torch_norms) or "norm" in type(module).__name__.lower()
+
+
+def set_tuning(model: nn.Module, tune: str) -> int:
+    """Freeze what model.tune leaves fixed; return the number of trainable parameters.
+
+    Frozen parameters get requires_grad=False, so autograd records no graph through a frozen
+    backbone and the backward pass stops at the first trainable layer.
+    """
+    if tune == "full":
+        return sum(p.numel() for p in model.parameters())
+    keep = {id(p) for p in model.get_classifier().parameters()}
+    if tune == "norm" and hasattr(model, ARTEFACTS):
+        # The input adapter is new, so it trains, except under a linear probe: its gradient would
+        # need the backward pass through the frozen backbone that a probe exists to avoid.
+        keep |= {id(p) for p in getattr(model, ARTEFACTS).parameters()}
+    if tune == "norm":
+        keep |= {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_mode(model: nn.Module, tune: str) -> None:
+    """model.train(), except that a linear probe's backbone stays in eval mode: frozen features
+    mean frozen BatchNorm statistics too."""
+    model.train()
+    if tune == "linear":
+        model.eval()
+        model.get_classifier().train()
 
 
 def head_prefix(model: nn.Module) -> str:

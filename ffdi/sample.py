@@ -20,9 +20,10 @@ training (leave-one-manipulation-out):
   transposed convolution whose kernel phases are unequal, leaving correlated
   neighbouring pixels or a faint checkerboard rather than any boundary.
 - `splice`: a face swap between identities. A region of a *different* photograph
-  is colour-matched part way to its new surroundings and pasted through a soft
-  mask, so the evidence is foreign content and a blending boundary, not a copy of
-  the image itself.
+  is warped into place (a small rotation and rescale, bilinear), colour-matched
+  part way to its new surroundings and pasted through a soft mask, so the evidence
+  is foreign, resampled content and a blending boundary, not a copy of the image
+  itself.
 - `regenerate`: a local re-synthesis, as an inpainting model leaves it. A patch
   anywhere in the image is smoothed away and given synthetic noise of its own
   level and grain, so its texture statistics, not its colours, disagree with the
@@ -111,22 +112,25 @@ def _paste(target: np.ndarray, source: np.ndarray, mask: np.ndarray) -> Image.Im
 # --- self_blend -------------------------------------------------------------------------------
 
 
-def jitter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """The 'source' of a self-blend: the same image, off in colour, scale and sharpness."""
+def jitter(img: Image.Image, rng: np.random.Generator, strength: float = 1.0) -> Image.Image:
+    """The 'source' of a self-blend: the same image, off in colour, scale and sharpness.
+
+    strength scales every deviation (colour, scale, blur, sharpening); 0 leaves the image as is.
+    """
     size = img.size[0]
-    out = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
-    out = ImageEnhance.Contrast(out).enhance(rng.uniform(0.8, 1.2))
-    gains = 1.0 + rng.choice([-1, 1], 3) * rng.uniform(0.08, 0.2, 3)
+    out = ImageEnhance.Brightness(img).enhance(1.0 + strength * rng.uniform(-0.25, 0.25))
+    out = ImageEnhance.Contrast(out).enhance(1.0 + strength * rng.uniform(-0.25, 0.25))
+    gains = 1.0 + strength * rng.choice([-1, 1], 3) * rng.uniform(0.15, 0.3, 3)
     arr = np.asarray(out, np.float32) * gains
     out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     # A rescale misaligns the pasted region, leaving doubled edges like a warped face.
-    scale = 1.0 + rng.choice([-1, 1]) * rng.uniform(0.04, 0.12)
+    scale = 1.0 + strength * rng.choice([-1, 1]) * rng.uniform(0.08, 0.18)
     scaled = out.resize((max(1, round(size * scale)),) * 2, Image.BILINEAR)
     out = _center_fit(scaled, size)
     if rng.random() < 0.5:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.8, 1.6)))
+        out = out.filter(ImageFilter.GaussianBlur(strength * rng.uniform(1.2, 2.4)))
     else:
-        out = out.filter(ImageFilter.UnsharpMask(radius=2, percent=int(rng.uniform(150, 300))))
+        out = out.filter(ImageFilter.UnsharpMask(radius=2, percent=int(strength * rng.uniform(200, 400))))
     return out
 
 
@@ -141,22 +145,30 @@ def _center_fit(img: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def blend_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A soft ellipse, like a face region: 1 inside, 0 outside, a blurred boundary (HxW float32)."""
+def blend_mask(size: int, rng: np.random.Generator, axes: tuple[float, float] = (0.3, 0.45)) -> np.ndarray:
+    """A soft ellipse, like a face region: 1 inside, 0 outside, a blurred boundary (HxW float32).
+
+    axes: the range of its half-axes, as a fraction of the side.
+    """
     cx, cy = rng.uniform(0.4, 0.6, 2) * size
-    ax, ay = rng.uniform(0.2, 0.34, 2) * size
+    ax, ay = rng.uniform(*axes, 2) * size
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).ellipse((cx - ax, cy - ay, cx + ax, cy + ay), fill=255)
     mask = mask.rotate(rng.uniform(-30, 30), center=(cx, cy))
-    mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.03, 0.08) * size))
+    mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.01, 0.03) * size))
     return np.asarray(mask, np.float32) / 255.0
 
 
-def self_blend(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
-    """A self-blended fake of `img` and the mask of the blended region."""
+def self_blend(
+    img: Image.Image, rng: np.random.Generator, strength: float = 1.0, axes: tuple[float, float] = (0.3, 0.45)
+) -> tuple[Image.Image, np.ndarray]:
+    """A self-blended fake of the square image `img`, and the mask of the blended region.
+
+    Also the on-the-fly augmentation (augment.self_blend), with its strength and mask axes.
+    """
     target = np.asarray(img, np.float32)
-    source = np.asarray(jitter(img, rng), np.float32)
-    mask = blend_mask(img.size[0], rng)
+    source = np.asarray(jitter(img, rng, strength), np.float32)
+    mask = blend_mask(img.size[0], rng, axes)
     return _paste(target, source, mask), mask
 
 
@@ -202,7 +214,7 @@ def resample(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, n
         low = img.resize((side, side), Image.BILINEAR)
         up = np.asarray(low.resize((size, size), Image.NEAREST), np.float32)
     # Mixing some original detail back keeps it from being mere blur.
-    strength = rng.uniform(0.85, 1.0)
+    strength = 1.0
     mask = np.ones((size, size), np.float32) if rng.random() < 0.3 else blend_mask(size, rng)
     out = _paste(target, target + strength * (up - target), mask)
     return out, mask
@@ -226,9 +238,15 @@ def splice(img: Image.Image, donors: list[Image.Image], rng: np.random.Generator
     size = img.size[0]
     target = np.asarray(img, np.float32)
     donor = real_crop(donors[int(rng.integers(len(donors)))], size, rng)
+    # Warped into place as a face swap aligns the source face: rotated and rescaled by bilinear
+    # interpolation, which softens it unlike the target's own detail.
+    # Up to 10 degrees and at least 1.16x, so that the rotation's empty corners are cropped away.
+    donor = donor.rotate(rng.uniform(3, 10) * rng.choice([-1, 1]), Image.BILINEAR,
+                         expand=False).resize((round(size * rng.uniform(1.16, 1.3)),) * 2, Image.BILINEAR)
+    donor = _center_fit(donor, size)
     mask = blend_mask(size, rng)
     # Without colour matching the pasted region would be told by its colour alone.
-    source = _match_colour(np.asarray(donor, np.float32), target, mask, rng.uniform(0.2, 0.6))
+    source = _match_colour(np.asarray(donor, np.float32), target, mask, rng.uniform(0.0, 0.3))
     return _paste(target, source, mask), mask
 
 
@@ -237,8 +255,8 @@ def splice(img: Image.Image, donors: list[Image.Image], rng: np.random.Generator
 
 def patch_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     """A soft rounded rectangle over the middle of the image, like an inpainting box (HxW float32)."""
-    w, h = rng.uniform(0.35, 0.6, 2) * size
-    cx, cy = rng.uniform(0.35, 0.65, 2) * size
+    w, h = rng.uniform(0.5, 0.75, 2) * size
+    cx, cy = rng.uniform(0.4, 0.6, 2) * size
     x0, y0 = cx - w / 2, cy - h / 2
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).rounded_rectangle((x0, y0, x0 + w, y0 + h), radius=min(w, h) / 4, fill=255)
@@ -250,7 +268,7 @@ def regenerate(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
     """`img` with a patch re-synthesised: detail smoothed away, synthetic grain added; and its mask."""
     size = img.size[0]
     target = np.asarray(img, np.float32)
-    smooth = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(1.5, 3.0))), np.float32)
+    smooth = np.asarray(img.filter(ImageFilter.GaussianBlur(rng.uniform(2.0, 3.5))), np.float32)
     # Grain coarser than a pixel, and sometimes the same in every channel, unlike sensor noise.
     grain = int(rng.choice([1, 2]))
     channels = 1 if rng.random() < 0.5 else 3
@@ -260,7 +278,7 @@ def regenerate(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
         noise = np.stack([np.asarray(Image.fromarray(noise[..., c]).resize((size, size), Image.BILINEAR))
                           for c in range(channels)], -1)
         noise /= noise.std() + 1e-6
-    source = smooth + rng.uniform(6.0, 14.0) * noise
+    source = smooth + rng.uniform(10.0, 20.0) * noise
     mask = patch_mask(size, rng)
     return _paste(target, source, mask), mask
 

@@ -63,11 +63,12 @@ def make_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentPa
                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_model_arguments(ap: argparse.ArgumentParser) -> None:
+def add_model_arguments(ap: argparse.ArgumentParser, ensemble: bool = False) -> None:
     """The options that pick the detector and how it scores; the same for score and explain."""
-    ap.add_argument("--model", default=DEFAULT_MODEL,
-                    help="checkpoint file, runs:/<run id>/<path> or models:/<model id> (default: %(default)s, "
-                         "written by `dvc repro`)")
+    ap.add_argument("--model", action="append" if ensemble else "store", default=None,
+                    help=f"checkpoint file, runs:/<run id>/<path> or models:/<model id> (default: {DEFAULT_MODEL}, "
+                         "written by `dvc repro`)" + ("; repeat it for an ensemble, whose p_fake is the mean of "
+                                                      "the models'" if ensemble else ""))
     ap.add_argument("--tta", nargs="*", default=None, metavar="VIEW",
                     help="test-time views averaged with the image (hflip vflip rot90 rot180 rot270 transpose); "
                          "`--tta` alone: none. Default: predict.tta of ./params.yaml, as in the submission; "
@@ -189,9 +190,15 @@ def use_project_store() -> None:
     mlflow.set_tracking_uri(tracking_uri(cfg))
 
 
-def load_detector(model: str, device: str, tta: Sequence[str]):
-    """Detector.load with errors a user can act on."""
-    from ffdi.detector import Detector
+def load_detector(model, device: str, tta: Sequence[str]):
+    """Detector.load with errors a user can act on; several models: an Ensemble of them."""
+    from ffdi.detector import Detector, Ensemble
+
+    model = model or DEFAULT_MODEL
+    if isinstance(model, (list, tuple)):
+        if len(model) > 1:
+            return Ensemble([load_detector(m, device, tta) for m in model])
+        model = model[0]
 
     if model.startswith(("runs:", "models:")) or "://" in model:
         use_project_store()
@@ -241,8 +248,6 @@ def score_rows(detector, paths: Iterable[str], batch_size: int = 64, faces=None)
     faces: a `ffdi.faces.FaceCropper`; each image is then scored on the crop of its largest face.
     P(fake) is the view-averaged softmax, exactly as `Detector.score` and the submission compute it.
     """
-    import torch
-
     it = iter(paths)
     while True:
         chunk = list(islice(it, batch_size))
@@ -261,9 +266,7 @@ def score_rows(detector, paths: Iterable[str], batch_size: int = 64, faces=None)
             except (BadImage, OSError) as e:  # includes faces.NoFace, a BadImage
                 row.error = reason(e, row.path)
         if kept:
-            logp = detector.view_log_probs(torch.stack(pixels))
-            prob = logp[:, :, 1].double().exp().mean(1).numpy()  # as Scores.prob
-            for row, p in zip(kept, prob):
+            for row, p in zip(kept, detector.prob_batch(pixels)):
                 row.p_fake = float(p)
         del pixels
         yield from rows
@@ -338,8 +341,11 @@ class Summary:
 
 def describe_detector(detector, tta_source: str) -> str:
     views = ", ".join(detector.views[1:]) or "none"
-    return (f"model {detector.source}; tta {views} ({tta_source}); device {detector.device}; "
-            f"precision {detector.precision}; image size {detector.augment.image_size}")
+    members = getattr(detector, "members", [detector])
+    return "; ".join(
+        f"model {m.source}; tta {views} ({tta_source}); device {m.device}; precision {m.precision}; "
+        f"image size {m.augment.image_size}" for m in members) + (
+        f" (an ensemble of {len(members)}: p_fake is their mean)" if len(members) > 1 else "")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -356,7 +362,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--faces", action="store_true",
                     help="score the largest face of each image (MTCNN), cropped as the training images are framed; "
                          "an image with no face gets a row saying so")
-    add_model_arguments(ap)
+    add_model_arguments(ap, ensemble=True)
     try:
         args = ap.parse_args(argv)
         return run(args)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
+from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ffdi import checkpoint, distributed
@@ -40,7 +41,7 @@ from ffdi.hardware import (
     select_device,
 )
 from ffdi.metrics import roc_auc
-from ffdi.models import build_model
+from ffdi.models import build_model, set_tuning, train_mode
 from ffdi.transforms import normalize_batch
 
 # Which direction is better for each selectable metric.
@@ -84,13 +85,16 @@ def train_one_epoch(
     skipped: Optional[list] = None,
     amp: Optional[torch.dtype] = None,
     scaler: Optional[torch.amp.GradScaler] = None,
+    tune: str = "full",
+    after_step: Optional[Callable[[], None]] = None,
 ) -> dict[str, float]:
     """One pass over `loader`. Unreadable images (under on_bad_image=skip) are appended to `skipped`.
 
-    amp: autocast dtype (None = fp32); scaler: for fp16. In a DDP group the metrics are
-    summed over every process.
+    amp: autocast dtype (None = fp32); scaler: for fp16; tune: model.tune (a linear probe keeps
+    its backbone in eval mode); after_step: called after each optimiser step (the EMA update).
+    In a DDP group the metrics are summed over every process.
     """
-    model.train()
+    train_mode(_plain(model), tune)
     device = torch.device(device)
     normalize = loader.dataset.normalize
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
@@ -116,6 +120,8 @@ def train_one_epoch(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if after_step is not None:
+                after_step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
@@ -126,6 +132,15 @@ def train_one_epoch(
     if seen == 0:
         raise RuntimeError("the training loader yielded no usable images")
     return {"train_loss": loss_total / seen, "train_acc": correct_total / seen}
+
+
+def _plain(net: nn.Module) -> nn.Module:
+    """The model inside torch.compile and DDP wrappers."""
+    while True:
+        inner = getattr(net, "_orig_mod", None) or (net.module if isinstance(net, DistributedDataParallel) else None)
+        if inner is None:
+            return net
+        net = inner
 
 
 def validate(detector: Detector, loader: DataLoader, skipped: Optional[list] = None) -> dict[str, float]:
@@ -161,7 +176,8 @@ def fit(
 
     If `state_dir/last.pt` exists (a killed run with the same config), training resumes after
     its last complete epoch. cpu_share: re-sizes threads and loader workers each epoch.
-    Returns {'history', 'best', 'skipped', 'precision', 'device'}.
+    With train.ema, the moving average of the weights is what is validated and checkpointed.
+    Returns {'history', 'best', 'skipped', 'precision', 'device', 'trainable_params'}.
     """
     cfg = params.train
     rank, world = distributed.rank_and_world()
@@ -173,9 +189,19 @@ def fit(
     amp = autocast_dtype(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     seed_everything(cfg.seed)
-    model = build_model(params.model).to(device)
+    model = build_model(params.model, params.augment.image_size).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    trainable = set_tuning(model, params.model.tune)
+    # Warm-up: the decay grows with the step count, so a run of a few hundred steps is not
+    # dominated by its random initial weights.
+    ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema else None
+    steps = [0]  # optimiser steps so far: the EMA warm-up's clock
+
+    def after_step():
+        steps[0] += 1
+        ema.update(model, step=steps[0])
+
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
 
@@ -190,6 +216,9 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+            steps[0] = state["ema_steps"]
         history, best = list(state["history"]), dict(state["best"])
         skipped = [tuple(s) for s in state.get("skipped", [])]
         tqdm.write(f"resuming from {last_path} after epoch {state['epoch']}")
@@ -201,7 +230,8 @@ def fit(
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    eval_net = torch.compile(model) if cfg.compile else model
+    scored = ema.module if ema is not None else model  # what is validated and checkpointed
+    eval_net = torch.compile(scored) if cfg.compile else scored
     detector = Detector(eval_net, params.augment, device, precision, params.predict.tta, cfg.channels_last)
 
     generator = torch.Generator()
@@ -230,10 +260,13 @@ def fit(
         epoch_skipped: list = []
         row.update(
             train_one_epoch(
-                net, train_loader, optimizer, device, cfg.channels_last, f"epoch {epoch}", epoch_skipped, amp, scaler
+                net, train_loader, optimizer, device, cfg.channels_last, f"epoch {epoch}", epoch_skipped, amp, scaler,
+                params.model.tune, after_step if ema is not None else None,
             )
         )
         distributed.sync_buffers(model)
+        if ema is not None:
+            distributed.sync_buffers(ema.module)
         epoch_skipped = distributed.gather_set(epoch_skipped)  # each process saw its own bad training images
         row.update(validate(detector, val_loader, epoch_skipped))
         row["skipped_images"] = len(set(epoch_skipped))
@@ -248,11 +281,11 @@ def fit(
             best = {"metric": key, "value": value, "epoch": epoch}
         if rank == 0:  # every process holds the same weights and metrics; rank 0 writes them
             if improved:
-                checkpoint.save(best_path, checkpoint.snapshot(model, params, epoch, row, precision))
-            checkpoint.save(
-                last_path, checkpoint.resume_state(model, optimizer, scheduler, scaler, params, epoch, history, best,
-                                                   skipped)
-            )
+                checkpoint.save(best_path, checkpoint.snapshot(scored, params, epoch, row, precision))
+            state = checkpoint.resume_state(model, optimizer, scheduler, scaler, params, epoch, history, best, skipped)
+            if ema is not None:
+                state.update(ema=ema.module.state_dict(), ema_steps=steps[0])
+            checkpoint.save(last_path, state)
             tqdm.write(
                 f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
                 f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s, "
@@ -260,4 +293,5 @@ def fit(
             )
         on_epoch(row)
     distributed.barrier()  # rank 0's last checkpoint is on disk before any process moves on
-    return {"history": history, "best": best, "skipped": skipped, "precision": precision, "device": device}
+    return {"history": history, "best": best, "skipped": skipped, "precision": precision, "device": device,
+            "trainable_params": trainable}

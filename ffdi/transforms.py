@@ -6,6 +6,7 @@ on the device. `build_transform` is the per-image reference of what the model se
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Callable, Optional
@@ -15,6 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
+from torchvision.transforms import v2
 
 from ffdi.config import AugmentConfig
 from ffdi.errors import BadImage
@@ -95,6 +97,14 @@ def pil_steps(cfg: AugmentConfig, train: bool) -> list:
     # Resize first: every later step works on the small image.
     steps: list = [T.Resize(cfg.resize)]
     if train:
+        # The same for both classes: these steps never see the label.
+        if cfg.jpeg:
+            steps.append(T.RandomApply([v2.JPEG(quality=tuple(cfg.jpeg))], cfg.degrade_p))
+        if cfg.blur:
+            kernel = 2 * math.ceil(3 * cfg.blur[1]) + 1
+            steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=tuple(cfg.blur))], cfg.degrade_p))
+        if cfg.downscale:
+            steps.append(T.RandomApply([RandomDownscale(cfg.downscale)], cfg.degrade_p))
         if cfg.hflip:
             steps.append(T.RandomHorizontalFlip(cfg.hflip))
         if cfg.vflip:
@@ -105,6 +115,18 @@ def pil_steps(cfg: AugmentConfig, train: bool) -> list:
             steps.append(T.RandomGrayscale(cfg.grayscale))
     steps.append(T.CenterCrop(cfg.image_size))
     return steps
+
+
+class RandomDownscale:
+    """Shrink by a factor drawn from [low, high] and enlarge back (bicubic): lost detail, same size."""
+
+    def __init__(self, factors):
+        self.low, self.high = factors
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        f = float(torch.empty(1).uniform_(self.low, self.high))
+        w, h = img.size
+        return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BICUBIC).resize((w, h), Image.BICUBIC)
 
 
 class Uint8Transform:

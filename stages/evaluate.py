@@ -6,7 +6,9 @@ metrics.json holds:
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
 - `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector;
 - `robustness.<kind>.<severity>`: val under each degradation of eval.degradations (`robustness.clean`
-  is the same images undegraded).
+  is the same images undegraded);
+- `ensemble`: with predict.ensemble, the val metrics of that ensemble (this model and those), which
+  then writes the submission; every other figure is this run's model alone.
 """
 
 import hashlib
@@ -20,7 +22,7 @@ import pandas as pd
 from ffdi import degrade, explain, hardware, metrics, report, serving, tracking
 from ffdi.cli import stage_main
 from ffdi.data import build_manifest, read_labels, read_manifest
-from ffdi.detector import Detector
+from ffdi.detector import Detector, Ensemble
 from ffdi.errors import DataError
 from ffdi.io import project_root, write_csv, write_json
 from stages import METRICS, MODEL, PREPARED, REPORTS, RUN_REF
@@ -112,6 +114,15 @@ def main(params):
             if (rows & (y == 1)).any():  # a manipulation may have fakes in train only
                 report_[key] = metrics.ranking_metrics(y[rows], prob[rows], cfg.fprs)
 
+    if params.predict.ensemble:
+        # The submission's scorer when predict.ensemble is set: this model averaged with those.
+        tracking.setup(params.tracking)
+        ensemble = Ensemble([detector, *Ensemble.load(params.predict.ensemble, params.train.device,
+                                                      tta=params.predict.tta).members])
+        r = ensemble.score_manifest(val, cfg.batch_size, workers, params.data.on_bad_image, "ensemble")
+        frame = val.iloc[r.index].reset_index(drop=True)
+        report_["ensemble"] = {**scored_metrics(frame, r.prob, cfg), "models": [m.source for m in ensemble.members]}
+
     # Other data sets, scored by the same Detector (same views, same precision).
     extra_scores = {}
     for name, (manifest, data_hash) in extra.items():
@@ -172,6 +183,10 @@ def main(params):
         for key in ("group_mean_auc", "group_worst_auc"):
             if key in report_:
                 mlflow.log_metric(f"eval_{key}", report_[key])
+        if "ensemble" in report_:
+            mlflow.log_metrics({f"ensemble_{k}": v for k, v in report_["ensemble"].items()
+                                if isinstance(v, (int, float))})
+            mlflow.set_tag("predict.ensemble", " + ".join(report_["ensemble"]["models"]))
         for key in ("heldout", "seen"):
             mlflow.log_metrics({f"{key}_{k}": v for k, v in report_.get(key, {}).items()})
         for name, m in report_.get("extra_sets", {}).items():
@@ -197,6 +212,9 @@ def main(params):
             # train, because it carries eval.threshold and predict.tta: changing those must not retrain.
             serving.log_pyfunc(MODEL, list(params.predict.tta), cfg.threshold)
     print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    if "ensemble" in report_:
+        print(f"ensemble of {len(report_['ensemble']['models'])} (the submission's scorer): "
+              f"roc_auc {report_['ensemble']['roc_auc']:.4f}")
     for name, m in report_.get("extra_sets", {}).items():
         print(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
     if degradations:

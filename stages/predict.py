@@ -8,7 +8,7 @@ import pandas as pd
 from ffdi import hardware, tracking
 from ffdi.cli import stage_main
 from ffdi.data import read_manifest
-from ffdi.detector import Detector
+from ffdi.detector import Detector, Ensemble
 from ffdi.io import project_root, write_csv
 from stages import MODEL, PREPARED, RUN_REF
 
@@ -25,6 +25,9 @@ def main(params):
     split = json.loads((PREPARED / "summary.json").read_text())["predict_split"]
     manifest = read_manifest(PREPARED / f"{split}.csv")
     detector = Detector.load(MODEL, params.train.device, tta=cfg.tta)
+    if cfg.ensemble:
+        tracking.setup(params.tracking)  # where models:/ and runs:/ URIs are found
+        detector = Ensemble([detector, *Ensemble.load(cfg.ensemble, params.train.device, tta=cfg.tta).members])
     workers = hardware.resolve_workers(params.train.workers, share.threads(), detector.device)
     res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
     prob = np.full(len(manifest), UNREADABLE_SCORE)
@@ -35,7 +38,7 @@ def main(params):
     with tracking.run(params.tracking, run_id=tracking.read_run_ref(RUN_REF)):
         import mlflow
 
-        mlflow.set_tags({"predict.split": split})
+        mlflow.set_tags({"predict.split": split, "predict.models": detector.source})
         mlflow.log_metric("predict_images", len(submission))
         tracking.log_skipped(res.skipped, "predict")
         mlflow.log_artifact(cfg.out, artifact_path="predict")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ffdi import checkpoint, distributed, hardware, tracking
+from ffdi import checkpoint, distributed, hardware, sample, tracking
 from ffdi.cli import stage_main
 from ffdi.data import drop_groups, fake_groups, read_manifest
-from ffdi.errors import DataError
+from ffdi.errors import ConfigError, DataError
 from ffdi.io import project_root, write_csv
 from ffdi.train import fit
 from stages import HISTORY, MODEL, PREPARED, RUN_REF
@@ -28,6 +28,9 @@ def load_manifests(params):
     if unknown:
         raise DataError(f"data.holdout names {unknown}, which no fake in the label files has in column "
                         f"{params.data.group_column!r}; known: {fake_groups(train) or 'none'}")
+    if params.augment.self_blend and sample.KINDS[0] in params.data.holdout:
+        raise ConfigError(f"data.holdout holds out {sample.KINDS[0]!r} while augment.self_blend makes such fakes "
+                          "during training: the held-out AUC would not be held out; set one of them off")
     return drop_groups(train, params.data.holdout), drop_groups(val, params.data.holdout)
 
 
@@ -71,7 +74,8 @@ def main(params):
             # Again after fit: a resumed run with no epochs left wrote no history, and DVC deleted it.
             write_csv(HISTORY, pd.DataFrame(result["history"]))
             best = result["best"]
-            mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"]})
+            mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"],
+                                "trainable_params": result["trainable_params"]})
             tracking.log_skipped(result["skipped"], "train")
             if params.tracking.log_model:
                 ckpt = checkpoint.load(state_dir / "best.pt")

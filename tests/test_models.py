@@ -81,3 +81,44 @@ def test_arch_and_se_errors_name_the_key():
         build_model(ModelConfig(arch="resnet_eighteen"))
     with pytest.raises(ConfigError, match="model.se: true needs a ResNet-family model.arch, got 'convnext_atto'"):
         build_model(ModelConfig(arch="convnext_atto", se=True))
+
+
+@pytest.mark.parametrize("arch", ["convnext_atto", "efficientnet_b0", "vit_tiny_patch16_224", "coatnet_0_rw_224"])
+def test_any_timm_family_keeps_its_backbone_weights_and_gets_a_fresh_head(arch, tmp_path):
+    # A saved state dict with a 1000-class head stands in for ImageNet weights.
+    torch.manual_seed(1)
+    donor = build_model(ModelConfig(arch=arch, num_classes=2), image_size=64)
+    state = {k: v.clone() for k, v in donor.state_dict().items()}
+    head = donor.default_cfg["classifier"]
+    for suffix in ("weight", "bias"):
+        state[f"{head}.{suffix}"] = torch.randn(1000, *state[f"{head}.{suffix}"].shape[1:])
+    torch.save(state, tmp_path / "w.pt")
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(arch=arch, weights=str(tmp_path / "w.pt")), image_size=64)
+    own = model.state_dict()
+    kept = [k for k in own if not k.startswith(head + ".")]
+    assert kept and all(torch.equal(own[k], state[k]) for k in kept)
+    assert own[f"{head}.weight"].shape[0] == 2  # resized, fresh
+    assert model.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("kind", ["srm", "npr"])
+def test_artefact_input_starts_as_rgb_and_learns_from_the_residual(kind):
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig()).eval()
+    with_input = build_model(ModelConfig(input=f"rgb+{kind}")).eval()
+    missing = with_input.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["artefacts.mix.weight"]
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(plain(x), with_input(x), atol=1e-5)  # identity on RGB at the start
+    # The residual is what the paper defines, and its weights get a gradient.
+    residual = with_input.artefacts.residual(x)
+    if kind == "npr":
+        up = x[..., ::2, ::2].repeat_interleave(2, -1).repeat_interleave(2, -2)
+        assert torch.allclose(residual, x - up)
+    else:
+        flat = torch.ones(1, 3, 16, 16)  # high-pass: zero on a constant image, away from the border
+        assert with_input.artefacts.residual(flat)[..., 2:-2, 2:-2].abs().max() < 1e-6
+    with_input.train()
+    with_input(x).sum().backward()
+    assert with_input.artefacts.mix.weight.grad[:, 3:].abs().sum() > 0

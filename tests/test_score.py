@@ -104,6 +104,36 @@ def test_json_output_and_views_and_threshold_from_params_yaml(images, model):
     assert [r["label"] for r in rows[:-1]] == ["fake" if p >= 0.3 else "real" for p in expected]
 
 
+def test_an_ensemble_scores_the_exact_mean_of_its_models(images, model, tiny_data, tmp_path, capsys):
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)  # a second, different model with another input size
+    params = Params(augment=AugmentConfig(resize=24, image_size=24))
+    checkpoint.save(other, checkpoint.snapshot(build_model(params.model), params, 0, {}, "fp32"))
+    paths = sorted(str(p) for p in images.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png"))
+    out = tmp_path / "ens.csv"
+    code = score.main([*paths, "--model", str(model), "--model", str(other), "--tta", "hflip", "--out", str(out)])
+    assert code == 3  # the bad files still get their rows
+    rows = pd.read_csv(out, keep_default_na=False)
+    good = rows[rows.error == ""]
+    a, b = (Detector.load(m, "cpu", tta=["hflip"]).score(good.path) for m in (model, other))
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(good.p_fake.astype(float), (a + b) / 2, atol=1e-12)
+    assert "an ensemble of 2" in capsys.readouterr().err
+    # A manifest through Ensemble.score_manifest: the same mean, and per-view figures averaged alike.
+    from ffdi.data import prepare, read_manifest
+    from ffdi.config import DataConfig
+    from ffdi.detector import Ensemble
+
+    prepare(DataConfig(root=str(tiny_data)), tmp_path / "prepared")
+    val = read_manifest(tmp_path / "prepared" / "val.csv")
+    members = [Detector.load(m, "cpu", tta=["hflip"]) for m in (model, other)]
+    ens = Ensemble(members).score_manifest(val, 16)
+    each = [m.score_manifest(val, 16) for m in members]
+    np.testing.assert_allclose(ens.prob, (each[0].prob + each[1].prob) / 2, atol=1e-12)
+    np.testing.assert_allclose(ens.prob_single_view, (each[0].prob_single_view + each[1].prob_single_view) / 2,
+                               atol=1e-12)
+
+
 def test_without_out_csv_goes_to_stdout_and_all_good_exits_0(images, model, capsys):
     good = str(images / "photo.png")
     assert score.main([good, "--model", str(model), "--tta", "hflip", "--threshold", "0"]) == 0
@@ -203,3 +233,37 @@ def test_score_a_model_logged_in_mlflow(project):
         from_mlflow = pd.read_csv(project.repo / "m.csv")
         assert from_mlflow.path.tolist() == local.path.tolist()
         np.testing.assert_allclose(from_mlflow.p_fake, local.p_fake, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics(project, tmp_path):
+    """predict.ensemble: this run's model averaged with another (here a checkpoint file); the
+    submission is the mean, and metrics.json `ensemble` is the same ensemble's val score."""
+    from sklearn import metrics as skm
+
+    repo = project.repo
+    other = random_checkpoint(tmp_path / "other.pt")
+    before = pd.read_csv(repo / "submission.csv", dtype={"img_name": str})
+    import yaml
+
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["predict"]["ensemble"] = [str(other)]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    project.sh("dvc", "repro")
+    after = pd.read_csv(repo / "submission.csv", dtype={"img_name": str})
+    test = sorted((repo / "data/sample/testset").glob("*.jpg"))
+    theirs = dict(zip([p.name for p in test], Detector.load(other, "cpu", tta=["hflip"]).score(test)))
+    mine = dict(zip(before.img_name, before.y_pred))
+    np.testing.assert_allclose(after.y_pred, [(mine[n] + theirs[n]) / 2 for n in after.img_name], atol=1e-6)
+
+    report = json.loads((repo / "metrics.json").read_text())
+    assert report["ensemble"]["models"] == ["models/model.pt", str(other)]
+    val = pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str})
+    val_paths = [repo / "data/sample/valset" / n for n in val.img_name]
+    their_val = Detector.load(other, "cpu", tta=["hflip"]).score(val_paths)
+    expected = skm.roc_auc_score(val.target, (val.y_pred + their_val) / 2)
+    assert report["ensemble"]["roc_auc"] == pytest.approx(expected, abs=1e-6)
+    assert report["val"]["roc_auc"] == pytest.approx(skm.roc_auc_score(val.target, val.y_pred), abs=1e-9)
+    params_file.write_text(original)  # leave the project as the other tests found it

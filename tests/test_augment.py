@@ -1,0 +1,83 @@
+"""Training-time augmentations of issue 11: self-blending on the fly and class-independent degradations."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from torchvision import transforms as T
+
+from ffdi.config import AugmentConfig, from_dict
+from ffdi.data import make_loader
+from ffdi.errors import ConfigError
+from ffdi.transforms import build_uint8_transform, load_image
+from tests.test_train import manifests  # noqa: F401 (a fixture)
+
+SIZE = 32
+
+
+def loader_items(manifest, aug, seed=1):
+    loader = make_loader(manifest, aug, 16, 0, train=True)
+    loader.dataset.seed = seed
+    return [loader.dataset[i] for i in range(len(manifest))]
+
+
+def test_self_blend_turns_real_images_into_fakes_labelled_1(manifests):
+    train = manifests[0]
+    plain = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0)
+    blended = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, self_blend=1.0)
+    before, after = loader_items(train, plain), loader_items(train, blended)
+    real = (train.target == 0).to_numpy()
+    assert real.sum() > 10
+    for (x0, y0, *_), (x1, y1, *_), is_real in zip(before, after, real):
+        assert int(y1) == 1  # every real became a fake; fakes stay fakes
+        assert torch.equal(x0, x1) != is_real  # only the real ones were changed
+        assert int(y0) == (0 if is_real else 1)
+    # The same seed gives the same blend; p = 0.5 blends about half of the real images, not the fakes.
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(after, loader_items(train, blended)))
+    half = loader_items(train, AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, self_blend=0.5))
+    flipped = [int(y) for (_, y, *_), r in zip(half, real) if r]
+    assert 0.25 < np.mean(flipped) < 0.75
+    # Validation never blends.
+    val = make_loader(train, blended, 16, 0, train=False)
+    assert [int(val.dataset[i][1]) for i in range(len(train))] == train.target.tolist()
+
+
+@pytest.mark.parametrize("key, value, reference", [
+    ("jpeg", (5, 5), lambda img: Image.open(io.BytesIO(_jpeg(img, 5))).convert("RGB")),
+    ("blur", (1.0, 1.0), lambda img: T.GaussianBlur(7, 1.0)(img)),
+    ("downscale", (0.5, 0.5), lambda img: img.resize((SIZE // 2,) * 2, Image.BICUBIC).resize((SIZE,) * 2, Image.BICUBIC)),
+])
+def test_degradations_apply_exactly_to_both_classes(key, value, reference, manifests):
+    train = manifests[0].iloc[:8]
+    aug = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=1.0, **{key: value})
+    items = loader_items(train, aug)
+    for (x, y, *_), path, target in zip(items, train.path, train.target):
+        img = load_image(path, SIZE)
+        expected = torch.from_numpy(np.array(reference(img)))
+        assert torch.equal(x, expected), (key, target)
+        assert int(y) == target
+    assert set(train.target) == {0, 1}
+    # degrade_p = 0: untouched.
+    off = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=0.0, **{key: value})
+    plain = build_uint8_transform(AugmentConfig(resize=SIZE, image_size=SIZE), train=False)
+    assert all(torch.equal(x, plain(load_image(p, SIZE))) for (x, *_), p in zip(loader_items(train, off), train.path))
+
+
+def _jpeg(img, quality):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"jpeg": [90, 30]}, "augment.jpeg must be null or"),
+    ({"blur": [1.0]}, "augment.blur must be null or"),
+    ({"downscale": [0, 0.5]}, "augment.downscale must be null or"),
+    ({"self_blend": 1.5}, "augment.self_blend must be in"),
+    ({"degrade_p": -0.1}, "augment.degrade_p must be in"),
+])
+def test_bad_augment_values_are_named(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(AugmentConfig, raw, "augment.")

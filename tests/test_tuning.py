@@ -1,0 +1,103 @@
+"""model.tune and train.ema: what is trained, what is frozen, and which weights are scored."""
+
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from ffdi import checkpoint
+from ffdi.config import ModelConfig, Params
+from ffdi.detector import Detector
+from ffdi.models import build_model, is_norm, set_tuning
+from ffdi.train import fit, seed_everything
+from tests.test_train import manifests, tiny_params  # noqa: F401 (a fixture)
+
+
+def initial_state(params: Params) -> dict:
+    """The weights fit() starts from: it seeds, then builds."""
+    seed_everything(params.train.seed)
+    return {k: v.clone() for k, v in build_model(params.model).state_dict().items()}
+
+
+def with_model(params: Params, **model) -> Params:
+    from dataclasses import replace
+
+    return replace(params, model=replace(params.model, **model))
+
+
+@pytest.mark.parametrize("tune", ["linear", "norm"])
+def test_frozen_parameters_and_statistics_do_not_move(tune, tiny_data, manifests, tmp_path):
+    params = with_model(tiny_params(tiny_data, epochs=1), tune=tune)
+    before = initial_state(params)
+    result = fit(params, *manifests, tmp_path)
+    after = checkpoint.load(tmp_path / "last.pt")["model"]
+    model = build_model(params.model)
+    norm_names = {f"{n}.{p}" for n, m in model.named_modules() if is_norm(m) for p, _ in m.named_parameters(recurse=False)}
+    expected = model.fc.weight.numel() + model.fc.bias.numel()
+    if tune == "norm":
+        expected += sum(model.state_dict()[k].numel() for k in norm_names)
+    assert result["trainable_params"] == expected
+    for name, value in after.items():
+        moved = not torch.equal(value, before[name])
+        if name.startswith("fc."):
+            assert moved, name
+        elif name in norm_names:
+            assert moved == (tune == "norm"), name
+        elif "running_" in name or "num_batches" in name:
+            # A linear probe's backbone stays in eval mode: its BatchNorm statistics stay put.
+            assert moved == (tune == "norm"), name
+        else:  # conv weights
+            assert not moved, name
+
+
+def test_set_tuning_counts_and_full_trains_everything():
+    model = build_model(ModelConfig())
+    total = sum(p.numel() for p in model.parameters())
+    assert set_tuning(model, "full") == total
+    assert set_tuning(model, "linear") == 2 * 512 + 2
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+
+
+def test_ema_weights_are_the_ones_validated_and_checkpointed(tiny_data, manifests, tmp_path):
+    params = tiny_params(tiny_data, epochs=2, ema=0.9)
+    result = fit(params, *manifests, tmp_path)
+    last = checkpoint.load(tmp_path / "last.pt")
+    raw, ema = last["model"], last["ema"]
+    assert last["ema_steps"] == 2 * -(-len(manifests[0]) // params.train.batch_size)
+    diff = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], ema[k])]
+    assert "fc.weight" in diff and "conv1.weight" in diff
+    best = checkpoint.load(tmp_path / "best.pt")
+    if best["epoch"] == 1:  # the best checkpoint holds the average, not the raw weights
+        assert all(torch.equal(best["model"][k], ema[k]) for k in ema)
+    # The recorded val numbers are those of the checkpointed (averaged) weights.
+    val = manifests[1]
+    res = Detector.load(tmp_path / "best.pt", "cpu", tta=params.predict.tta).score_manifest(val, 32)
+    assert skm.roc_auc_score(res.targets, res.prob) == pytest.approx(result["best"]["value"], abs=1e-12)
+    raw_model = checkpoint.rebuild_model({"model": raw, "config": last["config"]})
+    raw_res = Detector(raw_model, params.augment, "cpu", "fp32", params.predict.tta).score_manifest(val, 32)
+    assert not torch.allclose(torch.as_tensor(raw_res.prob), torch.as_tensor(res.prob))
+
+
+def test_ema_resumes_to_the_same_numbers(tiny_data, manifests, tmp_path):
+    params = tiny_params(tiny_data, epochs=2, ema=0.9)
+    straight = fit(params, *manifests, tmp_path / "a")["history"]
+
+    class Killed(Exception):
+        pass
+
+    def die(row):
+        raise Killed
+
+    with pytest.raises(Killed):
+        fit(params, *manifests, tmp_path / "b", on_epoch=die)
+    resumed = fit(params, *manifests, tmp_path / "b")["history"]
+    assert [r["val_loss"] for r in resumed] == [r["val_loss"] for r in straight]
+
+
+def test_ema_and_tune_are_checked():
+    from ffdi.config import TrainConfig, from_dict
+    from ffdi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.ema must be in"):
+        from_dict(TrainConfig, {"ema": 1.0}, "train.")
+    with pytest.raises(ConfigError, match="model.tune must be one of"):
+        from_dict(ModelConfig, {"tune": "lora"}, "model.")
