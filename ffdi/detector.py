@@ -8,11 +8,12 @@ test-time views. P(fake) is the softmax averaged over the views.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -95,7 +96,8 @@ class Detector:
         precision: None keeps the one the model was trained and validated in.
         """
         dev = select_device(device)
-        ckpt = checkpoint.load(resolve_checkpoint(str(source)), dev)
+        with local_checkpoint(str(source)) as path:
+            ckpt = checkpoint.load(path, dev)
         channels_last = bool(ckpt["config"]["train"].get("channels_last", True))
         model = checkpoint.rebuild_model(ckpt).to(dev).eval()
         if channels_last:
@@ -222,16 +224,19 @@ class Ensemble:
                       models=len(scores))
 
 
-def resolve_checkpoint(source: str) -> Path:
-    """A local checkpoint path for a path or an MLflow URI (downloaded to a temp dir)."""
+@contextlib.contextmanager
+def local_checkpoint(source: str) -> Iterator[Path]:
+    """A local checkpoint path for a path or an MLflow URI; a download lives in a temp dir that
+    is removed on exit (the checkpoint is in memory by then)."""
     if "://" not in source and not source.startswith(("runs:", "models:")):
-        return Path(source)
+        yield Path(source)
+        return
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tempfile.mkdtemp(prefix="ffdi-")))
-    if local.is_file():
-        return local
-    found = sorted(local.rglob(checkpoint.CHECKPOINT_NAME))
-    if not found:
-        raise FileNotFoundError(f"{source}: no {checkpoint.CHECKPOINT_NAME} inside; was it logged by ffdi's train stage?")
-    return found[0]
+    with tempfile.TemporaryDirectory(prefix="ffdi-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+        found = [local] if local.is_file() else sorted(local.rglob(checkpoint.CHECKPOINT_NAME))
+        if not found:
+            raise FileNotFoundError(
+                f"{source}: no {checkpoint.CHECKPOINT_NAME} inside; was it logged by ffdi's train stage?")
+        yield found[0]

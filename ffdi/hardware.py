@@ -65,15 +65,18 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
-def describe(device: torch.device, precision: str) -> dict[str, str]:
-    """How a run computed: MLflow tags that explain why identical params gave other numbers."""
+def describe(device: torch.device, precision: str, threads: Optional[int] = None) -> dict[str, str]:
+    """How a run computed: MLflow tags that explain why identical params gave other numbers.
+
+    threads: the torch threads training starts with (its CPU share); default: the current setting.
+    """
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return {
         "hw.precision": precision,
         "hw.device": device.type,
         "hw.device_name": device_name(device),
         "hw.amx_bf16": str(cpu_has_native_bf16()).lower(),
-        "hw.cpu_threads": str(torch.get_num_threads()),
+        "hw.cpu_threads": str(threads or torch.get_num_threads()),
         "torch.version": torch.__version__,
         "torch.cuda": torch.version.cuda or "none",
         "torch.cudnn": str(cudnn) if cudnn and device.type == "cuda" else "none",

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from ffdi import checkpoint, distributed

@@ -54,7 +54,8 @@ def main(params):
                 tracking.log_params(params)
                 mlflow.set_tags(tracking.start_tags(params, data_hash))
                 device = hardware.select_device(params.train.device)
-                mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device)))
+                mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device),
+                                                  hardware.resolve_threads(params.train.threads, share)))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
                 tracking.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
             steps = tracking.logged_steps(run.info.run_id)
