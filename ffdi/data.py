@@ -298,6 +298,16 @@ def skip_collate(items: list) -> Batch:
     )
 
 
+def set_workers(loader: DataLoader, workers: int) -> None:
+    """Change a (non-persistent) loader's worker count between epochs.
+
+    DataLoader sets prefetch_factor to None for 0 workers and refuses None with workers, so a
+    loader made without workers must get the default back before it may have some.
+    """
+    loader.num_workers = workers
+    loader.prefetch_factor = 2 if workers > 0 else None
+
+
 def make_loader(
     manifest: pd.DataFrame,
     aug: AugmentConfig,

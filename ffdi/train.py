@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ffdi import checkpoint, distributed
 from ffdi.config import Params, TrainConfig
-from ffdi.data import make_loader
+from ffdi.data import make_loader, set_workers
 from ffdi.detector import Detector
 from ffdi.hardware import (
     CpuShare,
@@ -249,7 +249,8 @@ def fit(
         # Another pipeline may have started or ended: take this epoch's share of the cores.
         threads = resolve_threads(cfg.threads, cpu_share)
         apply_threads(threads)
-        train_loader.num_workers = val_loader.num_workers = resolve_workers(cfg.workers, threads, device)
+        for loader in (train_loader, val_loader):
+            set_workers(loader, resolve_workers(cfg.workers, threads, device))
         seed_everything(epoch_seed(cfg.seed, epoch, rank))
         generator.manual_seed(epoch_seed(cfg.seed, epoch, rank))
         train_loader.dataset.seed = epoch_seed(cfg.seed, epoch, rank)

@@ -153,3 +153,28 @@ def test_amp_and_distributed_switches(monkeypatch):
     assert not use_distributed(TrainConfig(distributed="off"))
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not use_distributed(TrainConfig(distributed="auto"))
+
+
+class GrowingShare:
+    """A CPU share that grows from 1 core to 2 after the first epoch, as when a parallel run ends."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def threads(self) -> int:
+        self.calls += 1
+        return 1 if self.calls <= 2 else 2  # loader creation and epoch 0: 1; epoch 1 on: 2
+
+
+def test_loader_workers_follow_the_cpu_share_between_epochs(tiny_data, manifests, tmp_path):
+    # Made with no worker (1 core), the loaders must take one when a core frees up, with the
+    # same numbers as without workers under the same thread counts: the worker count never
+    # changes results (the thread count may, in the last bits).
+    before = torch.get_num_threads()
+    try:
+        grown = fit(tiny_params(tiny_data, workers="auto"), *manifests, tmp_path / "a", cpu_share=GrowingShare())
+        fixed = fit(tiny_params(tiny_data, workers=0), *manifests, tmp_path / "b", cpu_share=GrowingShare())
+    finally:
+        torch.set_num_threads(before)
+    for key in ("train_loss", "val_loss", "val_auc"):
+        assert [r[key] for r in grown["history"]] == [r[key] for r in fixed["history"]], key
