@@ -160,8 +160,9 @@ def bad_requests(images):
     return {
         "not base64": ({"inputs": ["this is not base64!"]}, r"inputs\[0\]: not base64"),
         "not an image": ({"inputs": [good, b64(b"GIF? no, plain text")]}, r"inputs\[1\]: cannot decode"),
+        # PIL words it "image file is truncated" or "Truncated File Read", depending on where the cut falls.
         "truncated JPEG": ({"inputs": [good, good, b64(jpeg[: len(jpeg) // 2])]},
-                           r"inputs\[2\]: cannot decode \(image file is truncated"),
+                           r"inputs\[2\]: cannot decode \((?i:image file is truncated|truncated file read)"),
         "decompression bomb": ({"inputs": [b64(png_bomb())]}, r"inputs\[0\]: refused as a possible decompression bomb"),
         "empty string": ({"inputs": [""]}, r"inputs\[0\]: empty"),
         "no images": ({"inputs": []}, r"no images"),
