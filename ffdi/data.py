@@ -237,7 +237,7 @@ class ImageDataset(Dataset):
         normalize: Optional[str] = None,
         self_blend: float = 0.0,
         blend_strength: float = 1.0,
-        blend_axes: tuple[float, float] = (0.3, 0.45),
+        blend_axes: tuple[float, float] = sample.BLEND_AXES,
     ):
         self.paths = manifest.path.tolist()
         # With a uint8 transform: how `normalize_batch` finishes each batch on the device.

@@ -196,9 +196,9 @@ class Ensemble:
         self.source = " + ".join(m.source for m in self.members)
 
     @classmethod
-    def load(cls, sources: Sequence[Union[str, Path]], device: str = "auto", precision: Optional[str] = None,
-             tta: Sequence[str] = ()) -> "Ensemble":
-        return cls([Detector.load(s, device, precision, tta) for s in sources])
+    def extend(cls, detector: Detector, sources: Sequence[Union[str, Path]], device: str = "auto") -> "Ensemble":
+        """`detector` and the models at `sources`, loaded with its test-time views."""
+        return cls([detector, *(Detector.load(s, device, tta=detector.views[1:]) for s in sources)])
 
     def describe(self) -> dict:
         return {"members": [m.describe() for m in self.members], "tta": list(self.views[1:])}

@@ -175,12 +175,12 @@ def set_tuning(model: nn.Module, tune: str) -> int:
     if tune == "full":
         return sum(p.numel() for p in model.parameters())
     keep = {id(p) for p in model.get_classifier().parameters()}
-    if tune == "norm" and hasattr(model, ARTEFACTS):
-        # The input adapter is new, so it trains, except under a linear probe: its gradient would
-        # need the backward pass through the frozen backbone that a probe exists to avoid.
-        keep |= {id(p) for p in getattr(model, ARTEFACTS).parameters()}
     if tune == "norm":
         keep |= {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+        # The input adapter is new, so it trains, except under a linear probe: its gradient would
+        # need the backward pass through the frozen backbone that a probe exists to avoid.
+        if hasattr(model, ARTEFACTS):
+            keep |= {id(p) for p in getattr(model, ARTEFACTS).parameters()}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

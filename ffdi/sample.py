@@ -145,7 +145,11 @@ def _center_fit(img: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def blend_mask(size: int, rng: np.random.Generator, axes: tuple[float, float] = (0.3, 0.45)) -> np.ndarray:
+# The range of a blend mask's half-axes, as a fraction of the side (augment.self_blend_mask's default).
+BLEND_AXES = (0.3, 0.45)
+
+
+def blend_mask(size: int, rng: np.random.Generator, axes: tuple[float, float] = BLEND_AXES) -> np.ndarray:
     """A soft ellipse, like a face region: 1 inside, 0 outside, a blurred boundary (HxW float32).
 
     axes: the range of its half-axes, as a fraction of the side.
@@ -160,7 +164,7 @@ def blend_mask(size: int, rng: np.random.Generator, axes: tuple[float, float] = 
 
 
 def self_blend(
-    img: Image.Image, rng: np.random.Generator, strength: float = 1.0, axes: tuple[float, float] = (0.3, 0.45)
+    img: Image.Image, rng: np.random.Generator, strength: float = 1.0, axes: tuple[float, float] = BLEND_AXES
 ) -> tuple[Image.Image, np.ndarray]:
     """A self-blended fake of the square image `img`, and the mask of the blended region.
 

@@ -117,8 +117,7 @@ def main(params):
     if params.predict.ensemble:
         # The submission's scorer when predict.ensemble is set: this model averaged with those.
         tracking.setup(params.tracking)
-        ensemble = Ensemble([detector, *Ensemble.load(params.predict.ensemble, params.train.device,
-                                                      tta=params.predict.tta).members])
+        ensemble = Ensemble.extend(detector, params.predict.ensemble, params.train.device)
         r = ensemble.score_manifest(val, cfg.batch_size, workers, params.data.on_bad_image, "ensemble")
         frame = val.iloc[r.index].reset_index(drop=True)
         report_["ensemble"] = {**scored_metrics(frame, r.prob, cfg), "models": [m.source for m in ensemble.members]}

@@ -27,7 +27,7 @@ def main(params):
     detector = Detector.load(MODEL, params.train.device, tta=cfg.tta)
     if cfg.ensemble:
         tracking.setup(params.tracking)  # where models:/ and runs:/ URIs are found
-        detector = Ensemble([detector, *Ensemble.load(cfg.ensemble, params.train.device, tta=cfg.tta).members])
+        detector = Ensemble.extend(detector, cfg.ensemble, params.train.device)
     workers = hardware.resolve_workers(params.train.workers, share.threads(), detector.device)
     res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
     prob = np.full(len(manifest), UNREADABLE_SCORE)
