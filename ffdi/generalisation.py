@@ -1,6 +1,7 @@
 """Leave one manipulation out, as one command: how a detector does on fakes it never saw.
 
-    ffdi generalisation [-S model.se=true] [--seeds 0 1 2] [--jobs 1] [--no-run] [--out reports/generalisation]
+    ffdi generalisation [-S model.se=true] [--seeds 0 1 2] [--jobs 1] [--no-run] [--reference TEXT]
+                        [--out reports/generalisation]
 
 1. Reads the manipulations named in the train labels (prepared/summary.json, else the label file).
 2. Queues DVC experiments (`dvc exp run --queue`), for each seed and each `-S` override given:
@@ -14,6 +15,9 @@
      the AUC of the seen manipulations and the overall val AUC), and (b) train on one -> test on each
      (the AUC of each manipulation's fakes against all real images); mean ± sd over seeds;
    - heldout.png, train_on_one.png (heatmaps), heldout.csv, train_on_one.csv, runs.csv;
+   - with several variants, each one's held-out AUC against the reference variant's (--reference;
+     default: the one run with params.yaml's values), per manipulation and averaged, with the paired
+     bootstrap CI of `ffdi compare` (report.md, differences.csv);
    and logs them to an MLflow run tagged ffdi.kind=generalisation.
 --no-run skips 1-3 and renders from the runs already in MLflow.
 """
@@ -35,12 +39,13 @@ import numpy as np
 import pandas as pd
 
 from ffdi import report, tracking
-from ffdi.compare import CompareError, Run, finished_pipeline_runs, varying_keys
-from ffdi.config import Params, TrackingConfig, load_params
+from ffdi.compare import (CompareError, Run, bootstrap_auc_difference, finished_pipeline_runs, val_predictions,
+                          varying_keys)
+from ffdi.config import Params, TrackingConfig, flatten, load_params
 from ffdi.data import read_labels
 from ffdi.errors import FfdiError
 from ffdi.io import write_csv, write_text
-from ffdi.metrics import fpr_key
+from ffdi.metrics import fpr_key, roc_auc
 
 HOLDOUT = "data.holdout"
 # Table (a): MLflow metric -> column.
@@ -291,6 +296,115 @@ def tables(runs: Sequence[Run]) -> tuple[list[str], dict[str, dict[str, pd.DataF
     return keys, {label: variant_tables(rs) for label, rs in variants.items()}
 
 
+def logged(value) -> str:
+    """A param value as MLflow holds it (tracking.log_params)."""
+    return "null" if value is None else str(value)
+
+
+def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: Optional[Params],
+                      reference: Optional[str] = None) -> Optional[str]:
+    """The variant the others are compared with: the one whose label contains `reference`, else the
+    one run with params.yaml's values of the params that differ (the defaults)."""
+    if reference:
+        found = [label for label in variants if reference in label]
+        if len(found) != 1:
+            raise GeneralisationError(f"--reference {reference!r} matches {len(found)} variants; variants: "
+                                      + "; ".join(variants))
+        return found[0]
+    if params is None:
+        return None
+    defaults = flatten(params.to_dict())
+    found = [label for label, rs in variants.items()
+             if all(rs[0].params.get(k) == logged(defaults.get(k)) for k in keys)]
+    return found[0] if found else None
+
+
+def _heldout_probs(runs: Sequence[Run], group: str, frames: dict, names: list) -> Optional[np.ndarray]:
+    chosen = [r for r in runs if holdout_of(r) == (group,)]
+    return np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in chosen]) if chosen else None
+
+
+def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+                    n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The held-out AUC difference (b - a) averaged over manipulations, with a paired bootstrap CI:
+    each replicate resamples the val images once, for every manipulation and both variants alike."""
+    rng = np.random.default_rng(seed)
+
+    def stat(idx: np.ndarray) -> float:
+        diffs = []
+        for group, (a, b) in pairs.items():
+            rows = idx[(y[idx] == 0) | (image_groups[idx] == group)]
+            diffs.append(np.mean([roc_auc(y[rows], p[rows]) for p in b]) -
+                         np.mean([roc_auc(y[rows], p[rows]) for p in a]))
+        return float(np.mean(diffs))
+
+    boots = []
+    while len(boots) < n_boot:
+        try:
+            boots.append(stat(rng.integers(0, len(y), len(y))))
+        except ValueError:  # a resample without real images or without one manipulation's fakes
+            continue
+    return {"difference": stat(np.arange(len(y))), "ci_low": float(np.quantile(boots, 0.025)),
+            "ci_high": float(np.quantile(boots, 0.975))}
+
+
+def reference_differences(variants: dict[str, list[Run]], reference: str, load=val_predictions,
+                          n_boot: int = 1000) -> pd.DataFrame:
+    """Per variant and held-out manipulation: held-out AUC (mean, sd over seeds) and its difference
+    from the reference variant's, with ffdi compare's paired bootstrap CI over the same val images;
+    a row `mean` per variant averages the difference over the manipulations both held out."""
+    frames = {r.run_id: load(r).set_index("img_name") for rs in variants.values() for r in rs}
+    names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    if not names or any(len(f) != len(names) for f in frames.values()):
+        raise GeneralisationError("the runs were evaluated on different val images; compare runs of the same data")
+    first = next(iter(frames.values())).loc[names]
+    y, image_groups = first.target.to_numpy(), first.group.fillna("").astype(str).to_numpy()
+    groups = manipulations_of([r for rs in variants.values() for r in rs])
+    rows = []
+    for label, runs in variants.items():
+        pairs = {}
+        for g in groups:
+            probs, ref = _heldout_probs(runs, g, frames, names), _heldout_probs(variants[reference], g, frames, names)
+            if probs is None:
+                continue
+            keep = (y == 0) | (image_groups == g)
+            aucs = [roc_auc(y[keep], p[keep]) for p in probs]
+            row = {"variant": label, "heldout": g, "runs": len(aucs), "heldout_auc": float(np.mean(aucs)),
+                   "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else float("nan")}
+            if label != reference and ref is not None:
+                d = bootstrap_auc_difference(y[keep], ref[:, keep], probs[:, keep], n_boot=n_boot)
+                row.update(difference=d["difference"], ci_low=d["ci_low"], ci_high=d["ci_high"])
+                pairs[g] = (ref, probs)
+            rows.append(row)
+        if pairs:
+            rows.append({"variant": label, "heldout": "mean", "runs": float("nan"), "heldout_auc": float("nan"),
+                         "sd": float("nan"), **mean_difference(y, image_groups, pairs, n_boot)})
+    return pd.DataFrame(rows, columns=["variant", "heldout", "runs", "heldout_auc", "sd", "difference", "ci_low",
+                                       "ci_high"])
+
+
+def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
+    lines = [f"## Against the reference: {reference}", "",
+             "Held-out AUC: mean ± sd over seeds. Difference: from the reference's held-out AUC on the same "
+             "manipulation, with the paired bootstrap 95% CI of `ffdi compare` (the val images resampled, the same "
+             "resample for both). `mean`: the difference averaged over the manipulations, one resample for all. "
+             "The CI covers which val images were drawn, not the seed: with one run per variant, a seed's spread "
+             "can exceed it.", "",
+             "| variant | held out | runs | held-out AUC | difference | 95% CI | verdict |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for _, r in table.iterrows():
+        auc = "" if pd.isna(r["heldout_auc"]) else f"{r['heldout_auc']:.4f}" + (
+            "" if pd.isna(r["sd"]) else f" ± {r['sd']:.4f}")
+        if pd.isna(r["difference"]):
+            diff = ci = verdict = ""
+        else:
+            diff, ci = f"{r['difference']:+.4f}", f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+            verdict = "better" if r["ci_low"] > 0 else "worse" if r["ci_high"] < 0 else "not distinguishable"
+        runs = "" if pd.isna(r["runs"]) else str(int(r["runs"]))
+        lines.append(f"| {r['variant']} | {r['heldout']} | {runs} | {auc} | {diff} | {ci} | {verdict} |")
+    return lines + [""]
+
+
 def matrix(long: pd.DataFrame, rows: str, cols: str, value: str = "mean") -> pd.DataFrame:
     """A long table as rows x cols, in the order the long table lists them."""
     m = long.pivot(index=rows, columns=cols, values=value)
@@ -314,7 +428,8 @@ def _markdown_table(long: pd.DataFrame, rows: str, cols: str, corner: str) -> li
     return lines
 
 
-def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]], runs: Sequence[Run]) -> str:
+def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]], runs: Sequence[Run],
+                    differences: Optional[pd.DataFrame] = None, reference: Optional[str] = None) -> str:
     lines = ["# Generalisation to unseen manipulations", "",
              f"{len(runs)} finished runs with `{HOLDOUT}` set, grouped by {', '.join(keys) or '(nothing differs)'}. "
              "Each cell is the mean ± sd over runs (seeds); a cell with one run shows its value alone.", "",
@@ -333,6 +448,8 @@ def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]],
                   "### (b) Train on one, test on each (AUC)", ""]
         lines += _markdown_table(t["train_on_one"], "trained_on", "tested_on", "trained on \\ tested on")
         lines += [""]
+    if differences is not None and len(differences):
+        lines += differences_markdown(differences, reference)
     commits = sorted({r.tags.get("git.commit", "unknown")[:10] for r in runs})
     if len(commits) > 1:
         lines += [f"Note: these runs come from {len(commits)} commits ({', '.join(commits)}).", ""]
@@ -346,8 +463,13 @@ def runs_table(runs: Sequence[Run], keys: list[str]) -> pd.DataFrame:
                           "git_commit": r.tags.get("git.commit", "")} for r in runs])
 
 
-def render(runs: Sequence[Run], out: Path) -> dict:
-    """Write report.md, the heatmaps and CSVs for these runs to `out`; return what was written."""
+def render(runs: Sequence[Run], out: Path, params: Optional[Params] = None, reference: Optional[str] = None,
+           load=val_predictions, n_boot: int = 1000) -> dict:
+    """Write report.md, the heatmaps and CSVs for these runs to `out`; return what was written.
+
+    With several variants, each is also compared with the reference variant (see reference_variant)
+    on held-out AUC, with paired bootstrap CIs (differences.csv); `load` reads a run's val predictions.
+    """
     keys, result = tables(runs)
     chosen = holdout_runs(runs)
     if not result:
@@ -368,12 +490,21 @@ def render(runs: Sequence[Run], out: Path) -> dict:
                          vmin=0.0)
     report.plot_heatmaps(cross, out / "train_on_one.png", "trained on one manipulation, tested on each: AUC, "
                          "mean over runs", "AUC")
-    markdown = render_markdown(keys, result, chosen)
+    differences, ref = None, None
+    if len(result) > 1:
+        variants = group_by_variant(chosen)[1]
+        ref = reference_variant(keys, variants, params, reference)
+        if ref is not None:
+            differences = reference_differences(variants, ref, load, n_boot)
+            write_csv(out / "differences.csv", differences)
+    markdown = render_markdown(keys, result, chosen, differences, ref)
     write_text(out / "report.md", markdown)
-    return {"keys": keys, "tables": result, "markdown": markdown, "runs": chosen}
+    return {"keys": keys, "tables": result, "markdown": markdown, "runs": chosen, "differences": differences,
+            "reference": ref}
 
 
-def generalisation(cfg: TrackingConfig, out: Path, log: bool = True) -> dict:
+def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Optional[Params] = None,
+                   reference: Optional[str] = None) -> dict:
     import mlflow
 
     tracking.setup(cfg)
@@ -381,7 +512,7 @@ def generalisation(cfg: TrackingConfig, out: Path, log: bool = True) -> dict:
         runs = finished_pipeline_runs(cfg.experiment)
     except CompareError as e:
         raise GeneralisationError(str(e)) from None
-    result = render(runs, out)
+    result = render(runs, out, params, reference)
     if log:
         with tracking.run(cfg, run_name="generalisation"):
             mlflow.set_tags({"ffdi.kind": "generalisation", "generalisation.by": ",".join(result["keys"]),
@@ -412,6 +543,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/generalisation"))
     ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    ap.add_argument("--reference", help="the variant the others are compared with: text its label contains "
+                    "(default: the variant run with params.yaml's values)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
@@ -434,9 +567,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         unfinished = [n for n, s in status.items() if s not in ("Success", "Failed")]
         print(f"{sum(s == 'Success' for s in status.values())} succeeded, {len(failed)} failed, "
               f"{len(unfinished)} unfinished", flush=True)
-    result = generalisation(cfg, args.out, log=not args.no_log)
+    result = generalisation(cfg, args.out, log=not args.no_log, params=params, reference=args.reference)
     print(result["markdown"])
-    print(f"written to {args.out}/ (report.md, heldout.png, train_on_one.png, heldout.csv, train_on_one.csv, runs.csv)")
+    print(f"written to {args.out}/ (report.md, heldout.png, train_on_one.png, heldout.csv, train_on_one.csv, runs.csv"
+          f"{', differences.csv' if result['differences'] is not None else ''})")
     if failed or unfinished:
         print(f"error: {len(failed)} experiments failed and {len(unfinished)} did not finish; the tables "
               "leave them out", file=sys.stderr)

@@ -354,22 +354,37 @@ def make_image(photos: list[Image.Image], cfg: SampleConfig, split_index: int, i
     return (data, target, method, mask) if with_mask else (data, target, method)
 
 
-def generate(cfg: SampleConfig, out: str | Path | None = None) -> dict[str, int]:
-    """Write the sample data set; return the number of images per split."""
+def _encoded(cfg: SampleConfig, split_index: int, i: int) -> tuple[bytes, int, str]:
+    return make_image(list(_bundled_photos()), cfg, split_index, i)
+
+
+def generate(cfg: SampleConfig, out: str | Path | None = None, workers: int = 1) -> dict[str, int]:
+    """Write the sample data set; return the number of images per split.
+
+    workers > 1 makes images in that many processes; each image is seeded on its own, so the
+    files are the same whatever the number of workers.
+    """
+    import multiprocessing
+
     root = Path(out or cfg.out)
-    photos = load_photos()
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    for split_index, (split, n) in enumerate(counts.items()):
-        if n == 0:
-            continue
-        folder = root / SPLITS[split]
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for i in tqdm(range(n), desc=f"sample {split}", unit="img", leave=False):
-            data, target, method = make_image(photos, cfg, split_index, i)
-            name = hashlib.md5(data).hexdigest() + ".jpg"
-            (folder / name).write_bytes(data)
-            rows.append(f"{name},{target},{method}" if split != "test" else name)
-        header = "img_name,target,method" if split != "test" else "img_name"
-        write_text(root / f"{SPLITS[split]}_label.txt", "\n".join([header, *rows]) + "\n")
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for split_index, (split, n) in enumerate(counts.items()):
+            if n == 0:
+                continue
+            folder = root / SPLITS[split]
+            folder.mkdir(parents=True, exist_ok=True)
+            make = functools.partial(_encoded, cfg, split_index)
+            images = pool.imap(make, range(n), chunksize=16) if pool else map(make, range(n))
+            rows = []
+            for data, target, method in tqdm(images, total=n, desc=f"sample {split}", unit="img", leave=False):
+                name = hashlib.md5(data).hexdigest() + ".jpg"
+                (folder / name).write_bytes(data)
+                rows.append(f"{name},{target},{method}" if split != "test" else name)
+            header = "img_name,target,method" if split != "test" else "img_name"
+            write_text(root / f"{SPLITS[split]}_label.txt", "\n".join([header, *rows]) + "\n")
+    finally:
+        if pool is not None:
+            pool.terminate()
     return counts

@@ -1,5 +1,6 @@
 """Stage `sample`: write the built-in sample data set (params group `sample`)."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from ffdi.sample import generate
 def main(params):
     out = Path(params.sample.out)
     shutil.rmtree(out, ignore_errors=True)  # regenerate from scratch: no stale images
-    counts = generate(params.sample, out)
+    counts = generate(params.sample, out, workers=len(os.sched_getaffinity(0)))
     print(f"sample data in {out}: {counts}")
 
 

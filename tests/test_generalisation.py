@@ -132,6 +132,46 @@ def test_tables_equal_the_runs_metrics(tmp_path):
     assert len(pd.read_csv(tmp_path / "train_on_one.csv")) == 2 * 9
 
 
+def test_variants_against_the_reference_match_sklearn(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    runs = [r for r in fake_runs() if r.run_id != "base"]
+    rng = np.random.default_rng(1)
+    groups = np.array(["real"] * 60 + ["a"] * 20 + ["b"] * 20 + ["c"] * 20)
+    y = (groups != "real").astype(int)
+    names = [f"{i:03d}.jpg" for i in range(len(y))]
+    # SE runs separate the classes better, so their held-out AUC is higher.
+    preds = {r.run_id: pd.DataFrame({"img_name": names, "target": y, "group": groups,
+                                     "y_pred": rng.uniform(size=len(y)) + y * (0.6 if r.params["model.se"] == "True"
+                                                                               else 0.1)}) for r in runs}
+    result = gen.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id], n_boot=200)
+    assert result["reference"] == "model.se=False"  # params.yaml's value of the param that differs
+    table = result["differences"].set_index(["variant", "heldout"])
+    assert table.loc[("model.se=False", "a"), "runs"] == 2 and np.isnan(table.loc[("model.se=False", "a"), "difference"])
+    diffs = []
+    for g in "abc":
+        keep = (groups == "real") | (groups == g)
+
+        def auc(se):
+            loo = [r for r in runs if r.params["model.se"] == se and r.params["data.holdout"] == f"['{g}']"]
+            return np.mean([roc_auc_score(y[keep], preds[r.run_id].y_pred[keep]) for r in loo])
+
+        row = table.loc[("model.se=True", g)]
+        assert row.heldout_auc == pytest.approx(auc("True"))
+        assert row.difference == pytest.approx(auc("True") - auc("False"))
+        assert row.ci_low < row.difference < row.ci_high and row.ci_low > 0  # clearly better
+        diffs.append(row.difference)
+    mean = table.loc[("model.se=True", "mean")]
+    assert mean.difference == pytest.approx(np.mean(diffs)) and mean.ci_low < mean.difference < mean.ci_high
+    assert "## Against the reference: model.se=False" in result["markdown"]
+    assert re.search(r"^\| model.se=True \| mean \|.*\| better \|$", result["markdown"], re.M)
+    assert len(pd.read_csv(tmp_path / "differences.csv")) == 3 + 4
+    assert gen.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id],
+                      n_boot=50)["reference"] == "model.se=True"
+    with pytest.raises(gen.GeneralisationError, match="matches 2 variants"):
+        gen.render(runs, tmp_path, reference="model.se", load=lambda r: preds[r.run_id])
+
+
 def test_a_missing_run_shows_as_na(tmp_path):
     runs = [r for r in fake_runs() if r.params["model.se"] == "False" and r.params["data.holdout"] != "['c']"]
     result = gen.render(runs, tmp_path)

@@ -16,8 +16,8 @@ def photos():
     return load_photos()
 
 
-def test_deterministic(tiny_data, tmp_path):
-    generate(TINY, tmp_path / "again")
+def test_deterministic_whatever_the_workers(tiny_data, tmp_path):
+    generate(TINY, tmp_path / "again", workers=2)  # tiny_data was made in one process
     for f in ("trainset_label.txt", "valset_label.txt", "testset_label.txt"):
         assert (tmp_path / "again" / f).read_bytes() == (tiny_data / f).read_bytes()
     for folder in ("trainset", "valset", "testset"):
