@@ -81,13 +81,19 @@ class DataConfig:
 class AugmentConfig:
     """Train-time augmentation; eval uses resize + centre crop + normalisation only."""
 
-    resize: int = 64
-    image_size: int = 64
+    # null: from the model's own pretrained config (timm's resolve_data_config): its input size,
+    # and the resize its crop_pct implies.
+    resize: Optional[int] = 64
+    image_size: Optional[int] = 64
     hflip: float = 0.5
     vflip: float = 0.0
     rotation: float = 0.0
     grayscale: float = 0.0
-    normalize: Literal["imagenet", "none"] = "imagenet"
+    # imagenet | none | model (or null): the model's pretrained mean and std, which training
+    # writes into mean/std below and the checkpoint keeps.
+    normalize: Optional[Literal["imagenet", "none", "model"]] = "imagenet"
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
     # Degradations of training images, real and fake alike: never of one class only, which would
     # teach "degraded means fake". Each is null or a [low, high] range, drawn per image and
     # applied with probability degrade_p.
@@ -102,7 +108,15 @@ class AugmentConfig:
     self_blend_mask: tuple[float, ...] = (0.3, 0.45)  # the blended ellipse's half-axes, fraction of the side
 
     def check(self) -> None:
-        _positive(self, "resize", "image_size")
+        for key in ("resize", "image_size"):
+            if getattr(self, key) is not None:
+                _positive(self, key)
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and (self.normalize != "model" or len(value) != 3
+                                      or (key == "std" and min(value) <= 0)):
+                raise ConfigError(f"augment.{key} is the model's (normalize: model), three numbers"
+                                  f"{' > 0' if key == 'std' else ''}; got {list(value)} with normalize: {self.normalize}")
         for key, low, high in (("jpeg", 1, 100), ("blur", 0.0, 50.0), ("downscale", 0.0, 1.0),
                                ("self_blend_mask", 0.0, 0.5)):
             rng = getattr(self, key)
@@ -113,7 +127,7 @@ class AugmentConfig:
         _in_range(self, "degrade_p", 0.0, 1.0)
         _in_range(self, "self_blend", 0.0, 1.0)
         _in_range(self, "self_blend_strength", 0.0, 5.0)
-        if self.image_size > self.resize:
+        if self.image_size is not None and self.resize is not None and self.image_size > self.resize:
             raise ConfigError(
                 f"augment.image_size ({self.image_size}) must not exceed "
                 f"augment.resize ({self.resize}): the centre crop is taken from the resized image"

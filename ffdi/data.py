@@ -26,7 +26,7 @@ from ffdi import sample
 from ffdi.config import AugmentConfig, DataConfig
 from ffdi.errors import BadImage, DataError
 from ffdi.io import write_csv, write_json
-from ffdi.transforms import build_uint8_transform, load_image
+from ffdi.transforms import build_uint8_transform, load_image, norm_stats
 
 NAME_COLUMNS = ("img_name", "img_path")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -234,13 +234,14 @@ class ImageDataset(Dataset):
         transform: Callable,
         draft_size: Optional[int] = None,
         on_bad_image: str = "error",
-        normalize: Optional[str] = None,
+        normalize: Optional[tuple] = None,
         self_blend: float = 0.0,
         blend_strength: float = 1.0,
         blend_axes: tuple[float, float] = sample.BLEND_AXES,
     ):
         self.paths = manifest.path.tolist()
-        # With a uint8 transform: how `normalize_batch` finishes each batch on the device.
+        # With a uint8 transform: the (mean, std) with which `normalize_batch` finishes each batch
+        # on the device (transforms.norm_stats).
         self.normalize = normalize
         self.targets = torch.tensor(manifest.target.to_numpy(), dtype=torch.long)
         self.transform = transform
@@ -332,7 +333,7 @@ def make_loader(
         build_uint8_transform(aug, train=train),
         draft_size=aug.resize,
         on_bad_image=on_bad_image,
-        normalize=aug.normalize,
+        normalize=norm_stats(aug),
         self_blend=aug.self_blend if train else 0.0,
         blend_strength=aug.self_blend_strength,
         blend_axes=aug.self_blend_mask,

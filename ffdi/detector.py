@@ -26,7 +26,7 @@ from ffdi import checkpoint
 from ffdi.config import AugmentConfig, check_views
 from ffdi.data import make_loader
 from ffdi.hardware import autocast_dtype, select_device
-from ffdi.transforms import build_uint8_transform, load_image, normalize_batch, to_rgb, tta_view
+from ffdi.transforms import build_uint8_transform, load_image, norm_stats, normalize_batch, to_rgb, tta_view
 
 ImageInput = Union[str, Path, bytes, Image.Image]
 
@@ -115,7 +115,7 @@ class Detector:
     def view_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) batch, as the loader gives it -> (N, V, 2) log-softmax per view."""
         self.model.eval()
-        x = normalize_batch(x.to(self.device, non_blocking=True), self.augment.normalize, self.channels_last)
+        x = normalize_batch(x.to(self.device, non_blocking=True), norm_stats(self.augment), self.channels_last)
         dtype = autocast_dtype(self.precision)
         out = []
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):

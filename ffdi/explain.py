@@ -38,7 +38,7 @@ from torch import nn
 
 from ffdi.errors import BadImage, FfdiError
 from ffdi.io import save_figure, write_csv
-from ffdi.transforms import normalize_batch, tta_view
+from ffdi.transforms import norm_stats, normalize_batch, tta_view
 
 FAKE = 1  # the class index whose evidence is mapped
 MIN_CELLS = 8  # the map's coarsest acceptable grid, per side
@@ -109,7 +109,7 @@ class Explainer:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         det = self.detector
-        x = normalize_batch(pixels.to(det.device), det.augment.normalize, det.channels_last)
+        x = normalize_batch(pixels.to(det.device), norm_stats(det.augment), det.channels_last)
         targets = [ClassifierOutputTarget(FAKE)] * len(x)
         cam = getattr(pytorch_grad_cam, METHODS[self.method][0])(model=det.model, target_layers=[self.module])
         try:

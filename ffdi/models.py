@@ -8,6 +8,8 @@ loads into the SE model and only the SE layers (and a resized head) start fresh.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,11 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from timm.data import resolve_data_config
 from timm.layers import SEModule
 from torch import nn
 
-from ffdi.config import ModelConfig
+from ffdi.config import AugmentConfig, ModelConfig
 from ffdi.errors import ConfigError, WeightsError
 
 
@@ -55,6 +58,27 @@ def build_model(cfg: ModelConfig, image_size: int | None = None) -> nn.Module:
     elif cfg.weights:
         load_backbone_weights(model, read_state_dict(cfg.weights))
     return model
+
+
+def resolve_augment(aug: AugmentConfig, model: nn.Module) -> AugmentConfig:
+    """`aug` with what the user left unset taken from the model's pretrained config (timm's
+    resolve_data_config): image_size its input size, resize the size its crop_pct implies
+    (image_size / crop_pct, as timm evaluates it), normalize null/model its mean and std."""
+    if aug.image_size is not None and aug.resize is not None and aug.normalize not in (None, "model"):
+        return aug
+    data_cfg = resolve_data_config({}, model=model)
+    size = aug.image_size or int(data_cfg["input_size"][-1])
+    resize = aug.resize or max(size, int(math.floor(size / data_cfg["crop_pct"])))
+    if size > resize:
+        raise ConfigError(f"augment.image_size ({size}) must not exceed augment.resize ({resize}), which "
+                          f"{'the model chose' if aug.resize is None else 'you set'}: the centre crop is taken from it")
+    changes: dict[str, Any] = {"image_size": size, "resize": resize}
+    if aug.normalize in (None, "model"):
+        changes.update(normalize="model", mean=tuple(float(m) for m in data_cfg["mean"]),
+                       std=tuple(float(s) for s in data_cfg["std"]))
+    resolved = dataclasses.replace(aug, **changes)
+    resolved.check()
+    return resolved
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ on the number that `metrics.json` reports.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from ffdi.hardware import (
     select_device,
 )
 from ffdi.metrics import roc_auc
-from ffdi.models import build_model, set_tuning, train_mode
+from ffdi.models import build_model, resolve_augment, set_tuning, train_mode
 from ffdi.transforms import normalize_batch
 
 # Which direction is better for each selectable metric.
@@ -190,6 +191,8 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     seed_everything(cfg.seed)
     model = build_model(params.model, params.augment.image_size).to(device)
+    # Sizes and normalisation left unset come from the model; the checkpoint keeps them resolved.
+    params = dataclasses.replace(params, augment=resolve_augment(params.augment, model))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainable = set_tuning(model, params.model.tune)

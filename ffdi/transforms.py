@@ -76,11 +76,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def norm_stats(cfg: AugmentConfig) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """(mean, std) per channel that augment.normalize asks for; None: no normalisation."""
+    if cfg.normalize == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if cfg.normalize == "none":
+        return None
+    if cfg.mean is None or cfg.std is None:
+        raise ValueError("augment.normalize: model needs the model's mean and std: resolve the augment "
+                         "config with ffdi.models.resolve_augment first")
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def build_transform(cfg: AugmentConfig, train: bool) -> Callable:
     """PIL image -> normalised float CHW tensor, one image at a time (the reference for what the model sees)."""
     steps: list = [*pil_steps(cfg, train), T.ToTensor()]
-    if cfg.normalize == "imagenet":
-        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    stats = norm_stats(cfg)
+    if stats is not None:
+        steps.append(T.Normalize(*stats))
     return T.Compose(steps)
 
 
@@ -149,7 +162,7 @@ class Uint8Transform:
         return torch.from_numpy(np.array(img))
 
 
-def normalize_batch(x: torch.Tensor, normalize: str, channels_last: bool = True) -> torch.Tensor:
+def normalize_batch(x: torch.Tensor, stats: Optional[tuple], channels_last: bool = True) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W): ToTensor + Normalize for a whole batch, bit for bit.
 
     The permute gives channels_last strides for free. The same operations in the same order
@@ -157,9 +170,9 @@ def normalize_batch(x: torch.Tensor, normalize: str, channels_last: bool = True)
     x * scale + shift is 2x cheaper on CPU, but its last-bit differences change a run's results.
     """
     x = x.permute(0, 3, 1, 2).float().div_(255)
-    if normalize == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    if stats is not None:  # (mean, std): transforms.norm_stats
+        mean = torch.tensor(stats[0], device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(stats[1], device=x.device).view(1, 3, 1, 1)
         x = x.sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

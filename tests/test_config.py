@@ -26,6 +26,8 @@ def test_missing_groups_take_defaults(tmp_path):
     "text, message",
     [
         ("train:\n  lrr: 0.1\n", "unknown key train.lrr"),
+        ("augment:\n  mean: [0.5, 0.5, 0.5]\n", "got [0.5, 0.5, 0.5] with normalize: imagenet"),
+        ("augment:\n  normalize: model\n  std: [0.5, 0, 0.5]\n", "augment.std is the model's (normalize: model), three numbers > 0"),
         ("trian:\n  lr: 0.1\n", "unknown key trian"),
         ("train:\n  batch_size: 32.5\n", "train.batch_size must be an integer, got 32.5"),
         ("train:\n  epochs: true\n", "train.epochs must be an integer, got True"),

@@ -13,7 +13,7 @@ from ffdi.data import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.errors import BadImage
 from ffdi.models import build_model
-from ffdi.transforms import load_image, normalize_batch
+from ffdi.transforms import load_image, norm_stats, normalize_batch
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_tta_is_the_exact_mean_of_the_views_softmax(saved):
     path, val = saved
     det = Detector.load(path, "cpu", tta=["hflip", "vflip", "rot90"])
     files = val.path.tolist()[:6]
-    x = normalize_batch(torch.stack([det.preprocess(f) for f in files]), "imagenet")
+    x = normalize_batch(torch.stack([det.preprocess(f) for f in files]), norm_stats(det.augment))
     model = checkpoint.rebuild_model(checkpoint.load(path)).eval()
     with torch.no_grad():
         views = [x, x.flip(3), x.flip(2), torch.rot90(x, 1, dims=[2, 3])]

@@ -117,14 +117,14 @@ def test_error_policy_names_the_bad_file(tiny_data, manifests, tmp_path):
 def test_loader_batches_equal_the_per_image_transform(manifests, train):
     """Workers hand over uint8 NHWC; normalised on the device it is what ToTensor + Normalize give."""
     from ffdi.data import make_loader
-    from ffdi.transforms import build_transform, load_image, normalize_batch
+    from ffdi.transforms import build_transform, load_image, norm_stats, normalize_batch
 
     # Resize from 32 to 24 and crop to 20; when training, both flips always.
     aug = AugmentConfig(resize=24, image_size=20, hflip=1.0, vflip=1.0)
     val = manifests[1].iloc[:5]
     batch = next(iter(make_loader(val, aug, 5, 0, train=train)))
     assert batch.x.dtype == torch.uint8 and tuple(batch.x.shape) == (5, 20, 20, 3)
-    x = normalize_batch(batch.x, aug.normalize)
+    x = normalize_batch(batch.x, norm_stats(aug))
     expected = torch.stack([build_transform(aug, train)(load_image(val.path[i], 24)) for i in batch.index.tolist()])
     assert torch.equal(x, expected)
     assert x.is_contiguous(memory_format=torch.channels_last)

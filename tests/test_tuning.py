@@ -137,3 +137,40 @@ def test_another_family_with_every_new_knob_runs_the_pipeline_and_logs_a_servabl
         det = Detector.load(f"models:/{m.model_id}", "cpu", tta=["hflip"])
         np.testing.assert_allclose(det.score([test_dir / n for n in submission.img_name]), submission.y_pred,
                                    atol=1e-6)
+
+
+def test_unset_size_and_normalisation_come_from_the_model(tiny_data, manifests, tmp_path):
+    """augment.image_size/resize/normalize left null: the model's pretrained config (timm) decides,
+    the checkpoint keeps the resolved values, and the Detector scores with exactly them."""
+    import dataclasses
+
+    import numpy as np
+
+    from ffdi.config import AugmentConfig
+    from ffdi.models import resolve_augment
+    from ffdi.transforms import norm_stats, normalize_batch
+
+    vit = build_model(ModelConfig(arch="vit_tiny_patch16_224"))
+    resolved = resolve_augment(AugmentConfig(resize=None, image_size=None, normalize=None), vit)
+    # timm's vit_tiny_patch16_224: 224 px, crop_pct 0.9, mean = std = 0.5
+    assert (resolved.image_size, resolved.resize, resolved.normalize) == (224, 248, "model")
+    assert resolved.mean == (0.5, 0.5, 0.5) == resolved.std
+    explicit = AugmentConfig(resize=40, image_size=32, normalize="imagenet")
+    assert resolve_augment(explicit, vit) is explicit  # what the user set is kept
+
+    # A model whose statistics are not ImageNet's, trained at a small size to stay fast.
+    params = with_model(tiny_params(tiny_data, epochs=1), arch="vit_tiny_patch16_224")
+    params = dataclasses.replace(params, augment=dataclasses.replace(params.augment, normalize=None))
+    fit(params, *manifests, tmp_path)
+    saved = checkpoint.load(tmp_path / "best.pt")["config"]["augment"]
+    assert saved["normalize"] == "model" and list(saved["mean"]) == [0.5] * 3 == list(saved["std"])
+    det = Detector.load(tmp_path / "best.pt")
+    assert norm_stats(det.augment) == ((0.5,) * 3, (0.5,) * 3)
+    paths = manifests[1].path.tolist()[:8]
+    pixels = torch.stack([det.preprocess(p) for p in paths])
+    x = pixels.permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        expected = det.model((x - 0.5) / 0.5).float().softmax(1)[:, 1].numpy()
+    no_tta = Detector(det.model, det.augment, tta=())
+    assert np.allclose(no_tta.score(paths), expected, atol=1e-5)
+    assert torch.equal(normalize_batch(pixels, norm_stats(det.augment), False), (x - 0.5) / 0.5)
