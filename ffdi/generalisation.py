@@ -31,6 +31,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -140,6 +141,22 @@ def parse_queue_status(text: str) -> tuple[dict[str, str], Optional[int]]:
     return tasks, active
 
 
+def start_workers(jobs: int, command: Optional[Sequence[str]] = None, timeout: float = 120) -> None:
+    """`dvc queue start -j N`, returning once the workers are started.
+
+    The workers are daemons that inherit this command's stdout and stderr: with pipes there, as
+    subprocess.run(capture_output=True) makes, waiting for the command waits for the workers to
+    exit, i.e. for the whole queue. A file holds nobody up.
+    """
+    command = list(command or [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)])
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              env=dvc_env(), timeout=timeout)
+        log.seek(0)
+        if proc.returncode != 0:
+            raise GeneralisationError(f"{' '.join(command[1:])} exited {proc.returncode}: {log.read().strip()[-2000:]}")
+
+
 def queue_status() -> tuple[dict[str, str], Optional[int]]:
     return parse_queue_status(dvc("queue", "status").stdout)
 
@@ -222,7 +239,7 @@ def run_experiments(groups: Sequence[str], seeds: Sequence[int], overrides: Sequ
         print(f"note: the DVC queue already holds {', '.join(busy)}; they will run as well", file=sys.stderr)
     names = queue_experiments(holdout_sets(groups, leave_one_out, train_on_one), seeds, overrides)
     print(f"running {len(names)} experiments, {jobs} at a time (dvc queue start -j {jobs})", flush=True)
-    dvc("queue", "start", "-j", str(jobs))
+    start_workers(jobs)
     try:
         status = wait_for(names, timeout_s, poll_s)
     finally:

@@ -61,6 +61,23 @@ def test_wait_is_bounded(monkeypatch, capsys):
     assert "timed out" in capsys.readouterr().err
 
 
+def test_starting_the_workers_does_not_wait_for_them(tmp_path):
+    """`dvc queue start` leaves daemons behind that keep its stdout open: waiting on a pipe there
+    would wait for the whole queue. The daemon here lives until the test lets it go."""
+    release = tmp_path / "release"
+    daemon = ("import os, sys, time\n"
+              f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\n")
+    starter = ("import subprocess, sys\n"
+               f"subprocess.Popen([sys.executable, '-c', {daemon!r}])\n"
+               "print('started 1 worker')\n")
+    try:
+        gen.start_workers(1, [sys.executable, "-c", starter], timeout=60)  # raises TimeoutExpired if it waits
+    finally:
+        release.touch()
+    with pytest.raises(gen.GeneralisationError, match="exited 3: no queue here"):
+        gen.start_workers(1, [sys.executable, "-c", "print('no queue here'); raise SystemExit(3)"])
+
+
 def test_manipulations_from_summary_or_labels(tmp_path):
     root = tmp_path / "data"
     generate(SampleConfig(n_train=12, n_val=8, n_test=0, size=16, seed=1), root)
