@@ -52,7 +52,7 @@ def straight(tmp_path_factory):
     return p
 
 
-def test_sigkill_then_sigterm_then_rerun_matches_uninterrupted(straight, tmp_path):
+def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_last_digit(straight, tmp_path):
     expected = pd.read_csv(straight.repo / "reports" / "history.csv")[COMPARE]
 
     p = make_project(tmp_path / "crashy", CRASH_PARAMS)
@@ -93,17 +93,12 @@ def test_sigkill_then_sigterm_then_rerun_matches_uninterrupted(straight, tmp_pat
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected[key].tolist())
     assert not list((p.repo / ".ffdi" / "resume").iterdir())  # state dropped once done
 
-    # The rest of the pipeline: final metrics and submission identical to the uninterrupted run's.
+    # The rest of the pipeline. This is a second run with the same params as `straight`, so
+    # everything it writes must match to the last digit: the run is deterministic, and a crash
+    # changes none of it.
     p.sh("dvc", "repro")
-    assert (p.repo / "metrics.json").read_text() == (straight.repo / "metrics.json").read_text()
-    assert (p.repo / "submission.csv").read_bytes() == (straight.repo / "submission.csv").read_bytes()
-
-
-def test_two_runs_same_params_identical_to_the_last_digit(straight, tmp_path):
-    again = make_project(tmp_path / "again", CRASH_PARAMS)
-    again.sh("dvc", "repro")
     for name in ("metrics.json", "reports/history.csv", "reports/val_predictions.csv", "submission.csv"):
-        a, b = (straight.repo / name).read_text(), (again.repo / name).read_text()
+        a, b = (straight.repo / name).read_text(), (p.repo / name).read_text()
         if name == "reports/history.csv":  # wall-clock seconds differ, by design
             a, b = (pd.read_csv(io.StringIO(t)).drop(columns=["epoch_seconds", "train_img_per_s"]).to_csv() for t in (a, b))
         assert a == b, name
