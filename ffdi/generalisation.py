@@ -463,7 +463,10 @@ def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]],
         lines += _markdown_table(t["heldout"], "heldout", "metric", "held out")
         lines += ["", "Runs per row: " + ", ".join(f"{g} {n}" for g, n in counts.items()), "",
                   "### (b) Train on one, test on each (AUC)", ""]
-        lines += _markdown_table(t["train_on_one"], "trained_on", "tested_on", "trained on \\ tested on")
+        if t["train_on_one"]["runs"].any():
+            lines += _markdown_table(t["train_on_one"], "trained_on", "tested_on", "trained on \\ tested on")
+        else:
+            lines += ["No train-on-one runs (`--only leave-one-out`)."]
         lines += [""]
     if differences is not None and len(differences):
         lines += differences_markdown(differences, reference)
