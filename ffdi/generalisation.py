@@ -331,8 +331,9 @@ def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: O
     if params is None:
         return None
     defaults = flatten(params.to_dict())
+    # Keys that are not params.yaml's (a stage's own record of what it did) do not decide.
     found = [label for label, rs in variants.items()
-             if all(rs[0].params.get(k) == logged(defaults.get(k)) for k in keys)]
+             if all(rs[0].params.get(k) == logged(defaults[k]) for k in keys if k in defaults)]
     return found[0] if found else None
 
 
@@ -374,19 +375,28 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
     names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
     if not names or any(len(f) != len(names) for f in frames.values()):
         raise GeneralisationError("the runs were evaluated on different val images; compare runs of the same data")
+    def short(label: str) -> str:
+        """The params where a variant differs from the reference (params.yaml's dotted keys first:
+        a stage's own record, like the served model's `tta`, repeats one of them)."""
+        mine, ref = variants[label][0].params, variants[reference][0].params
+        differ = [k for k in sorted(set(mine) | set(ref)) if k not in (HOLDOUT, "train.seed") and mine.get(k) != ref.get(k)]
+        differ = [k for k in differ if "." in k] or differ
+        return ", ".join(f"{k}={mine.get(k)}" for k in differ) or label
+
     first = next(iter(frames.values())).loc[names]
     y, image_groups = first.target.to_numpy(), first.group.fillna("").astype(str).to_numpy()
     groups = manipulations_of([r for rs in variants.values() for r in rs])
     rows = []
-    for label, runs in variants.items():
-        pairs = {}
+    for label in [reference, *(v for v in variants if v != reference)]:
+        runs, pairs = variants[label], {}
         for g in groups:
             probs, ref = _heldout_probs(runs, g, frames, names), _heldout_probs(variants[reference], g, frames, names)
             if probs is None:
                 continue
             keep = (y == 0) | (image_groups == g)
             aucs = [roc_auc(y[keep], p[keep]) for p in probs]
-            row = {"variant": label, "heldout": g, "runs": len(aucs), "heldout_auc": float(np.mean(aucs)),
+            row = {"variant": label, "differs": short(label) if label != reference else "(reference)",
+                   "heldout": g, "runs": len(aucs), "heldout_auc": float(np.mean(aucs)),
                    "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else float("nan")}
             if label != reference and ref is not None:
                 d = bootstrap_auc_difference(y[keep], ref[:, keep], probs[:, keep], n_boot=n_boot)
@@ -394,10 +404,11 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
                 pairs[g] = (ref, probs)
             rows.append(row)
         if pairs:
-            rows.append({"variant": label, "heldout": "mean", "runs": float("nan"), "heldout_auc": float("nan"),
+            rows.append({"variant": label, "differs": short(label), "heldout": "mean", "runs": float("nan"),
+                         "heldout_auc": float("nan"),
                          "sd": float("nan"), **mean_difference(y, image_groups, pairs, n_boot)})
-    return pd.DataFrame(rows, columns=["variant", "heldout", "runs", "heldout_auc", "sd", "difference", "ci_low",
-                                       "ci_high"])
+    return pd.DataFrame(rows, columns=["variant", "differs", "heldout", "runs", "heldout_auc", "sd", "difference",
+                                       "ci_low", "ci_high"])
 
 
 def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
@@ -407,7 +418,7 @@ def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
              "resample for both). `mean`: the difference averaged over the manipulations, one resample for all. "
              "The CI covers which val images were drawn, not the seed: with one run per variant, a seed's spread "
              "can exceed it.", "",
-             "| variant | held out | runs | held-out AUC | difference | 95% CI | verdict |",
+             "| variant (what differs from the reference) | held out | runs | held-out AUC | difference | 95% CI | verdict |",
              "|---|---|---:|---:|---:|---|---|"]
     for _, r in table.iterrows():
         auc = "" if pd.isna(r["heldout_auc"]) else f"{r['heldout_auc']:.4f}" + (
@@ -418,7 +429,7 @@ def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
             diff, ci = f"{r['difference']:+.4f}", f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
             verdict = "better" if r["ci_low"] > 0 else "worse" if r["ci_high"] < 0 else "not distinguishable"
         runs = "" if pd.isna(r["runs"]) else str(int(r["runs"]))
-        lines.append(f"| {r['variant']} | {r['heldout']} | {runs} | {auc} | {diff} | {ci} | {verdict} |")
+        lines.append(f"| {r['differs']} | {r['heldout']} | {runs} | {auc} | {diff} | {ci} | {verdict} |")
     return lines + [""]
 
 

@@ -182,6 +182,7 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     assert mean.difference == pytest.approx(np.mean(diffs)) and mean.ci_low < mean.difference < mean.ci_high
     assert "## Against the reference: model.se=False" in result["markdown"]
     assert re.search(r"^\| model.se=True \| mean \|.*\| better \|$", result["markdown"], re.M)
+    assert re.search(r"^\| \(reference\) \| a \| 2 \|", result["markdown"], re.M)
     assert len(pd.read_csv(tmp_path / "differences.csv")) == 3 + 4
     assert gen.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id],
                       n_boot=50)["reference"] == "model.se=True"
