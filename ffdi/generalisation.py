@@ -184,11 +184,14 @@ def queue_experiments(holdouts: Sequence[tuple], seeds: Sequence[int], overrides
     return names
 
 
-def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall_s: float = 120.0) -> dict[str, str]:
+def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall_s: float = 120.0,
+             restart=None, restarts: int = 3) -> dict[str, str]:
     """Poll until each named experiment has succeeded or failed, or `timeout_s` passed.
 
-    Stops early if the experiments stay queued with no active worker for `stall_s` (a worker that
-    could not start, e.g. without `dvc` on PATH). Returns the last status of each name.
+    DVC's workers can exit with experiments still queued (seen when experiments were queued while
+    an earlier batch's workers ran): if the experiments stay queued with no active worker for
+    `stall_s`, `restart()` starts workers again, up to `restarts` times; then it stops (a worker
+    that cannot start, e.g. without `dvc` on PATH). Returns the last status of each name.
     """
     start, last, idle_since = time.monotonic(), None, None
     while True:
@@ -204,6 +207,14 @@ def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall
         if counts["Queued"] and not counts["Running"] and not active:
             idle_since = idle_since or time.monotonic()
             if time.monotonic() - idle_since > stall_s:
+                if restart is not None and restarts > 0:
+                    restarts -= 1
+                    print(f"experiments queued and no queue worker active for {stall_s:.0f} s: starting workers "
+                          "again", file=sys.stderr, flush=True)
+                    restart()
+                    idle_since = None
+                    time.sleep(poll_s)
+                    continue
                 print(f"error: experiments stay queued and no queue worker is active after {stall_s:.0f} s; "
                       "see `dvc queue status` and `dvc queue start`", file=sys.stderr)
                 return status
@@ -241,7 +252,7 @@ def run_experiments(groups: Sequence[str], seeds: Sequence[int], overrides: Sequ
     print(f"running {len(names)} experiments, {jobs} at a time (dvc queue start -j {jobs})", flush=True)
     start_workers(jobs)
     try:
-        status = wait_for(names, timeout_s, poll_s)
+        status = wait_for(names, timeout_s, poll_s, restart=lambda: start_workers(jobs))
     finally:
         tasks, _ = queue_status()
         if not any(s in ("Queued", "Running") for s in tasks.values()):

@@ -55,6 +55,20 @@ def test_wait_gives_up_when_no_worker_runs_the_queue(monkeypatch, capsys):
     assert "no queue worker is active" in capsys.readouterr().err
 
 
+def test_wait_restarts_workers_that_left_experiments_queued(monkeypatch, capsys):
+    started = []
+    # Queued with no worker until workers are started again; then the queue runs to the end.
+    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Success" if started else "Queued"}, len(started)))
+    status = gen.wait_for(["x"], timeout_s=60, poll_s=0.01, stall_s=0.05, restart=lambda: started.append(1))
+    assert status == {"x": "Success"} and started == [1]
+    assert "starting workers again" in capsys.readouterr().err
+    # Workers that never come up: a bounded number of restarts, then the error.
+    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Queued"}, 0))
+    tries = []
+    assert gen.wait_for(["x"], 60, 0.01, 0.05, restart=lambda: tries.append(1), restarts=2) == {"x": "Queued"}
+    assert len(tries) == 2 and "no queue worker is active" in capsys.readouterr().err
+
+
 def test_wait_is_bounded(monkeypatch, capsys):
     monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Running"}, 1))
     assert gen.wait_for(["x"], timeout_s=0.05, poll_s=0.01) == {"x": "Running"}
