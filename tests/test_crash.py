@@ -24,7 +24,7 @@ CRASH_PARAMS = {
 COMPARE = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
 
 
-def wait_for(predicate, timeout=120.0, what="condition"):
+def wait_for(predicate, timeout=400.0, what="condition"):  # generous: test files run two at a time
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
