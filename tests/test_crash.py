@@ -76,7 +76,7 @@ def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_las
     log = (tmp_path / "term.log").read_text()
     assert "resuming from" in log and "after epoch 0" in log, log
     client, _, runs = mlflow_runs(p.repo)
-    wait_for(lambda: client.get_run(runs[0].info.run_id).info.status == "KILLED", 30, "run marked KILLED")
+    wait_for(lambda: client.get_run(runs[0].info.run_id).info.status == "KILLED", 120, "run marked KILLED")
     assert len(runs) == 1  # resumed into the same run, not a new one
     assert saved_epoch(p.repo) == 1
 

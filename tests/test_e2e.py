@@ -285,7 +285,7 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
             page.get_by_placeholder("Search metric charts").fill("val_auc")
             chart_title = page.get_by_text("val_auc", exact=True).first
             chart_title.wait_for(timeout=60_000)
-            page.get_by_text("Step", exact=True).first.wait_for(timeout=30_000)
+            page.get_by_text("Step", exact=True).first.wait_for(timeout=60_000)
             page.screenshot(path=SCREENSHOTS / "mlflow-val-auc.png")
 
             # 3. The model is there: its page names it and its source run, and the run has its artifacts.
