@@ -20,11 +20,11 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from ffdi import report, tracking
 from ffdi.config import TrackingConfig
 from ffdi.io import write_csv, write_text
+from ffdi.metrics import rank_aucs
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
@@ -125,7 +125,8 @@ def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[
 
 
 def mean_auc(y: np.ndarray, probs: np.ndarray) -> float:
-    return float(np.mean([roc_auc_score(y, p) for p in probs]))
+    """The mean over runs (rows of `probs`) of their ROC-AUC."""
+    return float(rank_aucs(y, probs).mean())
 
 
 def bootstrap_auc_difference(

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from ffdi import report, tracking
-from ffdi.compare import (CompareError, Run, bootstrap_auc_difference, finished_pipeline_runs, val_predictions,
-                          varying_keys)
+from ffdi.compare import (CompareError, Run, bootstrap_auc_difference, finished_pipeline_runs, mean_auc,
+                          val_predictions, varying_keys)
 from ffdi.config import Params, TrackingConfig, flatten, load_params
 from ffdi.data import read_labels
 from ffdi.errors import FfdiError
@@ -363,8 +363,7 @@ def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tu
         diffs = []
         for group, (a, b) in pairs.items():
             rows = idx[(y[idx] == 0) | (image_groups[idx] == group)]
-            diffs.append(np.mean([roc_auc(y[rows], p[rows]) for p in b]) -
-                         np.mean([roc_auc(y[rows], p[rows]) for p in a]))
+            diffs.append(mean_auc(y[rows], b[:, rows]) - mean_auc(y[rows], a[:, rows]))
         return float(np.mean(diffs))
 
     boots = []

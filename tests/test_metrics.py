@@ -56,3 +56,16 @@ def test_single_class_is_an_error_not_nan():
 def test_nan_probabilities_are_an_error():
     with pytest.raises(MetricError, match="nan"):
         binary_metrics(np.array([0, 1]), np.array([0.1, np.nan]))
+
+
+def test_rank_aucs_equal_sklearn_with_ties():
+    from ffdi.metrics import rank_aucs
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    probs = np.round(rng.uniform(size=(4, 300)) + 0.3 * y, 1)  # rounded: many ties, within and across classes
+    expected = [skm.roc_auc_score(y, p) for p in probs]
+    assert rank_aucs(y, probs) == pytest.approx(expected, abs=1e-12)
+    assert rank_aucs(y, probs[0])[0] == pytest.approx(expected[0], abs=1e-12)  # one run as a 1-D array
+    with pytest.raises(ValueError, match="both classes"):
+        rank_aucs(np.zeros(5), np.ones(5))
