@@ -389,7 +389,8 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
         """The params where a variant differs from the reference (params.yaml's dotted keys first:
         a stage's own record, like the served model's `tta`, repeats one of them)."""
         mine, ref = variants[label][0].params, variants[reference][0].params
-        differ = [k for k in sorted(set(mine) | set(ref)) if k not in (HOLDOUT, "train.seed") and mine.get(k) != ref.get(k)]
+        # A param one of them lacks (logged by another ffdi version) differs in nothing: as in varying_keys.
+        differ = [k for k in sorted(set(mine) & set(ref)) if k not in (HOLDOUT, "train.seed") and mine[k] != ref[k]]
         differ = [k for k in differ if "." in k] or differ
         return ", ".join(f"{k}={mine.get(k)}" for k in differ) or label
 
