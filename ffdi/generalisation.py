@@ -188,12 +188,13 @@ def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall
              restart=None, restarts: int = 3) -> dict[str, str]:
     """Poll until each named experiment has succeeded or failed, or `timeout_s` passed.
 
-    DVC's workers can exit with experiments still queued (seen when experiments were queued while
-    an earlier batch's workers ran): if the experiments stay queued with no active worker for
-    `stall_s`, `restart()` starts workers again, up to `restarts` times; then it stops (a worker
+    DVC's queue workers may exit while experiments are still queued (here they often stopped after
+    one experiment each). When experiments wait with no worker active for two polls, `restart()`
+    starts workers again. Only `restarts` restarts in a row that bring no progress are allowed;
+    after those, experiments still waiting with no worker for `stall_s` end the wait (a worker
     that cannot start, e.g. without `dvc` on PATH). Returns the last status of each name.
     """
-    start, last, idle_since = time.monotonic(), None, None
+    start, last, idle_since, fruitless = time.monotonic(), None, None, 0
     while True:
         tasks, active = queue_status()
         status = {n: tasks.get(n, "unknown") for n in names}
@@ -201,20 +202,21 @@ def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall
         line = ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
         if line != last:
             print(f"[{time.monotonic() - start:6.0f} s] {line}", flush=True)
+            if last is not None:
+                fruitless = 0  # an experiment started or ended: the workers do work
             last = line
         if not counts["Queued"] and not counts["Running"]:
             return status
         if counts["Queued"] and not counts["Running"] and not active:
             idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since > stall_s:
-                if restart is not None and restarts > 0:
-                    restarts -= 1
-                    print(f"experiments queued and no queue worker active for {stall_s:.0f} s: starting workers "
-                          "again", file=sys.stderr, flush=True)
-                    restart()
-                    idle_since = None
-                    time.sleep(poll_s)
-                    continue
+            waited = time.monotonic() - idle_since
+            if restart is not None and fruitless < restarts and waited >= min(stall_s, 2 * poll_s):
+                fruitless += 1
+                print(f"[{time.monotonic() - start:6.0f} s] experiments queued and no queue worker active: "
+                      "starting workers again", flush=True)
+                restart()
+                idle_since = None
+            elif waited > stall_s:
                 print(f"error: experiments stay queued and no queue worker is active after {stall_s:.0f} s; "
                       "see `dvc queue status` and `dvc queue start`", file=sys.stderr)
                 return status

@@ -56,13 +56,29 @@ def test_wait_gives_up_when_no_worker_runs_the_queue(monkeypatch, capsys):
 
 
 def test_wait_restarts_workers_that_left_experiments_queued(monkeypatch, capsys):
-    started = []
-    # Queued with no worker until workers are started again; then the queue runs to the end.
-    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Success" if started else "Queued"}, len(started)))
-    status = gen.wait_for(["x"], timeout_s=60, poll_s=0.01, stall_s=0.05, restart=lambda: started.append(1))
-    assert status == {"x": "Success"} and started == [1]
-    assert "starting workers again" in capsys.readouterr().err
-    # Workers that never come up: a bounded number of restarts, then the error.
+    # Each start of the workers runs one experiment, then they exit with the rest still queued.
+    state = {"done": 0, "running": False}
+
+    def status():
+        tasks = {n: "Success" if i < state["done"] else "Queued" for i, n in enumerate("xyz")}
+        if not state["running"]:
+            return tasks, 0
+        tasks["xyz"[state["done"]]] = "Running"  # seen running once, then done and the worker gone
+        state["done"], state["running"] = state["done"] + 1, False
+        return tasks, 1
+
+    monkeypatch.setattr(gen, "queue_status", status)
+    starts = []
+
+    def restart():
+        starts.append(1)
+        state["running"] = True
+
+    result = gen.wait_for(list("xyz"), timeout_s=60, poll_s=0.01, stall_s=0.05, restart=restart, restarts=1)
+    assert result == dict.fromkeys("xyz", "Success")
+    assert len(starts) == 3  # one restart each time, as each brought progress, though only 1 in a row is allowed
+    assert "starting workers again" in capsys.readouterr().out
+    # Workers that never come up: a bounded number of fruitless restarts, then the error.
     monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Queued"}, 0))
     tries = []
     assert gen.wait_for(["x"], 60, 0.01, 0.05, restart=lambda: tries.append(1), restarts=2) == {"x": "Queued"}
