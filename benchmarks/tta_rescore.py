@@ -84,16 +84,21 @@ def main(argv=None) -> int:
     rescored = []
     for r in runs:
         holdout = gen.holdout_of(r)[0]
-        uri = model_uri(r, experiment_id)
+        uri = None
         for tta in (list(params.predict.tta), views):
-            label = "views=" + "+".join(["image", *tta])
-            frame = scored(Detector.load(uri, "cpu", tta=tta), val)
+            label = "+".join(["image", *tta])
+            path = pred_dir / f"{r.run_id}_{len(tta)}.csv"
+            # Scored before (an interrupted run): the same model and views give the same file.
+            if path.is_file():
+                frame = pd.read_csv(path, dtype={"img_name": str})
+            else:
+                uri = uri or model_uri(r, experiment_id)
+                frame = scored(Detector.load(uri, "cpu", tta=tta), val)
             if tta == list(params.predict.tta):
                 # The same model and views as the run's own evaluate: the same numbers, or the
                 # comparison would be of something else.
                 logged = val_predictions(r).set_index("img_name").loc[frame.img_name, "y_pred"].to_numpy()
                 assert np.allclose(logged, frame.y_pred, atol=1e-6), f"{r.name}: rescoring differs from evaluate"
-            path = pred_dir / f"{r.run_id}_{len(tta)}.csv"
             frame.to_csv(path, index=False)
             rescored.append(Run(f"{r.run_id}-{len(tta)}", r.name, {"views": label, "data.holdout": r.params["data.holdout"],
                                                                  "train.seed": r.params["train.seed"]},
@@ -101,7 +106,7 @@ def main(argv=None) -> int:
         print(f"{r.name} (held out {holdout}, seed {r.params['train.seed']}): held-out AUC "
               f"{rescored[-2].metrics['heldout_roc_auc']:.4f} -> {rescored[-1].metrics['heldout_roc_auc']:.4f}",
               flush=True)
-    reference = "views=" + "+".join(["image", *params.predict.tta])
+    reference = "views=" + "+".join(["image", *params.predict.tta])  # the exact group label
     result = gen.render(rescored, args.out, reference=reference, n_boot=args.boot,
                         load=lambda run: pd.read_csv(run.artifact_uri, dtype={"img_name": str}))
     (args.out / "models.json").write_text(json.dumps({r.name: r.run_id for r in runs}, indent=1))

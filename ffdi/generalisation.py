@@ -336,7 +336,8 @@ def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: O
     """The variant the others are compared with: the one whose label contains `reference`, else the
     one run with params.yaml's values of the params that differ (the defaults)."""
     if reference:
-        found = [label for label in variants if reference in label]
+        found = [label for label in variants if label == reference] or [label for label in variants
+                                                                           if reference in label]
         if len(found) != 1:
             raise GeneralisationError(f"--reference {reference!r} matches {len(found)} variants; variants: "
                                       + "; ".join(variants))
