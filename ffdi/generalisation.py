@@ -388,6 +388,7 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
     names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
     if not names or any(len(f) != len(names) for f in frames.values()):
         raise GeneralisationError("the runs were evaluated on different val images; compare runs of the same data")
+
     def short(label: str) -> str:
         """The params where a variant differs from the reference (params.yaml's dotted keys first:
         a stage's own record, like the served model's `tta`, repeats one of them)."""
@@ -395,16 +396,17 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
         # A param one of them lacks (logged by another ffdi version) differs in nothing: as in varying_keys.
         differ = [k for k in sorted(set(mine) & set(ref)) if k not in (HOLDOUT, "train.seed") and mine[k] != ref[k]]
         differ = [k for k in differ if "." in k] or differ
-        return ", ".join(f"{k}={mine.get(k)}" for k in differ) or label
+        return ", ".join(f"{k}={mine[k]}" for k in differ) or label
 
     first = next(iter(frames.values())).loc[names]
     y, image_groups = first.target.to_numpy(), first.group.fillna("").astype(str).to_numpy()
     groups = manipulations_of([r for rs in variants.values() for r in rs])
+    reference_probs = {g: _heldout_probs(variants[reference], g, frames, names) for g in groups}
     rows = []
     for label in [reference, *(v for v in variants if v != reference)]:
         runs, pairs = variants[label], {}
         for g in groups:
-            probs, ref = _heldout_probs(runs, g, frames, names), _heldout_probs(variants[reference], g, frames, names)
+            probs, ref = _heldout_probs(runs, g, frames, names), reference_probs[g]
             if probs is None:
                 continue
             keep = (y == 0) | (image_groups == g)

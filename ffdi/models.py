@@ -69,15 +69,12 @@ def resolve_augment(aug: AugmentConfig, model: nn.Module) -> AugmentConfig:
     data_cfg = resolve_data_config({}, model=model)
     size = aug.image_size or int(data_cfg["input_size"][-1])
     resize = aug.resize or max(size, int(math.floor(size / data_cfg["crop_pct"])))
-    if size > resize:
-        raise ConfigError(f"augment.image_size ({size}) must not exceed augment.resize ({resize}), which "
-                          f"{'the model chose' if aug.resize is None else 'you set'}: the centre crop is taken from it")
     changes: dict[str, Any] = {"image_size": size, "resize": resize}
     if aug.normalize in (None, "model"):
         changes.update(normalize="model", mean=tuple(float(m) for m in data_cfg["mean"]),
                        std=tuple(float(s) for s in data_cfg["std"]))
     resolved = dataclasses.replace(aug, **changes)
-    resolved.check()
+    resolved.check()  # e.g. an image_size set above the resize the model chose
     return resolved
 
 
