@@ -95,8 +95,6 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     """One experiment in this process: train without `holdout`'s fakes, score all of val."""
     if time.time() > deadline:
         return {"name": name, "status": "skipped (deadline)"}
-    import torch
-
     from ffdi import metrics
     from ffdi.data import drop_groups, read_manifest
     from ffdi.detector import Detector
@@ -123,12 +121,10 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     kept = val.iloc[scores.index].reset_index(drop=True)
     y, prob = kept.target.to_numpy(), scores.prob
     fprs = params.eval.fprs
-    unseen = ((kept.target == 1) & (kept.group == holdout)).to_numpy()
     m = {f"eval_{k}": v for k, v in metrics.binary_metrics(y, prob, params.eval.threshold, params.eval.target_fpr,
                                                             fprs).items() if np.isscalar(v)}
-    m.update({f"heldout_{k}": v for k, v in metrics.ranking_metrics(y[(y == 0) | unseen], prob[(y == 0) | unseen],
-                                                                    fprs).items()})
-    m.update({f"seen_{k}": v for k, v in metrics.ranking_metrics(y[~unseen], prob[~unseen], fprs).items()})
+    for side, values in metrics.heldout_metrics(y, prob, kept.group, [holdout], fprs).items():
+        m.update({f"{side}_{k}": v for k, v in values.items()})
     for group, gm in metrics.group_metrics(y, prob, kept.group, fprs).items():
         m[f"eval_auc_{group}"] = gm["roc_auc"]
     history = result["history"]

@@ -73,8 +73,8 @@ def main() -> None:
         "peak_rss_growth_mib": round((rss_after - rss_before) / 1024),
         "cpus": os.cpu_count(),
     }
-    print(f"\n| rows | seconds | rows/s | peak RSS (MiB) | RSS growth in prepare (MiB) |")
-    print(f"|---:|---:|---:|---:|---:|")
+    print("\n| rows | seconds | rows/s | peak RSS (MiB) | RSS growth in prepare (MiB) |")
+    print("|---:|---:|---:|---:|---:|")
     print(f"| {rows:,} | {seconds:.1f} | {result['rows_per_second']:,} | {result['peak_rss_mib']} | {result['peak_rss_growth_mib']} |")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

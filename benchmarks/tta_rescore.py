@@ -49,11 +49,9 @@ def scored(detector: Detector, val: pd.DataFrame) -> pd.DataFrame:
 
 def heldout_metrics(frame: pd.DataFrame, holdout: str) -> dict:
     y, p = frame.target.to_numpy(), frame.y_pred.to_numpy()
-    unseen = ((frame.target == 1) & (frame.group == holdout)).to_numpy()
     out = {"eval_roc_auc": metrics.roc_auc(y, p)}
-    out.update({f"heldout_{k}": v for k, v in metrics.ranking_metrics(y[(y == 0) | unseen], p[(y == 0) | unseen],
-                                                                      (1e-3,)).items()})
-    out.update({f"seen_{k}": v for k, v in metrics.ranking_metrics(y[~unseen], p[~unseen], (1e-3,)).items()})
+    for side, values in metrics.heldout_metrics(y, p, frame.group, [holdout], (1e-3,)).items():
+        out.update({f"{side}_{k}": v for k, v in values.items()})
     return out
 
 

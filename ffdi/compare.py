@@ -110,13 +110,20 @@ def val_predictions(run: Run) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
 
 
-def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray], pd.Series]:
-    """Targets, per group an (n_runs, n_images) matrix of P(fake) over the same val images, and
-    each image's manipulation ('' where the predictions don't say)."""
-    frames = {r.run_id: val_predictions(r).set_index("img_name") for runs in groups.values() for r in runs}
+def aligned_frames(runs: list[Run], load=val_predictions) -> tuple[list[str], dict[str, pd.DataFrame]]:
+    """Each run's val predictions indexed by image name, and the image names, checked to be the
+    same for every run. `load` reads one run's predictions (MLflow's artefact by default)."""
+    frames = {r.run_id: load(r).set_index("img_name") for r in runs}
     names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
     if not names or any(len(f) != len(names) for f in frames.values()):
         raise CompareError("runs were evaluated on different val images; compare runs of the same data only")
+    return names, frames
+
+
+def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray], pd.Series]:
+    """Targets, per group an (n_runs, n_images) matrix of P(fake) over the same val images, and
+    each image's manipulation ('' where the predictions don't say)."""
+    names, frames = aligned_frames([r for runs in groups.values() for r in runs])
     y = frames[next(iter(frames))].loc[names, "target"].to_numpy()
     probs = {label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs]) for label, runs in groups.items()}
     first = frames[next(iter(frames))]
@@ -135,20 +142,25 @@ def bootstrap_auc_difference(
     """Paired bootstrap of mean-over-runs AUC(b) - AUC(a), resampling val images with replacement.
 
     Both groups see the same resampled images, so image difficulty cancels out.
-    Resamples with a single class (AUC undefined) are drawn again.
     """
+    return paired_bootstrap(lambda idx: mean_auc(y[idx], probs_b[:, idx]) - mean_auc(y[idx], probs_a[:, idx]),
+                            len(y), n_boot, level, seed)
+
+
+def paired_bootstrap(stat, n: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """`stat(idx)` on all n images and on n_boot resamples of them (with replacement), with its
+    percentile CI. A resample where stat raises ValueError (an AUC without both classes) is drawn again."""
     rng = np.random.default_rng(seed)
-    n = len(y)
     diffs = []
     while len(diffs) < n_boot:
-        idx = rng.integers(0, n, n)
-        if y[idx].min() == y[idx].max():
+        try:
+            diffs.append(stat(rng.integers(0, n, n)))
+        except ValueError:
             continue
-        diffs.append(mean_auc(y[idx], probs_b[:, idx]) - mean_auc(y[idx], probs_a[:, idx]))
     diffs = np.array(diffs)
     alpha = (1 - level) / 2
     return {
-        "difference": mean_auc(y, probs_b) - mean_auc(y, probs_a),
+        "difference": float(stat(np.arange(n))),
         "ci_low": float(np.quantile(diffs, alpha)),
         "ci_high": float(np.quantile(diffs, 1 - alpha)),
         "share_below_zero": float((diffs < 0).mean()),
@@ -270,7 +282,7 @@ def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_bo
     markdown = render_markdown(cfg.experiment, by, table, diffs, warnings, heldout_diffs)
     write_text(out / "report.md", markdown)
     if log:
-        with tracking.run(cfg, run_name="compare") as run:
+        with tracking.run(cfg, run_name="compare"):
             mlflow.set_tags({"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)})
             mlflow.log_artifacts(str(out), artifact_path="compare")
     return {"by": by, "table": table, "diffs": diffs, "heldout_diffs": heldout_diffs, "warnings": warnings,

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from ffdi import report, tracking
-from ffdi.compare import (CompareError, Run, bootstrap_auc_difference, finished_pipeline_runs, mean_auc,
-                          val_predictions, varying_keys)
+from ffdi.compare import (CompareError, Run, aligned_frames, bootstrap_auc_difference, finished_pipeline_runs, mean_auc,
+                          paired_bootstrap, val_predictions, varying_keys)
 from ffdi.config import Params, TrackingConfig, flatten, load_params
 from ffdi.data import read_labels
 from ffdi.errors import FfdiError
@@ -360,8 +360,6 @@ def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tu
                     n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """The held-out AUC difference (b - a) averaged over manipulations, with a paired bootstrap CI:
     each replicate resamples the val images once, for every manipulation and both variants alike."""
-    rng = np.random.default_rng(seed)
-
     def stat(idx: np.ndarray) -> float:
         diffs = []
         for group, (a, b) in pairs.items():
@@ -369,14 +367,8 @@ def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tu
             diffs.append(mean_auc(y[rows], b[:, rows]) - mean_auc(y[rows], a[:, rows]))
         return float(np.mean(diffs))
 
-    boots = []
-    while len(boots) < n_boot:
-        try:
-            boots.append(stat(rng.integers(0, len(y), len(y))))
-        except ValueError:  # a resample without real images or without one manipulation's fakes
-            continue
-    return {"difference": stat(np.arange(len(y))), "ci_low": float(np.quantile(boots, 0.025)),
-            "ci_high": float(np.quantile(boots, 0.975))}
+    d = paired_bootstrap(stat, len(y), n_boot, seed=seed)
+    return {k: d[k] for k in ("difference", "ci_low", "ci_high")}
 
 
 def reference_differences(variants: dict[str, list[Run]], reference: str, load=val_predictions,
@@ -384,10 +376,7 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
     """Per variant and held-out manipulation: held-out AUC (mean, sd over seeds) and its difference
     from the reference variant's, with ffdi compare's paired bootstrap CI over the same val images;
     a row `mean` per variant averages the difference over the manipulations both held out."""
-    frames = {r.run_id: load(r).set_index("img_name") for rs in variants.values() for r in rs}
-    names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    if not names or any(len(f) != len(names) for f in frames.values()):
-        raise GeneralisationError("the runs were evaluated on different val images; compare runs of the same data")
+    names, frames = aligned_frames([r for rs in variants.values() for r in rs], load)
 
     def short(label: str) -> str:
         """The params where a variant differs from the reference (params.yaml's dotted keys first:
@@ -556,10 +545,9 @@ def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Opt
 
     tracking.setup(cfg)
     try:
-        runs = finished_pipeline_runs(cfg.experiment)
-    except CompareError as e:
+        result = render(finished_pipeline_runs(cfg.experiment), out, params, reference)
+    except CompareError as e:  # no such experiment; runs evaluated on different val images
         raise GeneralisationError(str(e)) from None
-    result = render(runs, out, params, reference)
     if log:
         with tracking.run(cfg, run_name="generalisation"):
             mlflow.set_tags({"ffdi.kind": "generalisation", "generalisation.by": ",".join(result["keys"]),
@@ -571,7 +559,7 @@ def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Opt
 def default_jobs() -> int:
     """Two at a time from 2 cores: each pipeline takes its share of the cores (hardware.CpuShare),
     and two queued on 2 cores finished in 0.78x the time of one after the other."""
-    return 1 if (os.cpu_count() or 1) < 2 else 2
+    return 1 if len(os.sched_getaffinity(0)) < 2 else 2  # the cores this process may use
 
 
 def main(argv: Optional[list[str]] = None) -> int:

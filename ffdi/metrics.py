@@ -132,6 +132,19 @@ def group_metrics(y_true, y_prob, groups, fprs: tuple[float, ...] = ()) -> dict[
     return out
 
 
+def heldout_metrics(y_true, y_prob, groups, heldout, fprs: tuple[float, ...] = ()) -> dict[str, dict[str, float]]:
+    """Leave-one-out's two numbers. `heldout`: the held-out manipulations' fakes (which the model
+    never saw) against every real image; `seen`: the other fakes against the same real images.
+    A side with no fakes (a manipulation may have fakes in train only) is left out."""
+    y_true, y_prob = np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float)
+    unseen = (y_true == 1) & np.isin(np.asarray(groups, dtype=object), list(heldout))
+    out = {}
+    for key, rows in (("heldout", (y_true == 0) | unseen), ("seen", ~unseen)):
+        if (rows & (y_true == 1)).any():
+            out[key] = ranking_metrics(y_true[rows], y_prob[rows], fprs)
+    return out
+
+
 def summarise_groups(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean and worst group AUC: a detector is only as good as the manipulation it misses most."""
     aucs = {g: m["roc_auc"] for g, m in per_group.items()}

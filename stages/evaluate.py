@@ -107,12 +107,7 @@ def main(params):
         report_["groups"] = per_group
         report_.update(metrics.summarise_groups(per_group))
     if heldout:
-        # The held-out manipulations' fakes against every real image: fakes the model never saw;
-        # and the others' fakes, which it trained on, against the same real images.
-        unseen = ((kept.target == 1) & kept.group.isin(heldout)).to_numpy()
-        for key, rows in (("heldout", (y == 0) | unseen), ("seen", ~unseen)):
-            if (rows & (y == 1)).any():  # a manipulation may have fakes in train only
-                report_[key] = metrics.ranking_metrics(y[rows], prob[rows], cfg.fprs)
+        report_.update(metrics.heldout_metrics(y, prob, kept.group, heldout, cfg.fprs))
 
     if params.predict.ensemble:
         # The submission's scorer when predict.ensemble is set: this model averaged with those.

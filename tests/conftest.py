@@ -14,6 +14,35 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+
+def pytest_configure(config):
+    """Under pytest-xdist, give each worker its own cores.
+
+    Most of a pipeline test's time is subprocesses importing torch and MLflow on one core, so two
+    test files at a time use the 2 cores. But every ffdi process sizes its torch threads from its
+    CPU affinity (hardware.CpuShare), and unpinned workers each ran 2-thread training on the same
+    2 cores: the oversubscription slowed training several-fold. Pinned, each worker's pipelines
+    (and the processes they start) see their own cores and size themselves to them.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("FFDI_TEST_CORES", ",".join(map(str, cores)))  # before pinning, for test_hardware
+    if worker and len(cores) >= count > 1:
+        mine = cores[int(worker.removeprefix("gw")) :: count]
+        os.sched_setaffinity(0, mine)
+        import torch
+
+        torch.set_num_threads(len(mine))
+
+
+def pytest_collection_modifyitems(items):
+    """Files with slow (end-to-end) tests first, so that under xdist no long file starts last.
+    Whole files move, in their own order: a file's module fixtures are set up once."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # a stable sort
+
+
 TINY = SampleConfig(n_train=96, n_val=48, n_test=12, size=32, seed=3)
 
 
@@ -23,3 +52,14 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "data"
     generate(TINY, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def manifests(tiny_data, tmp_path_factory):
+    """The tiny data set's train and val manifests (the prepare stage's output)."""
+    from ffdi.config import DataConfig
+    from ffdi.data import prepare, read_manifest
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(DataConfig(root=str(tiny_data)), out)
+    return read_manifest(out / "train.csv"), read_manifest(out / "val.csv")

@@ -5,14 +5,13 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from torchvision import transforms as T
 
 from ffdi.config import AugmentConfig, from_dict
 from ffdi.data import make_loader
 from ffdi.errors import ConfigError
 from ffdi.transforms import build_uint8_transform, load_image
-from tests.test_train import manifests  # noqa: F401 (a fixture)
 
 SIZE = 32
 

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ffdi.io import torch_save
 from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import pandas as pd
 import pytest
-import torch
 
 from ffdi import checkpoint
 from ffdi.data import read_manifest

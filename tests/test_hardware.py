@@ -1,6 +1,11 @@
 """Device, precision, and sharing the CPU between pipelines that run at once."""
 
 import multiprocessing as mp
+import os
+import subprocess
+import sys
+
+import pytest
 
 import torch
 
@@ -48,3 +53,16 @@ def test_threads_and_workers_resolution(tmp_path):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert hardware.resolve_workers("auto", 2, cpu) == 1 and hardware.resolve_workers("auto", 1, cpu) == 0
     assert hardware.resolve_workers("auto", 16, cuda) == 15 and hardware.resolve_workers(5, 1, cpu) == 5
+
+
+@pytest.mark.skipif(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2, reason="not under pytest-xdist")
+def test_an_xdist_worker_and_what_it_starts_see_only_its_own_cores():
+    count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    cores = [int(c) for c in os.environ["FFDI_TEST_CORES"].split(",")]  # the session's, before pinning
+    if len(cores) < count:
+        pytest.skip("fewer cores than workers: left unpinned")
+    mine = os.sched_getaffinity(0)
+    assert mine == set(cores[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) :: count])
+    child = subprocess.run([sys.executable, "-c", "from ffdi import hardware; print(hardware.available_cores())"],
+                           capture_output=True, text=True, check=True)
+    assert int(child.stdout) == len(mine) and torch.get_num_threads() == len(mine)

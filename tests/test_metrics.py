@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ffdi.metrics import MetricError, binary_metrics, confusion, eer, tpr_at_fpr
+from ffdi.metrics import MetricError, binary_metrics, confusion, eer, heldout_metrics, tpr_at_fpr
 
 
 @pytest.fixture
@@ -69,3 +69,17 @@ def test_rank_aucs_equal_sklearn_with_ties():
     assert rank_aucs(y, probs[0])[0] == pytest.approx(expected[0], abs=1e-12)  # one run as a 1-D array
     with pytest.raises(ValueError, match="both classes"):
         rank_aucs(np.zeros(5), np.ones(5))
+
+
+def test_heldout_metrics_are_the_unseen_fakes_and_the_seen_fakes_each_against_all_real(scores):
+    y, p = scores
+    groups = np.where(y == 0, "", np.array(["splice", "resample", "regenerate"])[np.arange(len(y)) % 3])
+    m = heldout_metrics(y, p, groups, ["splice", "regenerate"], (1e-3,))
+    unseen = (y == 1) & np.isin(groups, ["splice", "regenerate"])
+    seen = (y == 1) & (groups == "resample")
+    assert m["heldout"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[(y == 0) | unseen], p[(y == 0) | unseen]))
+    assert m["seen"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[(y == 0) | seen], p[(y == 0) | seen]))
+    assert m["seen"]["average_precision"] == pytest.approx(
+        skm.average_precision_score(y[(y == 0) | seen], p[(y == 0) | seen]))
+    # A held-out manipulation with no val fakes: no held-out side, and every fake is seen.
+    assert set(heldout_metrics(y, p, groups, ["face_swap"])) == {"seen"}

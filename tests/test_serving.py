@@ -2,7 +2,6 @@
 that name the problem, and keeps serving after them."""
 
 import base64
-import io
 import json
 import os
 import re
@@ -10,7 +9,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request

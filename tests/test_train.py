@@ -5,7 +5,6 @@ import torch
 from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, TrainConfig
-from ffdi.data import prepare, read_manifest
 from ffdi import checkpoint
 from ffdi.detector import Detector
 from ffdi.train import fit
@@ -17,13 +16,6 @@ def tiny_params(tiny_data, **train):
         augment=AugmentConfig(resize=32, image_size=32),
         train=TrainConfig(**{"epochs": 2, "batch_size": 16, "workers": 0, **train}),
     )
-
-
-@pytest.fixture(scope="module")
-def manifests(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(DataConfig(root=str(tiny_data)), out)
-    return read_manifest(out / "train.csv"), read_manifest(out / "val.csv")
 
 
 def test_fit_history_and_checkpoints(tiny_data, manifests, tmp_path):

@@ -9,7 +9,7 @@ from ffdi.config import ModelConfig, Params
 from ffdi.detector import Detector
 from ffdi.models import build_model, is_norm, set_tuning
 from ffdi.train import fit, seed_everything
-from tests.test_train import manifests, tiny_params  # noqa: F401 (a fixture)
+from tests.test_train import tiny_params
 
 
 def initial_state(params: Params) -> dict:
