@@ -36,6 +36,13 @@ def pytest_configure(config):
         torch.set_num_threads(len(mine))
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core this process may use (xdist's own count is psutil's physical
+    cores, which ignores CPU affinity and counts 1 on a 2-vCPU machine with SMT), at most 4: each
+    worker's pipelines take 2-3 GiB, and the cores of a bigger machine go to the workers' torch threads."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
 def pytest_collection_modifyitems(items):
     """Files with slow (end-to-end) tests first, so that under xdist no long file starts last.
     Whole files move, in their own order: a file's module fixtures are set up once."""
