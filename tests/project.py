@@ -32,13 +32,23 @@ def project_files() -> list[str]:
     return [f for f in out if f and (ROOT / f).is_file()]
 
 
+def every_core() -> None:
+    """preexec_fn: the command gets all the cores of the test session, not just its pytest-xdist
+    worker's (tests/conftest.py pins each worker to its own). For DVC's queue, which runs
+    experiments side by side: two at a time on one core took the sweep over 10 minutes."""
+    cores = os.environ.get("FFDI_TEST_CORES")
+    if cores:
+        os.sched_setaffinity(0, [int(c) for c in cores.split(",")])
+
+
 @dataclass
 class Project:
     repo: Path
     env: dict
 
-    def sh(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=600)
+    def sh(self, *cmd: str, check: bool = True, all_cores: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=600,
+                              preexec_fn=every_core if all_cores else None)
         if check and proc.returncode != 0:
             pytest.fail(
                 f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
@@ -54,6 +64,18 @@ class Project:
         return subprocess.Popen(
             cmd, cwd=self.repo, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def start_queue(self, jobs: int) -> None:
+        """`dvc queue start -j N` on every core, returning once the workers are up. Its output goes
+        to a file: the workers are daemons that inherit it, and with a pipe there, as sh's
+        capture_output makes, the command returns only when the whole queue has run."""
+        log = self.repo / ".dvc" / "tmp" / "queue-start.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=self.repo, env=self.env, stdout=f,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120, preexec_fn=every_core)
+        if proc.returncode != 0:
+            pytest.fail(f"dvc queue start exited {proc.returncode}: {log.read_text()[-4000:]}")
 
     def commit(self, message: str) -> str:
         self.sh("git", "add", "-A")

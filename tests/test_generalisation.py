@@ -251,7 +251,8 @@ def test_generalisation_end_to_end(tmp_path):
     generate(SampleConfig(n_train=64, n_val=32, n_test=4, size=32, seed=7), p.repo / "data" / "labelled")
     label_with_groups(p.repo / "data" / "labelled", ("a", "b"))
     p.commit("labelled data")
-    proc = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--jobs", "2", "--poll", "2", "--timeout", "15")
+    proc = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--jobs", "2", "--poll", "2", "--timeout", "15",
+                all_cores=True)
     assert "manipulations: a, b" in proc.stdout and "2 succeeded, 0 failed, 0 unfinished" in proc.stdout
 
     client, _, runs = mlflow_runs(p.repo)
