@@ -17,7 +17,7 @@
    - heldout.png, train_on_one.png (heatmaps), heldout.csv, train_on_one.csv, runs.csv;
    - with several variants, each one's held-out AUC against the reference variant's (--reference;
      default: the one run with params.yaml's values), per manipulation and averaged, with the paired
-     bootstrap CI of `ffdi compare` (report.md, differences.csv);
+     bootstrap CI of `ffdi compare` (report.md, differences.csv, differences.png: a forest plot);
    and logs them to an MLflow run tagged ffdi.kind=generalisation.
 --no-run skips 1-3 and renders from the runs already in MLflow.
 """
@@ -485,7 +485,7 @@ def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]],
             lines += ["No train-on-one runs (`--only leave-one-out`)."]
         lines += [""]
     if differences is not None and len(differences):
-        lines += differences_markdown(differences, reference)
+        lines += differences_markdown(differences, reference) + ["![differences](differences.png)", ""]
     commits = sorted({r.tags.get("git.commit", "unknown")[:10] for r in runs})
     if len(commits) > 1:
         lines += [f"Note: these runs come from {len(commits)} commits ({', '.join(commits)}).", ""]
@@ -533,6 +533,7 @@ def render(runs: Sequence[Run], out: Path, params: Optional[Params] = None, refe
         if ref is not None:
             differences = reference_differences(variants, ref, load, n_boot)
             write_csv(out / "differences.csv", differences)
+            report.plot_differences(differences, out / "differences.png", f"against the reference: {ref}")
     markdown = render_markdown(keys, result, chosen, differences, ref)
     write_text(out / "report.md", markdown)
     return {"keys": keys, "tables": result, "markdown": markdown, "runs": chosen, "differences": differences,
@@ -605,7 +606,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = generalisation(cfg, args.out, log=not args.no_log, params=params, reference=args.reference)
     print(result["markdown"])
     print(f"written to {args.out}/ (report.md, heldout.png, train_on_one.png, heldout.csv, train_on_one.csv, runs.csv"
-          f"{', differences.csv' if result['differences'] is not None else ''})")
+          f"{', differences.csv, differences.png' if result['differences'] is not None else ''})")
     if failed or unfinished:
         print(f"error: {len(failed)} experiments failed and {len(unfinished)} did not finish; the tables "
               "leave them out", file=sys.stderr)

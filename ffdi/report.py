@@ -5,6 +5,7 @@ Every figure is written atomically (io.save_figure) with matplotlib's non-intera
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -148,7 +149,8 @@ def plot_heatmaps(tables: dict, out: Path, title: str, value_label: str, vmin: f
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
                     color="black" if np.isnan(v) or v > (vmin + vmax) / 2 else "white")
-        ax.set(xticks=range(values.shape[1]), yticks=range(values.shape[0]), title=label)
+        ax.set(xticks=range(values.shape[1]), yticks=range(values.shape[0]))
+        ax.set_title(textwrap.fill(label, 45), fontsize=8)  # a variant's label lists its params
         ax.set_xticklabels([str(c) for c in frame.columns], rotation=30, ha="right", fontsize=8)
         ax.set_yticklabels([str(r) for r in frame.index], fontsize=8)
         ax.set(xlabel=frame.columns.name or "", ylabel=frame.index.name or "")
@@ -156,3 +158,31 @@ def plot_heatmaps(tables: dict, out: Path, title: str, value_label: str, vmin: f
         fig.colorbar(image, ax=list(axes[0]), label=value_label, shrink=0.8)
     fig.suptitle(title)
     save_figure(fig, out)
+
+
+def plot_differences(differences, out: Path, title: str) -> list[tuple[str, str, float, float, float]]:
+    """A forest plot of each variant's difference from the reference: per held-out manipulation a
+    dot with its CI, the mean over manipulations a diamond. Returns the (variant, held out,
+    difference, low, high) plotted, top to bottom."""
+    rows = differences.dropna(subset=["difference"])
+    variants = list(dict.fromkeys(rows.differs))
+    held = [h for h in dict.fromkeys(rows.heldout) if h != "mean"] + ["mean"]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(rows) + 0.25 * len(variants)), dpi=100, layout="constrained")
+    plotted, ticks, y = [], [], 0.0
+    for variant in variants:
+        mine = rows[rows.differs == variant].set_index("heldout")
+        for h in [h for h in held if h in mine.index]:
+            r = mine.loc[h]
+            mean = h == "mean"
+            ax.errorbar(r.difference, -y, xerr=[[r.difference - r.ci_low], [r.ci_high - r.difference]],
+                        fmt="D" if mean else "o", ms=7 if mean else 4, capsize=2,
+                        color="black" if mean else _colours()[held.index(h) % len(_colours())])
+            ticks.append((-y, f"{textwrap.shorten(variant, 40)}: {h}" if mean else h))
+            plotted.append((variant, h, float(r.difference), float(r.ci_low), float(r.ci_high)))
+            y += 1
+        y += 0.6
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
+    ax.set(xlabel="held-out AUC difference from the reference, 95% CI", title=textwrap.fill(title, 90))
+    save_figure(fig, out)
+    return plotted

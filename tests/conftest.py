@@ -15,21 +15,27 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def pytest_configure(config):
-    """Under pytest-xdist, give each worker its own cores.
+def worker_cores(cores: list[int], worker: int, count: int) -> list[int]:
+    """The cores of xdist worker `worker` of `count`: a share of them, or one (shared) when there are
+    more workers than cores."""
+    return cores[worker::count] if count <= len(cores) else [cores[worker % len(cores)]]
 
-    Most of a pipeline test's time is subprocesses importing torch and MLflow on one core, so two
-    test files at a time use the 2 cores. But every ffdi process sizes its torch threads from its
-    CPU affinity (hardware.CpuShare), and unpinned workers each ran 2-thread training on the same
-    2 cores: the oversubscription slowed training several-fold. Pinned, each worker's pipelines
-    (and the processes they start) see their own cores and size themselves to them.
+
+def pytest_configure(config):
+    """Under pytest-xdist, pin each worker to its own cores.
+
+    Most of a pipeline test's time is subprocesses importing torch and MLflow on one core, or
+    waiting, so several test files at a time use the cores. But every ffdi process sizes its torch
+    threads from its CPU affinity (hardware.CpuShare), and unpinned workers each ran 2-thread
+    training on the same 2 cores: the oversubscription slowed training several-fold. Pinned, each
+    worker's pipelines (and the processes they start) size themselves to its cores: one thread each.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     cores = sorted(os.sched_getaffinity(0))
     os.environ.setdefault("FFDI_TEST_CORES", ",".join(map(str, cores)))  # before pinning, for test_hardware
-    if worker and len(cores) >= count > 1:
-        mine = cores[int(worker.removeprefix("gw")) :: count]
+    if worker and count > 1:
+        mine = worker_cores(cores, int(worker.removeprefix("gw")), count)
         os.sched_setaffinity(0, mine)
         import torch
 
@@ -37,10 +43,11 @@ def pytest_configure(config):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core this process may use (xdist's own count is psutil's physical
-    cores, which ignores CPU affinity and counts 1 on a 2-vCPU machine with SMT), at most 4: each
+    """`-n auto`: one worker more than the cores this process may use (xdist's own count is psutil's
+    physical cores, which ignores CPU affinity), since the tests spend much of their time waiting on
+    subprocesses: with 2 workers on 2 cores the suite kept 1.2 cores busy on average. At most 4: each
     worker's pipelines take 2-3 GiB, and the cores of a bigger machine go to the workers' torch threads."""
-    return max(1, min(len(os.sched_getaffinity(0)), 4))
+    return max(1, min(len(os.sched_getaffinity(0)) + 1, 4))
 
 
 def pytest_collection_modifyitems(items):

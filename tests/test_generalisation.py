@@ -214,6 +214,14 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     assert re.search(r"^\| model.se=True \| mean \|.*\| better \|$", result["markdown"], re.M)
     assert re.search(r"^\| \(reference\) \| a \| 2 \|", result["markdown"], re.M)
     assert len(pd.read_csv(tmp_path / "differences.csv")) == 3 + 4
+    assert (tmp_path / "differences.png").stat().st_size > 10_000
+    from ffdi.report import plot_differences
+
+    plotted = plot_differences(result["differences"], tmp_path / "again.png", "t")
+    assert [(v, h) for v, h, *_ in plotted] == [("model.se=True", g) for g in ("a", "b", "c", "mean")]
+    for _, h, d, low, high in plotted:
+        row = table.loc[("model.se=True", h)]
+        assert (d, low, high) == (row.difference, row.ci_low, row.ci_high)
     assert gen.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id],
                       n_boot=50)["reference"] == "model.se=True"
     with pytest.raises(gen.GeneralisationError, match="matches 2 variants"):

@@ -58,11 +58,13 @@ def test_threads_and_workers_resolution(tmp_path):
 @pytest.mark.skipif(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2, reason="not under pytest-xdist")
 def test_an_xdist_worker_and_what_it_starts_see_only_its_own_cores():
     count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    from tests.conftest import worker_cores
+
     cores = [int(c) for c in os.environ["FFDI_TEST_CORES"].split(",")]  # the session's, before pinning
-    if len(cores) < count:
-        pytest.skip("fewer cores than workers: left unpinned")
     mine = os.sched_getaffinity(0)
-    assert mine == set(cores[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) :: count])
+    assert mine == set(worker_cores(cores, int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")), count))
+    assert worker_cores([0, 1], 0, 2) == [0] and worker_cores([0, 1], 1, 2) == [1]
+    assert worker_cores([0, 1], 2, 3) == [0] and worker_cores([0, 1, 2, 3], 1, 2) == [1, 3]
     child = subprocess.run([sys.executable, "-c", "from ffdi import hardware; print(hardware.available_cores())"],
                            capture_output=True, text=True, check=True)
     assert int(child.stdout) == len(mine) and torch.get_num_threads() == len(mine)

@@ -29,7 +29,7 @@ def sweep(tmp_path_factory):
     p.sh("dvc", "exp", "run", "--queue", "-S", "model.se=false,true", "-S", "train.seed=1,2")
     try:
         p.start_queue(2)
-        deadline, idle = time.monotonic() + 600, 0
+        deadline, idle = time.monotonic() + 900, 0
         while True:
             status = p.out("dvc", "queue", "status")
             if not any(s in status for s in ("Queued", "Running")):
