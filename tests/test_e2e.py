@@ -243,18 +243,20 @@ def mlflow_server(project):
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).read()
-            break
-        except OSError:
-            assert server.poll() is None, (project["repo"].parent / "mlflow-server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    deadline = time.monotonic() + 120  # generous: test files run side by side
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None, (project["repo"].parent / "mlflow-server.log").read_text()
+                assert time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+        yield url
+    finally:  # also when it never came up: no server left behind
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
