@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ffdi import report, tracking
+from ffdi.hardware import available_cores
 from ffdi.compare import (CompareError, Run, aligned_frames, bootstrap_auc_difference, finished_pipeline_runs, mean_auc,
                           paired_bootstrap, val_predictions, varying_keys)
 from ffdi.config import Params, TrackingConfig, flatten, load_params
@@ -560,7 +561,7 @@ def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Opt
 def default_jobs() -> int:
     """Two at a time from 2 cores: each pipeline takes its share of the cores (hardware.CpuShare),
     and two queued on 2 cores finished in 0.78x the time of one after the other."""
-    return 1 if len(os.sched_getaffinity(0)) < 2 else 2  # the cores this process may use
+    return 1 if available_cores() < 2 else 2
 
 
 def main(argv: Optional[list[str]] = None) -> int:
