@@ -364,11 +364,9 @@ def generate(cfg: SampleConfig, out: str | Path | None = None, workers: int = 1)
     workers > 1 makes images in that many processes; each image is seeded on its own, so the
     files are the same whatever the number of workers.
     """
-    import multiprocessing
-
     root = Path(out or cfg.out)
     counts = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     try:
         for split_index, (split, n) in enumerate(counts.items()):
             if n == 0:
@@ -384,7 +382,29 @@ def generate(cfg: SampleConfig, out: str | Path | None = None, workers: int = 1)
                 rows.append(f"{name},{target},{method}" if split != "test" else name)
             header = "img_name,target,method" if split != "test" else "img_name"
             write_text(root / f"{SPLITS[split]}_label.txt", "\n".join([header, *rows]) + "\n")
+        if pool is not None:  # done: the workers leave on their own
+            pool.close()
+            pool.join()
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.terminate()  # after close and join, a no-op
     return counts
+
+
+def worker_pool(workers: int):
+    """A pool of forked processes whose SIGTERM kills them, as Pool.terminate expects.
+
+    Forked workers inherit the stage's Python SIGTERM handler (ffdi.cli.stage_main), which only runs
+    when the worker's main thread wakes. A worker asleep on the pool's task-queue lock may not wake
+    (its numpy threads can take the signal), so Pool.terminate waited on it for ever: seen as a
+    sample stage hung for 15 minutes in a DVC queue.
+    """
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(workers, initializer=_default_sigterm)
+
+
+def _default_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -1,4 +1,5 @@
 import hashlib
+import signal
 from collections import Counter
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ffdi.config import SampleConfig
-from ffdi.sample import KINDS, generate, load_photos, make_image, manipulate, real_crop, self_blend
+from ffdi.sample import KINDS, generate, worker_pool, load_photos, make_image, manipulate, real_crop, self_blend
 from tests.conftest import TINY
 
 
@@ -23,6 +24,24 @@ def test_deterministic_whatever_the_workers(tiny_data, tmp_path):
     for folder in ("trainset", "valset", "testset"):
         for path in sorted((tiny_data / folder).iterdir()):
             assert (tmp_path / "again" / folder / path.name).read_bytes() == path.read_bytes()
+
+
+def test_pool_workers_die_on_sigterm_whatever_the_stage_handles():
+    # Stages raise on SIGTERM from a Python handler; forked workers that kept it could ignore
+    # Pool.terminate's SIGTERM while asleep on a lock, and the sample stage hung.
+    from ffdi.cli import _terminate
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        pool = worker_pool(2)
+        try:
+            handlers = pool.map(signal.getsignal, [signal.SIGTERM] * 4)
+        finally:
+            pool.terminate()
+            pool.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handlers == [signal.SIG_DFL] * 4
 
 
 def test_layout_counts_and_md5_names(tiny_data):
