@@ -4,12 +4,11 @@ PYTHON  ?= python3
 # Installed with --no-deps: facenet-pytorch's declared pins (torch<2.3, numpy<2, Pillow<10.3) clash
 # with ours, yet it works with them. Part of the stamp, so that changing it reinstalls.
 NODEPS  := facenet-pytorch==2.6.0
-# Bytecode is compiled once, at install (uv compiles the whole site-packages, so on the last
-# install only): uv does not by default, and where PYTHONDONTWRITEBYTECODE is set, as on these
-# machines, every process compiled torch, MLflow and DVC from source again: twice the CPU of each
-# import. Part of the stamp too, so that an older .venv gets compiled.
+# Bytecode is compiled at install (uv compiles only what it installs): uv does not by default,
+# and where PYTHONDONTWRITEBYTECODE is set, as on these machines, every process compiled torch,
+# MLflow and DVC from source again, twice the CPU of each import. An older .venv: rm -rf .venv.
 COMPILE := --compile-bytecode
-STAMP   := $(VENV)/.installed-$(shell { cat requirements.txt pyproject.toml; echo '$(NODEPS) $(COMPILE)'; } | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(shell { cat requirements.txt pyproject.toml; echo '$(NODEPS)'; } | cksum | cut -d' ' -f1)
 PORT    ?= 5000
 UV_VERSION := 0.13.9
 
@@ -31,9 +30,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@# uv downloads and installs in parallel: about 1.5 min cold here, against pip's 2.7 min (5 GB of CUDA wheels).
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION) 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r requirements.txt
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps $(NODEPS)
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps $(COMPILE) -e .
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python $(COMPILE) -r requirements.txt
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python $(COMPILE) --no-deps $(NODEPS)
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python $(COMPILE) --no-deps -e .
 	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage, playwright, pytorch_grad_cam, facenet_pytorch"
 	@rm -f $(VENV)/.installed-* && touch $@
 
