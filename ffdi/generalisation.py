@@ -142,17 +142,19 @@ def parse_queue_status(text: str) -> tuple[dict[str, str], Optional[int]]:
     return tasks, active
 
 
-def start_workers(jobs: int, command: Optional[Sequence[str]] = None, timeout: float = 120) -> None:
-    """`dvc queue start -j N`, returning once the workers are started.
+def start_workers(jobs: int, command: Optional[Sequence[str]] = None, timeout: float = 120, **run) -> None:
+    """`dvc queue start -j N`, returning once the workers are started; `run`: more subprocess.run
+    arguments (cwd, env, preexec_fn), for the tests' throwaway projects.
 
     The workers are daemons that inherit this command's stdout and stderr: with pipes there, as
     subprocess.run(capture_output=True) makes, waiting for the command waits for the workers to
     exit, i.e. for the whole queue. A file holds nobody up.
     """
     command = list(command or [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)])
+    run.setdefault("env", dvc_env())
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env=dvc_env(), timeout=timeout)
+                              timeout=timeout, **run)
         log.seek(0)
         if proc.returncode != 0:
             raise GeneralisationError(f"{' '.join(command[1:])} exited {proc.returncode}: {log.read().strip()[-2000:]}")

@@ -66,16 +66,10 @@ class Project:
         )
 
     def start_queue(self, jobs: int) -> None:
-        """`dvc queue start -j N` on every core, returning once the workers are up. Its output goes
-        to a file: the workers are daemons that inherit it, and with a pipe there, as sh's
-        capture_output makes, the command returns only when the whole queue has run."""
-        log = self.repo / ".dvc" / "tmp" / "queue-start.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as f:
-            proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=self.repo, env=self.env, stdout=f,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=120, preexec_fn=every_core)
-        if proc.returncode != 0:
-            pytest.fail(f"dvc queue start exited {proc.returncode}: {log.read_text()[-4000:]}")
+        """`dvc queue start -j N` on every core, returning once the workers are up."""
+        from ffdi.generalisation import start_workers
+
+        start_workers(jobs, cwd=self.repo, env=self.env, preexec_fn=every_core)
 
     def commit(self, message: str) -> str:
         self.sh("git", "add", "-A")
