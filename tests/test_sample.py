@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ffdi.config import SampleConfig
-from ffdi.sample import KINDS, generate, worker_pool, load_photos, make_image, manipulate, real_crop, self_blend
+from ffdi.sample import KINDS, generate, load_photos, make_image, manipulate, real_crop, self_blend, worker_pool
 from tests.conftest import TINY
 
 
