@@ -44,9 +44,9 @@ def pytest_configure(config):
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per core this process may use (xdist's own count is psutil's physical
-    cores, which ignores CPU affinity). One more worker than cores was slower here (over 23 min against
-    22.4, with a failure), though 2 workers keep only 1.2 of the 2 cores busy on average. At most 4:
-    each worker's pipelines take 2-3 GiB, and the cores of a bigger machine go to its torch threads."""
+    cores, which ignores CPU affinity). One more worker than cores was slower here, and the MLflow UI
+    test's server missed its start-up bound. At most 4: each worker's pipelines take 2-3 GiB, and the
+    cores of a bigger machine go to its torch threads."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 

@@ -4,7 +4,6 @@ import itertools
 import json
 import re
 import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -25,23 +24,18 @@ SWEEP_PARAMS = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    from ffdi import generalisation as gen
+
     p = make_project(tmp_path_factory.mktemp("sweep") / "repo", SWEEP_PARAMS)
     p.sh("dvc", "exp", "run", "--queue", "-S", "model.se=false,true", "-S", "train.seed=1,2")
+    names = list(gen.parse_queue_status(p.out("dvc", "queue", "status"))[0])
     try:
         p.start_queue(2)
-        deadline, idle = time.monotonic() + 900, 0
-        while True:
-            status = p.out("dvc", "queue", "status")
-            if not any(s in status for s in ("Queued", "Running")):
-                break
-            assert time.monotonic() < deadline, status
-            # DVC's workers may exit with runs still queued (seen on this machine): after two looks
-            # in a row with none active, as `ffdi generalisation` does, start them again.
-            idle = idle + 1 if "Queued" in status and "0 active" in status else 0
-            if idle == 2:
-                p.start_queue(2)
-                idle = 0
-            time.sleep(2)
+        # `ffdi generalisation`'s wait, in the project: it starts the workers again when DVC's
+        # workers exit with runs still queued (seen on this machine).
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(p.repo)
+            status = gen.wait_for(names, timeout_s=900, poll_s=2, restart=lambda: p.start_queue(2))
     finally:
         p.sh("dvc", "queue", "stop", check=False)
     return p, status
@@ -49,7 +43,7 @@ def sweep(tmp_path_factory):
 
 def test_queue_sweep_lands_all_four_runs(sweep):
     p, status = sweep
-    assert "Failed" not in status, status
+    assert len(status) == 4 and set(status.values()) == {"Success"}, status
     commit = p.out("git", "rev-parse", "HEAD")
     client, exp, runs = mlflow_runs(p.repo)
     assert len(runs) == 4, [r.info.run_name for r in runs]
