@@ -36,9 +36,8 @@ def loader_img_s(root: Path, size: int, workers: int, batch: int) -> float:
 
     paths = sorted(str(p) for p in (root / "trainset").glob("*.jpg"))
     manifest = pd.DataFrame({"path": paths, "target": 0, "img_name": [Path(p).name for p in paths], "group": "real"})
-    loader = make_loader(manifest, AugmentConfig(resize=size, image_size=size), batch, workers, True,
-                         torch.Generator().manual_seed(0))
-    loader.dataset.seed = 1
+    loader = make_loader(manifest, AugmentConfig(resize=size, image_size=size), batch, workers, True)
+    loader.sampler.set_epoch(0, 1)
     it = iter(loader)
     next(it)  # workers started
     t0, n = time.perf_counter(), 0

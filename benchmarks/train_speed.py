@@ -120,7 +120,9 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
 
     def loader(manifest, train, batch=bs):
         if ffdi:
-            return make_loader(manifest, AUG, batch, workers, train, torch.Generator().manual_seed(0))
+            loader = make_loader(manifest, AUG, batch, workers, train)
+            loader.sampler.set_epoch(0, 0 if train else None)
+            return loader
         return reference_loader(manifest, batch, workers, train)
 
     # 1. Data loading alone: every training image, as the loader gives it and ready for the model.

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
@@ -221,7 +221,11 @@ def drop_groups(manifest: pd.DataFrame, groups) -> pd.DataFrame:
 
 
 class ImageDataset(Dataset):
-    """Images listed in a manifest; item i is (tensor or None, target, i, why-skipped).
+    """Images listed in a manifest; item (i, seed) is (tensor or None, target, i, why-skipped).
+
+    seed: the epoch's augmentation seed (EpochSampler), or None for no seeding. Each image's random
+    augmentation is seeded from (seed, i), so results do not depend on which worker (or how many)
+    loaded it, nor on whether the workers lived through earlier epochs.
 
     With on_bad_image='skip', an unreadable image yields None and a reason instead
     of raising, so one bad file found mid-epoch cannot end a multi-hour run;
@@ -247,28 +251,26 @@ class ImageDataset(Dataset):
         self.transform = transform
         self.draft_size = draft_size
         self.on_bad_image = on_bad_image
-        # Set per epoch by the training loop. Each image's random augmentation is seeded from
-        # (seed, index), so results do not depend on which worker (or how many) loaded it.
-        self.seed: Optional[int] = None
         # augment.self_blend: a real image becomes a self-blended fake with this probability.
         self.self_blend, self.blend_strength, self.blend_axes = self_blend, blend_strength, tuple(blend_axes)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, item: int | tuple[int, Optional[int]]):
+        i, seed = item if isinstance(item, tuple) else (item, None)
         try:
             img = load_image(self.paths[i], self.draft_size)
         except BadImage as e:
             if self.on_bad_image == "error":
                 raise
             return None, self.targets[i], i, str(e)
-        if self.seed is None:
+        if seed is None:
             return self._item(img, i)
         with torch.random.fork_rng(devices=[]):
             # The CPU generator alone: torch.manual_seed would also queue a CUDA seeding, with a
             # stack trace, on every image of a CUDA build (a third of a 64 px image's loading time).
-            torch.default_generator.manual_seed(self.seed * 1_000_003 + i)
+            torch.default_generator.manual_seed(seed * 1_000_003 + i)
             return self._item(img, i)
 
     def _item(self, img, i: int):
@@ -282,12 +284,62 @@ class ImageDataset(Dataset):
         return self.transform(img), target, i, ""
 
 
+class EpochSampler(Sampler):
+    """One epoch's row order, each row paired with the epoch's augmentation seed: (i, seed).
+
+    The seed travels with every index to the loader's workers, so the workers can live from one
+    epoch to the next (persistent_workers: no new processes each epoch) and still augment row i of
+    epoch e as a fresh worker, or the main process, would. `set_epoch` before each epoch.
+    shard: in a DDP group, this process's 1/world of the rows (DistributedSampler, which shuffles
+    from `seed` and the epoch on its own).
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool, shard: bool = False, seed: int = 0):
+        self.n, self.shuffle = len(dataset), shuffle
+        self.shard = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False) if shard else None
+        self.seed: Optional[int] = None
+
+    def set_epoch(self, epoch: int, seed: Optional[int]) -> None:
+        """seed: the order's and the augmentation's seed for this epoch (None: unseeded)."""
+        self.seed = seed
+        if self.shard is not None:
+            self.shard.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.shard) if self.shard is not None else self.n
+
+    def __iter__(self):
+        seed = self.seed
+        if self.shard is not None:
+            order = iter(self.shard)
+        elif self.shuffle:
+            g = torch.Generator()
+            if seed is None:
+                g.seed()
+            else:
+                g.manual_seed(seed)
+            # The draw DataLoader's iterator made from its generator (its workers' base seed) before
+            # the permutation, when the loader shuffled: kept, so runs keep the order they had.
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+            order = iter(torch.randperm(self.n, generator=g).tolist())
+        else:
+            order = iter(range(self.n))
+        return ((i, seed) for i in order)
+
+
 @dataclass
 class Batch:
     x: Optional[torch.Tensor]  # None when every image in the batch was skipped
     y: torch.Tensor
     index: torch.Tensor
     skipped: list[tuple[int, str]]  # (dataset index, reason)
+
+    def pin_memory(self) -> "Batch":
+        """What DataLoader(pin_memory=True) calls. Without it a Batch is left in pageable memory,
+        and a copy to the GPU from pageable memory waits for the GPU's queue to drain first, each
+        step (non_blocking or not): the host cannot run ahead of the device."""
+        return Batch(self.x.pin_memory() if self.x is not None else None, self.y.pin_memory(), self.index,
+                     self.skipped)
 
 
 def skip_collate(items: list) -> Batch:
@@ -301,14 +353,13 @@ def skip_collate(items: list) -> Batch:
     )
 
 
-def set_workers(loader: DataLoader, workers: int) -> None:
-    """Change a (non-persistent) loader's worker count between epochs.
-
-    DataLoader sets prefetch_factor to None for 0 workers and refuses None with workers, so a
-    loader made without workers must get the default back before it may have some.
-    """
-    loader.num_workers = workers
-    loader.prefetch_factor = 2 if workers > 0 else None
+def set_workers(loader: DataLoader, workers: int, persistent: bool) -> DataLoader:
+    """`loader`, or an equal one with `workers` loader processes when the count changes (the CPU
+    share of parallel pipelines changed): a persistent loader's workers are fixed at its start."""
+    if workers == loader.num_workers:
+        return loader
+    loader._iterator = None  # a persistent loader's workers stop with their iterator
+    return _loader(loader.dataset, loader.sampler, loader.batch_size, workers, persistent)
 
 
 def make_loader(
@@ -317,16 +368,16 @@ def make_loader(
     batch_size: int,
     workers: int,
     train: bool,
-    generator: Optional[torch.Generator] = None,
     on_bad_image: str = "error",
     shard: bool = False,
     seed: int = 0,
+    persistent: bool = False,
 ) -> DataLoader:
     """Batches of uint8 NHWC images; `transforms.normalize_batch` finishes them on the device.
 
-    shard: in a DDP group, each process reads only its 1/world of the rows (a DistributedSampler,
-    shuffled from `seed` and the epoch set by `set_epoch`). Workers are not persistent, so the
-    training loop may change `num_workers` between epochs as the CPU share changes.
+    train: shuffled and augmented, each epoch as `loader.sampler.set_epoch(epoch, seed)` says.
+    shard: in a DDP group, each process reads only its 1/world of the rows (shuffled from `seed`
+    and the epoch). persistent: the workers live from one epoch to the next (training's loaders).
     """
     dataset = ImageDataset(
         manifest,
@@ -338,15 +389,21 @@ def make_loader(
         blend_strength=aug.self_blend_strength,
         blend_axes=aug.self_blend_mask,
     )
-    sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=False) if shard else None
+    return _loader(dataset, EpochSampler(dataset, train, shard, seed), batch_size, workers, persistent)
+
+
+def _loader(dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int,
+            persistent: bool) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         drop_last=False,
         num_workers=workers,
-        generator=generator,
         collate_fn=skip_collate,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=persistent and workers > 0,
+        # Each new iterator draws its workers' base seed from this generator: a private one leaves
+        # the global RNG (dropout, ...) as it was, however many iterators an epoch makes.
+        generator=torch.Generator(),
     )

@@ -1,9 +1,9 @@
 """The training loop: train_one_epoch() and validate() return metric dicts; fit() runs the epochs.
 
-Determinism: every epoch reseeds the global RNGs, the shuffling generator and each image's
-augmentation from (seed, epoch). A run resumed at epoch k therefore sees exactly the batches
-and augmentations an uninterrupted run would, with no RNG state to save, whatever the number
-of loader workers.
+Determinism: every epoch reseeds the global RNGs, the shuffling and each image's augmentation
+from (seed, epoch). A run resumed at epoch k therefore sees exactly the batches and augmentations
+an uninterrupted run would, with no RNG state to save, whatever the number of loader workers and
+although they live from one epoch to the next.
 
 Validation scores through a Detector built on the live model, with the precision and
 test-time views that evaluate and predict use later, so the epoch chosen as best is chosen
@@ -99,9 +99,12 @@ def train_one_epoch(
     device = torch.device(device)
     normalize = loader.dataset.normalize
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
-    # Sums stay on the device: no host sync per step.
+    # Sums stay on the device: no host sync per step. The progress bar shows a copy of them that
+    # the device makes without the host waiting for it (a step or more old on a GPU).
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    shown = torch.zeros((), pin_memory=device.type == "cuda")  # loss_sum as it was after shown_seen images
+    shown_value, shown_seen = shown.numpy(), 0  # a view: reading it is no torch call, and no sync
     seen = 0
     with tqdm(total=len(loader.dataset), desc=desc, unit="img", mininterval=1.0, leave=False) as bar:
         for step, batch in enumerate(loader):
@@ -127,7 +130,10 @@ def train_one_epoch(
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+                if shown_seen:
+                    bar.set_postfix(loss=f"{float(shown_value) / shown_seen:.4f}")
+                shown.copy_(loss_sum, non_blocking=True)
+                shown_seen = seen
     totals = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=device).double()])
     loss_total, correct_total, seen = distributed.all_reduce_sum(totals).tolist()
     if seen == 0:
@@ -237,28 +243,28 @@ def fit(
     eval_net = torch.compile(scored) if cfg.compile else scored
     detector = Detector(eval_net, params.augment, device, precision, params.predict.tta, cfg.channels_last)
 
-    generator = torch.Generator()
     policy = params.data.on_bad_image
     shard = world > 1
     threads = resolve_threads(cfg.threads, cpu_share)
     workers = resolve_workers(cfg.workers, threads, device)
-    train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, workers, True, generator, policy, shard,
-                               cfg.seed)
+    # Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with
+    # every index, ffdi.data.EpochSampler).
+    train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, workers, True, policy, shard, cfg.seed,
+                               persistent=True)
     # Inference keeps no activations for a backward pass: twice the batch fits where training did.
-    val_loader = make_loader(val_manifest, params.augment, 2 * cfg.batch_size, workers, False, None, policy, shard)
+    val_loader = make_loader(val_manifest, params.augment, 2 * cfg.batch_size, workers, False, policy, shard,
+                             persistent=True)
     key, maximise = cfg.best_metric, MAXIMISE[cfg.best_metric]
 
     for epoch in range(len(history), cfg.epochs):
         # Another pipeline may have started or ended: take this epoch's share of the cores.
         threads = resolve_threads(cfg.threads, cpu_share)
         apply_threads(threads)
-        for loader in (train_loader, val_loader):
-            set_workers(loader, resolve_workers(cfg.workers, threads, device))
+        workers = resolve_workers(cfg.workers, threads, device)
+        train_loader = set_workers(train_loader, workers, persistent=True)
+        val_loader = set_workers(val_loader, workers, persistent=True)
         seed_everything(epoch_seed(cfg.seed, epoch, rank))
-        generator.manual_seed(epoch_seed(cfg.seed, epoch, rank))
-        train_loader.dataset.seed = epoch_seed(cfg.seed, epoch, rank)
-        if shard:
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch, epoch_seed(cfg.seed, epoch, rank))
         t0 = time.perf_counter()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         epoch_skipped: list = []

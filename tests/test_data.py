@@ -118,3 +118,42 @@ def test_transforms_shape_and_normalisation(tiny_data):
         assert tuple(x.shape) == (3, 32, 32)
     x = build_transform(AugmentConfig(resize=32, image_size=32, normalize="none"), False)(img)
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_batches_are_pinned_when_the_loader_pins(manifests, monkeypatch):
+    """DataLoader(pin_memory=True) pins what it knows (tensors, tuples, dicts) or what has a pin_memory
+    method; a Batch without one stayed in pageable memory, and a copy to the GPU from pageable memory
+    waits for the GPU's queue to drain, every step."""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from ffdi.data import Batch, make_loader
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(self) or self.clone())
+    batch = next(iter(make_loader(manifests[1].iloc[:4], AugmentConfig(resize=32, image_size=32), 4, 0, False)))
+    out = pin_memory(batch)
+    assert isinstance(out, Batch) and out.index.tolist() == batch.index.tolist()
+    assert any(t is batch.x for t in pinned) and any(t is batch.y for t in pinned)
+    assert torch.equal(out.x, batch.x) and out.x is not batch.x
+
+
+def test_epoch_order_is_the_order_a_shuffling_dataloader_gave():
+    """EpochSampler shuffles as DataLoader(shuffle=True, generator=seeded) did before the seed moved
+    into the sampler, so that runs keep their numbers."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ffdi.data import EpochSampler
+
+    rows = list(range(50))
+    for seed in (0, 3001, 7):
+        before = [int(i) for b in DataLoader(rows, batch_size=8, shuffle=True,
+                                             generator=torch.Generator().manual_seed(seed)) for i in b]
+        sampler = EpochSampler(rows, shuffle=True)
+        sampler.set_epoch(0, seed)
+        assert [i for i, _ in sampler] == before
+        assert {s for _, s in sampler} == {seed}
+    plain = EpochSampler(rows, shuffle=False)
+    plain.set_epoch(0, None)
+    assert list(plain) == [(i, None) for i in rows]

@@ -170,3 +170,82 @@ def test_loader_workers_follow_the_cpu_share_between_epochs(tiny_data, manifests
         torch.set_num_threads(before)
     for key in ("train_loss", "val_loss", "val_auc"):
         assert [r[key] for r in grown["history"]] == [r[key] for r in fixed["history"]], key
+
+
+def test_loader_workers_live_through_the_epochs_with_the_numbers_of_none(tiny_data, manifests, tmp_path,
+                                                                        monkeypatch):
+    """One set of loader processes for the whole run, not a new one each epoch (each start costs
+    seconds at 14 workers on a GPU machine). Each epoch's seed reaches them with every index, so the
+    numbers are those of a run without workers, and a resumed run's are an uninterrupted one's."""
+    import os
+
+    from ffdi.data import ImageDataset
+
+    log = tmp_path / "loaded_by"
+    item = ImageDataset._item
+
+    def spy(self, img, i):
+        with open(log, "a") as f:
+            f.write(f"{len(self)} {os.getpid()}\n")
+        return item(self, img, i)
+
+    monkeypatch.setattr(ImageDataset, "_item", spy)
+    params = tiny_params(tiny_data, epochs=3, workers=1)
+    with_workers = fit(params, *manifests, tmp_path / "a")["history"]
+    loaded = [line.split() for line in log.read_text().splitlines()]
+    train_n, val_n = (str(len(m)) for m in manifests)
+    train_pids = {pid for n, pid in loaded if n == train_n}
+    val_pids = {pid for n, pid in loaded if n == val_n}
+    assert len(train_pids) == 1 and len(val_pids) == 1, "a new loader process each epoch"
+    assert str(os.getpid()) not in train_pids | val_pids
+    assert sum(n == train_n for n, _ in loaded) == 3 * len(manifests[0])
+
+    without = fit(tiny_params(tiny_data, epochs=3, workers=0), *manifests, tmp_path / "b")["history"]
+
+    def die(row):
+        if row["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(params, *manifests, tmp_path / "c", on_epoch=die)
+    resumed = fit(params, *manifests, tmp_path / "c")["history"]
+    for key in ("train_loss", "val_loss", "val_auc"):
+        assert [r[key] for r in with_workers] == [r[key] for r in without] == [r[key] for r in resumed], key
+
+
+def test_a_training_step_reads_no_value_back_from_the_device(manifests, monkeypatch):
+    """On a GPU, reading a device value (item, float, bool, tolist...) waits until the device has
+    done everything queued: the host stops running ahead, and the GPU idles while it queues the next
+    step. The loop may do that once an epoch (its totals), not once every few steps."""
+    from pathlib import Path
+
+    from benchmarks.efficiency import InMemory
+    from ffdi.config import ModelConfig
+    from ffdi.data import make_loader
+    from ffdi.models import build_model
+    from ffdi.train import train_one_epoch
+
+    reads = []
+    here = str(Path(__file__).resolve().parents[1] / "ffdi" / "train.py")
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *a, _original=original, _name=name, **k):
+            import sys
+
+            if sys._getframe(1).f_code.co_filename == here:
+                reads.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+    loader = make_loader(manifests[0].iloc[:8], AugmentConfig(resize=32, image_size=32), 4, 0, train=True)
+    batches = list(loader)
+    model = build_model(ModelConfig(arch="resnet18"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def reads_in(steps: int) -> int:
+        reads.clear()
+        train_one_epoch(model, InMemory(batches, loader.dataset, steps // len(batches)), optimizer, "cpu")
+        return len(reads)
+
+    assert reads_in(2) == reads_in(60)
