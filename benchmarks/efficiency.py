@@ -1,23 +1,25 @@
 """Does ffdi's training loop run at the speed of its slowest part? Measured without a GPU.
 
-On multiFFDI-shaped data (512 px JPEGs, hard links to a few hundred generated ones), for each
-configuration, in one run, each part in its own process:
-  - loader: ffdi's training loader (and validation's) with W workers, img/s out of it;
-  - model: ffdi's training step (and validation's scoring) on batches already in memory, T threads;
-  - fit: ffdi.train.fit with the same W and T, as a user runs it: every epoch with validation,
-    checkpoints, MLflow logging (a temporary SQLite store) and progress bars;
-  - efficiency: the time the parts need for fit's work, over fit's time. The parts' time is, per
-    epoch, train images / min(train loader, training step) + val images / min(val loader, scoring),
-    so 1.0 means fit runs at the speed of its slowest part, validation included. `train_efficiency`
-    is the training pass alone: fit's train img/s over min(train loader, training step).
-The main process's T threads are pinned to cores 0..T-1 and the W loader workers to the next W cores,
-so the parts run side by side as on a GPU machine (loader on CPU cores, model on the device) and the
-bound is fair. Two configurations:
-  - model-bound: ResNet-18 at 256 px (as on multiFFDI), slower than one loader worker here;
-  - loader-bound: a model that is fast at 256 px (every 8th pixel, one small conv and a linear head), as
+On multiFFDI-shaped data (512 px JPEGs: hard links to a few hundred generated ones), per configuration:
+  - loader: ffdi's training loader (then validation's) with W persistent workers, img/s out of it;
+  - model: ffdi's training step (then validation's scoring, with its test-time views) with T threads,
+    on uint8 batches already in memory (more than the CPU caches hold, as fresh batches are);
+    the loader and the model are timed at the same time, side by side, each on its own cores;
+  - fit: ffdi.train.fit with the same W and T, as the train stage runs it: every epoch with
+    validation, checkpoints, MLflow logging (a temporary SQLite store) and progress bars;
+  - efficiency: the time the parts need for fit's work over fit's time, where the parts need, per
+    epoch, train images / min(train loader, training step) + val images / min(val loader, scoring).
+    1.0: fit runs at the speed of its slowest part, validation included. The training pass
+    efficiency is fit's training img/s over min(train loader, training step).
+The main process's T threads are pinned to the first T cores and the W workers to the next W, so the
+parts run side by side as on a GPU machine (loader on CPU cores, model on the device). Two configurations:
+  - model-bound: ResNet-18 at 256 px (as on multiFFDI), slower here than one loader worker;
+  - loader-bound: a model that is fast at 256 px (every 8th pixel, one small conv, a linear head), as
     ResNet-18 is on a GPU, so the loader is the wall.
+This machine's speed drifts by up to 20% within minutes, so each configuration runs in rounds of
+(parts, fit), and the table gives medians. Prints a markdown table; writes the JSON.
 
-    python -m benchmarks.efficiency [--only model-bound] [--json benchmarks/results/efficiency.json]
+    python -m benchmarks.efficiency [--only loader-bound] [--rounds N] [--json benchmarks/results/efficiency.json]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,11 +46,13 @@ from benchmarks.tree import distinct_images, write_tree
 # name -> the params that differ from params.yaml's, the data size, and how long each part is timed.
 # Sizes are chosen so that one configuration takes a few minutes on 2 cores.
 CONFIGS = {
-    "model-bound": {"arch": "resnet18", "train": 160, "val": 64, "epochs": 2, "seconds": {"train": 60, "val": 40}},
-    "loader-bound": {"arch": "ffdi_patch_probe", "train": 6000, "val": 1500, "epochs": 3,
-                     "seconds": {"train": 15, "val": 10}},
+    "model-bound": {"arch": "resnet18", "train": 128, "val": 32, "epochs": 2, "rounds": 2,
+                    "seconds": {"train": 40, "val": 20}},
+    "loader-bound": {"arch": "ffdi_patch_probe", "train": 4000, "val": 1000, "epochs": 2, "rounds": 3,
+                     "seconds": {"train": 12, "val": 8}},
 }
 SIZE = 256  # multiFFDI's 512 px images at the baseline's input size
+IN_MEMORY_BYTES = 256 * 2**20  # the model part's batches: well beyond the CPU's caches
 
 
 class PatchProbe(nn.Module):
@@ -167,7 +172,7 @@ class InMemory:
 
 def part_model(params, phase: str, manifest, seconds: float) -> dict:
     """ffdi's training step (or validation's scoring, with its test-time views) for `seconds` on
-    uint8 batches already in memory, after one warm-up step."""
+    uint8 batches already in memory (256 MiB of them, out of the caches), after one warm-up step."""
     from ffdi.data import make_loader
     from ffdi.detector import Detector
     from ffdi.hardware import autocast_dtype, resolve_precision, select_device
@@ -180,7 +185,9 @@ def part_model(params, phase: str, manifest, seconds: float) -> dict:
     model = build_model(params.model, SIZE).to(device).to(memory_format=torch.channels_last)
     train = phase == "train"
     bs = params.train.batch_size * (1 if train else 2)
-    loader = make_loader(manifest.iloc[: 4 * bs], params.augment, bs, 0, train)
+    # More batches than the caches hold: in fit each batch arrives fresh from memory.
+    n = -(-IN_MEMORY_BYTES // (bs * SIZE * SIZE * 3))
+    loader = make_loader(manifest.iloc[: n * bs], params.augment, bs, 0, train)
     loader.sampler.set_epoch(0, 1 if train else None)
     batches = list(loader)
     if train:
@@ -275,40 +282,49 @@ def parts_side_by_side(config: str, data: Path, args, log, phase: str) -> dict:
 
 
 def summarise(cfg: dict, r: dict) -> dict:
+    """One round's bound and efficiency from its parts and its fit."""
     train_bound = min(r["loader_train_img_s"], r["model_train_img_s"])
     val_bound = min(r["loader_val_img_s"], r["model_val_img_s"])
     bound_s = cfg["epochs"] * (cfg["train"] / train_bound + cfg["val"] / val_bound)
-    fit_train = sum(r["fit_train_img_s"]) / len(r["fit_train_img_s"])
     return {
         "slower_part": "loader" if r["loader_train_img_s"] < r["model_train_img_s"] else "model",
-        "bound_train_img_s": train_bound,
         "bound_seconds": bound_s,
+        "fit_train_pass_img_s": statistics.mean(r["fit_train_img_s"]),
         "fit_img_s": cfg["epochs"] * cfg["train"] / r["fit_seconds"],
         "efficiency": bound_s / r["fit_seconds"],
-        "train_efficiency": fit_train / train_bound,
+        "train_pass_efficiency": statistics.mean(r["fit_train_img_s"]) / train_bound,
     }
 
 
+def median_of(rounds: list[dict]) -> dict:
+    """The median of every number over the rounds (this machine's speed drifts by 20% within minutes)."""
+    return {k: statistics.median(r[k] for r in rounds) for k, v in rounds[0].items() if isinstance(v, (int, float))}
+
+
+ROWS = [
+    ("loader alone, train, img/s", "loader_train_img_s", "{:.0f}"),
+    ("training step alone, img/s", "model_train_img_s", "{:.1f}"),
+    ("loader alone, val, img/s", "loader_val_img_s", "{:.0f}"),
+    ("scoring alone (validation, with TTA), img/s", "model_val_img_s", "{:.1f}"),
+    ("fit, training pass, img/s", "fit_train_pass_img_s", "{:.1f}"),
+    ("fit, whole run (validation included), train img/s", "fit_img_s", "{:.1f}"),
+    ("fit, seconds", "fit_seconds", "{:.1f}"),
+    ("the parts' bound for fit's work, seconds", "bound_seconds", "{:.1f}"),
+    ("**efficiency** (bound / fit), median", "efficiency", "**{:.2f}**"),
+    ("efficiency, each round", "rounds", "{}"),
+    ("training pass efficiency", "train_pass_efficiency", "{:.2f}"),
+]
+
+
 def table(report: dict) -> str:
-    rows = [
-        ("loader alone, train, img/s", "loader_train_img_s", "{:.0f}"),
-        ("training step alone, img/s", "model_train_img_s", "{:.1f}"),
-        ("loader alone, val, img/s", "loader_val_img_s", "{:.0f}"),
-        ("scoring alone (validation, with TTA), img/s", "model_val_img_s", "{:.1f}"),
-        ("fit, training pass, img/s (mean over epochs)", "fit_train_mean", "{:.1f}"),
-        ("fit, whole run, train img/s", "fit_img_s", "{:.1f}"),
-        ("fit, seconds (parts' bound)", "fit_bound", "{}"),
-        ("**efficiency** (bound / fit time)", "efficiency", "**{:.3f}**"),
-        ("training pass efficiency", "train_efficiency", "{:.3f}"),
-    ]
     names = list(report["configs"])
-    lines = ["| measure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for label, key, fmt in rows:
+    lines = ["| measure (median over rounds) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for label, key, fmt in ROWS:
         cells = []
         for n in names:
-            r = report["configs"][n]
-            value = {"fit_train_mean": sum(r["fit_train_img_s"]) / len(r["fit_train_img_s"]),
-                     "fit_bound": f"{r['fit_seconds']:.1f} ({r['bound_seconds']:.1f})"}.get(key, r.get(key))
+            c = report["configs"][n]
+            value = (" ".join(f"{r['efficiency']:.2f}" for r in c["rounds"]) if key == "rounds"
+                     else c["median"][key])
             cells.append(fmt.format(value))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -317,6 +333,7 @@ def table(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=list(CONFIGS), action="append")
+    ap.add_argument("--rounds", type=int, help="rounds of (parts, fit) per configuration (default: its own)")
     ap.add_argument("--threads", type=int, default=1, help="the model's torch threads (T)")
     ap.add_argument("--workers", type=int, default=1, help="loader workers (W)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ffdi-efficiency",
@@ -347,21 +364,28 @@ def main() -> None:
             cfg = CONFIGS[name]
             data = args.cache / f"tree-{cfg['train']}-{cfg['val']}"
             write_tree(data, {"train": cfg["train"], "val": cfg["val"]}, distinct)
-            r = {"arch": cfg["arch"], "train_images": cfg["train"], "val_images": cfg["val"], "epochs": cfg["epochs"]}
-            for phase in ("train", "val"):
+            rounds = []
+            for k in range(args.rounds or cfg["rounds"]):
                 t0 = time.perf_counter()
-                r.update(parts_side_by_side(name, data, args, log, phase))
-                print(f"  {name}: parts side by side, {phase}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            t0 = time.perf_counter()
-            r.update(result_of(start_part("fit", name, data, args, log), log))
-            print(f"  {name}: fit: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-            r.update(summarise(cfg, r))
-            report["configs"][name] = r
+                r = {}
+                for phase in ("train", "val"):
+                    r.update(parts_side_by_side(name, data, args, log, phase))
+                t1 = time.perf_counter()
+                r.update(result_of(start_part("fit", name, data, args, log), log))
+                r.update(summarise(cfg, r))
+                rounds.append(r)
+                print(f"  {name}, round {k + 1}: parts {t1 - t0:.0f} s, fit {time.perf_counter() - t1:.0f} s, "
+                      f"efficiency {r['efficiency']:.2f}", file=sys.stderr)
+            report["configs"][name] = {"arch": cfg["arch"], "train_images": cfg["train"], "val_images": cfg["val"],
+                                       "epochs": cfg["epochs"], "precision": rounds[0]["precision"],
+                                       "slower_part": rounds[0]["slower_part"], "median": median_of(rounds),
+                                       "rounds": rounds}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
-    print(f"{m['cpu']}, {m['torch']}, precision {r['precision']}; {args.threads} thread(s) + {args.workers} "
-          f"worker(s), pinned; 512 px JPEGs at {SIZE} px")
+    precision = ", ".join(sorted({c["precision"] for c in report["configs"].values()}))
+    print(f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {precision}, {m['date']}; {args.threads} thread(s) "
+          f"+ {args.workers} loader worker(s), each pinned to its own core; 512 px JPEGs at {SIZE} px")
     print(table(report))
     print(f"wrote {args.json}")
 
