@@ -12,6 +12,7 @@ real one may. Used by benchmarks.efficiency and benchmarks.rehearsal.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import shutil
@@ -25,20 +26,22 @@ SPLITS = {"train": ("trainset", "trainset_label.txt", "img_name"), "val": ("vals
 
 def distinct_images(cache: Path, n: int = 400, size: int = 512, workers: int | None = None) -> dict[int, list[Path]]:
     """n generated JPEGs of `size` px under cache (kept between runs), by target: {0: [...], 1: [...]}."""
-    from ffdi.config import SampleConfig
-    from ffdi.data import read_labels
-    from ffdi.sample import generate
-
     folder = cache / f"distinct-{n}-{size}"
     labels = folder / "trainset_label.txt"
     if not labels.is_file():
+        from ffdi.config import SampleConfig
+        from ffdi.sample import generate
+
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
         generate(SampleConfig(n_train=n, n_val=0, n_test=0, size=size, jpeg_quality=90, fake_fraction=0.5),
                  folder, workers=workers or len(os.sched_getaffinity(0)))
         print(f"generated {n} distinct {size} px JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    frame = read_labels(labels)
-    return {t: [folder / "trainset" / name for name in frame.img_name[frame.target == t]] for t in (0, 1)}
+    # csv, not ffdi.data: the rehearsal's driver stays free of torch, so that its children's peak
+    # memory (which starts from the parent's at the fork) is their own.
+    with open(labels, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {t: [folder / "trainset" / r["img_name"] for r in rows if int(r["target"]) == t] for t in (0, 1)}
 
 
 def write_tree(root: Path, sizes: dict[str, int], distinct: dict[int, list[Path]]) -> dict[str, int]:

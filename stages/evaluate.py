@@ -167,6 +167,7 @@ def main(params):
     seconds["reports"] = time.perf_counter() - t0
     write_json(METRICS, report_)
 
+    t0 = time.perf_counter()
     with tracking.run(params.tracking, run_id=tracking.read_run_ref(RUN_REF)):
         import mlflow
 
@@ -205,6 +206,7 @@ def main(params):
             # The served model sits next to the torch model in the same run. It is logged here, not in
             # train, because it carries eval.threshold and predict.tta: changing those must not retrain.
             serving.log_pyfunc(MODEL, list(params.predict.tta), cfg.threshold)
+    seconds["mlflow"] = time.perf_counter() - t0
     print(", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     if "ensemble" in report_:
         print(f"ensemble of {len(report_['ensemble']['models'])} (the submission's scorer): "
