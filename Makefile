@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run test ui compare generalisation bench bench-prepare clean
+.PHONY: setup browser run test test-fast ui compare generalisation bench bench-prepare efficiency rehearsal clean
 
 setup: $(STAMP)
 
@@ -65,10 +65,19 @@ generalisation: setup
 	ffdi generalisation $(ARGS)
 
 bench: setup
-	python -m benchmarks.train_speed
+	python -m benchmarks.train_speed $(ARGS)
+
+# Does the training loop run at the speed of its slowest part? Loader alone, model alone, fit (about 9 min).
+efficiency: setup
+	python -m benchmarks.efficiency $(ARGS)
+
+# Every stage and bookkeeping step at 10k and 100k images (about 30 min); ARGS="--sizes --dvc-sizes 670000"
+# for the DVC steps at multiFFDI's size.
+rehearsal: setup
+	python -m benchmarks.rehearsal $(ARGS)
 
 bench-prepare: setup
 	python -m benchmarks.prepare_scale
 
 clean:
-	rm -rf data/sample prepared models reports/mlflow_run.json reports/*.csv reports/*.png metrics.json submission.csv .ffdi reports/robustness reports/explain.png
+	rm -rf data/sample data/listing.json prepared models reports/mlflow_run.json reports/history.csv reports/evaluate metrics.json submission.csv .ffdi

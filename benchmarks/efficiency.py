@@ -38,7 +38,6 @@ from pathlib import Path
 
 import torch
 from timm.models import register_model
-import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.tree import distinct_images, write_tree
@@ -112,7 +111,7 @@ def params_for(cfg: dict, data: Path, threads: int, workers: int, state: Path):
 
 
 def manifests(data: Path):
-    from ffdi.data import prepare, read_manifest
+    from ffdi.labels import prepare, read_manifest
 
     prepared = data.parent / (data.name + "-prepared")
     if not (prepared / "summary.json").is_file():
@@ -211,21 +210,26 @@ def part_model(params, phase: str, manifest, seconds: float) -> dict:
 
 
 def part_fit(params, train_m, val_m, worker_cores, state: Path) -> dict:
-    """ffdi.train.fit as the train stage calls it, each epoch logged to MLflow as it ends."""
+    """ffdi.train.fit as the train stage calls it, each epoch logged to MLflow as it ends (where
+    MLflow is installed: the lent GPU machines have none)."""
+    import contextlib
+    import importlib.util
+
     import ffdi.train
     from ffdi import tracking
 
     make_loader = ffdi.train.make_loader
     ffdi.train.make_loader = lambda *a, **k: pin_workers(make_loader(*a, **k), worker_cores)
-    with tracking.run(params.tracking, run_name="efficiency") as run:
-        steps = tracking.logged_steps(run.info.run_id)
+    logged = importlib.util.find_spec("mlflow") is not None
+    with tracking.run(params.tracking, run_name="efficiency") if logged else contextlib.nullcontext() as run:
+        steps = tracking.logged_steps(run.info.run_id) if logged else set()
         t0 = time.perf_counter()
         result = ffdi.train.fit(params, train_m, val_m, state / "ckpt",
-                                on_epoch=lambda row: tracking.log_epoch(row, steps))
+                                on_epoch=lambda row: tracking.log_epoch(row, steps) if logged else None)
         seconds = time.perf_counter() - t0
     history = result["history"]
     return {"fit_seconds": seconds, "epoch_seconds": [h["epoch_seconds"] for h in history],
-            "fit_train_img_s": [h["train_img_per_s"] for h in history],
+            "fit_train_img_s": [h["train_img_per_s"] for h in history], "mlflow_logging": logged,
             "val_auc": [h["val_auc"] for h in history], "precision": result["precision"]}
 
 

@@ -2,7 +2,7 @@
 
 The lent GPU machine has torch and timm but no DVC, no MLflow and no network, so `ffdi
 generalisation` cannot run there. This runs the same experiments from the pipeline's own pieces:
-ffdi.sample.generate -> ffdi.data.prepare -> ffdi.train.fit (the held-out fakes dropped from train
+ffdi.sample.generate -> ffdi.labels.prepare -> ffdi.train.fit (the held-out fakes dropped from train
 and val, as stages/train.py does) -> the best checkpoint scored on all of val through
 ffdi.detector.Detector with predict.tta, and the held-out/seen/per-manipulation metrics that
 stages/evaluate.py computes. Several experiments run at once, one process each.
@@ -74,7 +74,7 @@ def params_with(overrides: dict):
 
 
 def make_data(work: Path, sample_overrides: dict, workers: int) -> dict:
-    from ffdi import data, sample
+    from ffdi import labels, sample
 
     root, prepared = work / "data", work / "prepared"
     params = params_with({**sample_overrides, "data.root": str(root)})
@@ -83,7 +83,7 @@ def make_data(work: Path, sample_overrides: dict, workers: int) -> dict:
         t0 = time.perf_counter()
         counts = sample.generate(params.sample, root, workers=workers)
         seconds = time.perf_counter() - t0
-        summary = data.prepare(params.data, prepared)
+        summary = labels.prepare(params.data, prepared)
         summary["generate_seconds"] = seconds
         summary["sample"] = params.sample.__dict__
         (prepared / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -96,7 +96,7 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     if time.time() > deadline:
         return {"name": name, "status": "skipped (deadline)"}
     from ffdi import metrics
-    from ffdi.data import drop_groups, read_manifest
+    from ffdi.labels import drop_groups, read_manifest
     from ffdi.detector import Detector
     from ffdi.hardware import resolve_threads, resolve_workers
     from ffdi.train import fit

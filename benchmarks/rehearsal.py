@@ -72,14 +72,14 @@ def step_model() -> dict:
 
     from ffdi import checkpoint, tracking
     from ffdi.config import load_params
-    from ffdi.data import read_manifest
+    from ffdi.labels import read_manifest
     from ffdi.train import fit
-    from stages import MODEL, PREPARED, RUN_REF
 
+    paths = stage_paths("train")
     params = load_params()
     params = replace(params, train=replace(params.train, epochs=1))
-    train = read_manifest(PREPARED / "train.csv").sample(SUBSET, random_state=0)
-    val = read_manifest(PREPARED / "val.csv").sample(SUBSET // 4, random_state=0)
+    train = read_manifest(paths["prepared"] / "train.csv").sample(SUBSET, random_state=0)
+    val = read_manifest(paths["prepared"] / "val.csv").sample(SUBSET // 4, random_state=0)
     state = Path(".ffdi/rehearsal")
     seconds = {}
     with tracking.run(params.tracking, run_name="rehearsal") as run:
@@ -94,8 +94,8 @@ def step_model() -> dict:
         shutil.copyfile(state / "best.pt", named)
         tracking.log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
         seconds["log_model"] = time.perf_counter() - t0
-        checkpoint.finish(state, MODEL)
-        tracking.write_run_ref(RUN_REF, run.info.run_id, params.tracking.experiment)
+        checkpoint.finish(state, paths["model"])
+        tracking.write_run_ref(paths["run_ref"], run.info.run_id, params.tracking.experiment)
         mlflow.set_tag("rehearsal", "true")
     return seconds
 
@@ -104,11 +104,11 @@ def step_loader() -> dict:
     import torch
 
     from ffdi.config import load_params
-    from ffdi.data import make_loader, read_manifest
-    from stages import PREPARED
+    from ffdi.data import make_loader
+    from ffdi.labels import read_manifest
 
     params = load_params()
-    manifest = read_manifest(PREPARED / "train.csv")
+    manifest = read_manifest(stage_paths("train")["prepared"] / "train.csv")
     loader = make_loader(manifest, params.augment, params.train.batch_size, 2, True)
     loader.sampler.set_epoch(0, 0)
     t0, n = time.perf_counter(), 0
@@ -121,20 +121,28 @@ def step_loader() -> dict:
 def step_validate() -> dict:
     """fit's validation pass: the val loader with 2x the training batch, scored by the Detector."""
     from ffdi.config import load_params
-    from ffdi.data import make_loader, read_manifest
+    from ffdi.data import make_loader
+    from ffdi.labels import read_manifest
     from ffdi.detector import Detector
     from ffdi.hardware import available_cores, resolve_workers
     from ffdi.train import validate
-    from stages import MODEL, PREPARED
 
-    params = load_params()
-    detector = Detector.load(MODEL, params.train.device, tta=params.predict.tta)
+    params, paths = load_params(), stage_paths("evaluate")
+    detector = Detector.load(paths["model"], params.train.device, tta=params.predict.tta)
     workers = resolve_workers(params.train.workers, available_cores(), detector.device)
-    loader = make_loader(read_manifest(PREPARED / "val.csv"), detector.augment, 2 * params.train.batch_size,
+    loader = make_loader(read_manifest(paths["prepared"] / "val.csv"), detector.augment, 2 * params.train.batch_size,
                          workers, False)
     t0 = time.perf_counter()
     metrics = validate(detector, loader)
     return {"images": metrics["val_images"], "img_s": metrics["val_images"] / (time.perf_counter() - t0)}
+
+
+def stage_paths(stage: str) -> dict[str, Path]:
+    """The paths dvc.yaml's cmd gives a stage: {"prepared": Path("prepared"), ...}."""
+    from ffdi.cli import _cmd_args
+
+    args = _cmd_args(stage)
+    return {k.removeprefix("--").replace("-", "_"): Path(v) for k, v in zip(args[::2], args[1::2])}
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -159,6 +167,15 @@ def measured(name: str, cmd: list[str], cwd: Path, env: dict, log) -> dict:
         tail = "\n".join(Path(log.name).read_text().splitlines()[-25:])
         raise SystemExit(f"{name}: `{' '.join(cmd)}` in {cwd} exited {code}; the end of its output ({log.name}):\n{tail}")
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": stdout}
+
+
+def _cmd_args(stage: str, project: Path) -> list[str]:
+    """The arguments of the stage's cmd in the project's dvc.yaml (read without importing ffdi.cli,
+    which would pull nothing heavy, but keep the driver's imports to the standard library and yaml)."""
+    import shlex
+
+    words = shlex.split(yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["cmd"])
+    return words[words.index(f"stages.{stage}") + 1:]
 
 
 def scratch_project(project: Path, tree: Path) -> None:
@@ -200,7 +217,7 @@ def rehearse(n: int, work: Path, distinct, env: dict, log, dvc_only: bool) -> di
         "dvc_status": ["dvc", "status"],
         "dvc_repro": ["dvc", "repro", "prepare"],
         "exp_temp": ["dvc", "exp", "run", "--temp", "prepare"],
-        "prepare": py + ["stages.prepare"],
+        "prepare": py + ["stages.prepare", *_cmd_args("prepare", project)],
     }
     for name, cmd in runs.items():
         out[name] = measured(name, cmd, project, env, log)
@@ -216,8 +233,8 @@ def rehearse(n: int, work: Path, distinct, env: dict, log, dvc_only: bool) -> di
     for name, cmd in {
         "loader_epoch": here + ["loader"],
         "validate": here + ["validate"],
-        "evaluate": py + ["stages.evaluate"],
-        "predict": py + ["stages.predict"],
+        "evaluate": py + ["stages.evaluate", *_cmd_args("evaluate", project)],
+        "predict": py + ["stages.predict", *_cmd_args("predict", project)],
         "score": [str(Path(sys.executable).parent / "ffdi"), "score", str(tree / "trainset"),
                   "--out", str(work / f"score-{n}.csv")],
     }.items():

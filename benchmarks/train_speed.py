@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from ffdi.config import AugmentConfig, DataConfig, ModelConfig, SampleConfig, TrainConfig
-from ffdi.data import make_loader, prepare, read_manifest
+from ffdi.data import make_loader
+from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.hardware import autocast_dtype, resolve_precision, select_device
 from ffdi.models import build_model
 from ffdi.sample import generate
 from ffdi.train import build_optimizer, train_one_epoch
-from ffdi.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
+from ffdi.transforms import IMAGENET_MEAN, IMAGENET_STD, norm_stats, normalize_batch
 
 IMPLS = ("reference", "ffdi-fp32", "ffdi")
 RATIOS = ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")
@@ -60,10 +62,10 @@ TRAIN = TrainConfig(batch_size=40, lr=0.005, workers=2)
 class ReferenceDataset(Dataset):
     """PIL open + RGB (a full 512 px decode), Resize 256, flips, ToTensor, Normalize: per image."""
 
-    def __init__(self, manifest: pd.DataFrame, train: bool):
+    def __init__(self, manifest: pd.DataFrame, train: bool, size: int = 256):
         self.paths, self.targets = manifest.path.tolist(), manifest.target.tolist()
         flips = [T.RandomHorizontalFlip(), T.RandomVerticalFlip()] if train else []
-        self.transform = T.Compose([T.Resize(256), *flips, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.transform = T.Compose([T.Resize(size), *flips, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -72,8 +74,9 @@ class ReferenceDataset(Dataset):
         return self.transform(Image.open(self.paths[i]).convert("RGB")), self.targets[i]
 
 
-def reference_loader(manifest: pd.DataFrame, batch_size: int, workers: int, train: bool) -> DataLoader:
-    return DataLoader(ReferenceDataset(manifest, train), batch_size=batch_size, shuffle=train, num_workers=workers)
+def reference_loader(manifest: pd.DataFrame, batch_size: int, workers: int, train: bool, size: int) -> DataLoader:
+    return DataLoader(ReferenceDataset(manifest, train, size), batch_size=batch_size, shuffle=train,
+                      num_workers=workers)
 
 
 def reference_train(model, loader, optimizer, device) -> dict:
@@ -102,10 +105,12 @@ def reference_predict(model, loader, device) -> torch.Tensor:
 # --- one implementation, in its own process ---------------------------------------------------
 
 
-def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predict_batch: int) -> dict:
+def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predict_batch: int, size: int = 256,
+            batch_size: int = TRAIN.batch_size) -> dict:
     train_m = read_manifest(data / "prepared" / "train.csv")
     val_m = read_manifest(data / "prepared" / "val.csv")
-    bs = TRAIN.batch_size
+    aug, cfg = replace(AUG, resize=size, image_size=size), replace(TRAIN, batch_size=batch_size)
+    bs = cfg.batch_size
     device = select_device("auto")
     torch.manual_seed(0)
     model = build_model(ModelConfig()).to(device)
@@ -114,16 +119,16 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
         model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-    precision = resolve_precision("off" if impl == "ffdi-fp32" else TRAIN.amp, device)
+    precision = resolve_precision("off" if impl == "ffdi-fp32" else cfg.amp, device)
     amp = autocast_dtype(precision) if ffdi else None
-    optimizer = build_optimizer(model, TRAIN)
+    optimizer = build_optimizer(model, cfg)
 
     def loader(manifest, train, batch=bs):
         if ffdi:
-            loader = make_loader(manifest, AUG, batch, workers, train)
+            loader = make_loader(manifest, aug, batch, workers, train)
             loader.sampler.set_epoch(0, 0 if train else None)
             return loader
-        return reference_loader(manifest, batch, workers, train)
+        return reference_loader(manifest, batch, workers, train, size)
 
     # 1. Data loading alone: every training image, as the loader gives it and ready for the model.
     load = {}
@@ -132,7 +137,7 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
         for batch in loader(train_m, True):
             x = batch.x if ffdi else batch[0]
             if ready:
-                x = normalize_batch(x.to(device), AUG.normalize) if ffdi else x.to(device)
+                x = normalize_batch(x.to(device), norm_stats(aug)) if ffdi else x.to(device)
                 sync(device)
             if t0 is None:  # steady state: from the first batch on
                 t0 = time.perf_counter()
@@ -158,7 +163,7 @@ def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predic
     for part in (val_m.iloc[:pbatch], val_m):
         t0 = time.perf_counter()
         if ffdi:
-            Detector(model, AUG, device, precision).score_loader(loader(part, False, pbatch))
+            Detector(model, aug, device, precision).score_loader(loader(part, False, pbatch))
         else:
             reference_predict(model, loader(part, False, pbatch), device)
         sync(device)
@@ -203,9 +208,17 @@ def make_data(root: Path, n_train: int, n_val: int) -> dict:
 def run_impl(impl: str, args) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.train_speed", "--only", impl, "--data", str(args.data)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--workers", str(args.workers)]
-    cmd += ["--predict-batch", str(args.predict_batch)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    cmd += ["--predict-batch", str(args.predict_batch), "--size", str(args.size), "--batch-size", str(args.batch_size)]
+    return json.loads(run_child(cmd).strip().splitlines()[-1])
+
+
+def run_child(cmd: list[str]) -> str:
+    """The child's stdout; if it fails, exit with the end of its stderr (a bare exit status hid why)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-30:])
+        raise SystemExit(f"`{' '.join(cmd)}` exited {proc.returncode}; the end of its stderr:\n{tail}")
+    return proc.stdout
 
 
 def table(results: dict) -> str:
@@ -235,16 +248,19 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="generate into (and keep) this folder, or reuse it")
     ap.add_argument("--train-images", type=int, default=1200)
     ap.add_argument("--val-images", type=int, default=400)
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps of 40 images")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps (of --batch-size images)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--workers", type=int, default=TRAIN.workers)
     ap.add_argument("--predict-batch", type=int, default=128, help="ffdi's (eval/predict batch_size)")
+    ap.add_argument("--size", type=int, default=AUG.image_size, help="input size, px (the images stay 512 px)")
+    ap.add_argument("--batch-size", type=int, default=TRAIN.batch_size)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/train_speed.json"))
     ap.add_argument("--only", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.only:  # a child: one implementation, its result as the last line of stdout
-        print(json.dumps(measure(args.only, args.data, args.steps, args.warmup, args.workers, args.predict_batch)))
+        print(json.dumps(measure(args.only, args.data, args.steps, args.warmup, args.workers, args.predict_batch,
+                                 args.size, args.batch_size)))
         return
 
     tmp = None
@@ -265,7 +281,7 @@ def main() -> None:
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
-        "settings": {"model": "resnet18", "image_size": 256, "batch_size": TRAIN.batch_size, "workers": args.workers},
+        "settings": {"model": "resnet18", "image_size": args.size, "batch_size": args.batch_size, "workers": args.workers},
         "data": data,
         "results": results,
         "ratio": {

@@ -24,7 +24,7 @@ from ffdi import generalisation as gen
 from ffdi import metrics, tracking
 from ffdi.compare import Run, finished_pipeline_runs, val_predictions
 from ffdi.config import flatten, load_params
-from ffdi.data import read_manifest
+from ffdi.labels import read_manifest
 from ffdi.detector import Detector
 
 # Params that differ between the runs of one variant, or that never change a model's scores.

@@ -43,7 +43,7 @@ from ffdi import report, tracking
 from ffdi.compare import (CompareError, Run, aligned_frames, bootstrap_auc_difference, finished_pipeline_runs, mean_auc,
                           paired_bootstrap, val_predictions, varying_keys)
 from ffdi.config import Params, TrackingConfig, flatten, load_params
-from ffdi.data import read_labels
+from ffdi.labels import read_labels
 from ffdi.errors import FfdiError
 from ffdi.hardware import available_cores
 from ffdi.io import write_csv, write_text

@@ -84,7 +84,7 @@ def add_model_arguments(ap: argparse.ArgumentParser, ensemble: bool = False) -> 
 
 
 def image_suffixes() -> set[str]:
-    from ffdi.data import IMAGE_SUFFIXES
+    from ffdi.labels import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
 

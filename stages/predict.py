@@ -7,24 +7,23 @@ import pandas as pd
 
 from ffdi import hardware, tracking
 from ffdi.cli import stage_main
-from ffdi.data import read_manifest
+from ffdi.labels import read_manifest
 from ffdi.detector import Detector, Ensemble
 from ffdi.io import project_root, write_csv
-from stages import MODEL, PREPARED, RUN_REF
 
 # What an unreadable test image scores under on_bad_image=skip: a submission needs every row,
 # and 0.5 claims nothing either way.
 UNREADABLE_SCORE = 0.5
 
 
-def main(params):
+def main(params, prepared, model, run_ref):
     cfg = params.predict
     tracking.check_reachable(params.tracking)
     share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
     hardware.apply_threads(hardware.resolve_threads(params.train.threads, share))
-    split = json.loads((PREPARED / "summary.json").read_text())["predict_split"]
-    manifest = read_manifest(PREPARED / f"{split}.csv")
-    detector = Detector.load(MODEL, params.train.device, tta=cfg.tta)
+    split = json.loads((prepared / "summary.json").read_text())["predict_split"]
+    manifest = read_manifest(prepared / f"{split}.csv")
+    detector = Detector.load(model, params.train.device, tta=cfg.tta)
     if cfg.ensemble:
         tracking.setup(params.tracking)  # where models:/ and runs:/ URIs are found
         detector = Ensemble.extend(detector, cfg.ensemble, params.train.device)
@@ -35,7 +34,7 @@ def main(params):
     submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
-    with tracking.run(params.tracking, run_id=tracking.read_run_ref(RUN_REF)):
+    with tracking.run(params.tracking, run_id=tracking.read_run_ref(run_ref)):
         import mlflow
 
         mlflow.set_tags({"predict.split": split, "predict.models": detector.source})
@@ -46,4 +45,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    stage_main(main)
+    stage_main(main, "prepared", "model", "run_ref")

@@ -1,12 +1,15 @@
 """Stage `prepare`: validate label files against images; write split manifests to prepared/."""
 
+import json
+
 from ffdi.cli import stage_main
-from ffdi.data import prepare
-from stages import PREPARED
+from ffdi.labels import listing, prepare
 
 
-def main(params):
-    summary = prepare(params.data, PREPARED)
+def main(params, listing_file, out):
+    # Run by DVC, the listing stage has just written the listing; run alone, list the data here.
+    files = json.loads(listing_file.read_text()) if listing_file.is_file() else listing(params.data)
+    summary = prepare(params.data, out, files)
     for split, counts in summary["splits"].items():
         groups = ", ".join(f"{g} {n}" for g, n in counts["fake_groups"].items())
         print(f"{split}: {counts['images']} images ({counts['fake']} fake, {counts['real']} real)"
@@ -15,4 +18,4 @@ def main(params):
 
 
 if __name__ == "__main__":
-    stage_main(main)
+    stage_main(main, "listing_file", "out")

@@ -13,17 +13,16 @@ import pandas as pd
 
 from ffdi import checkpoint, distributed, hardware, sample, tracking
 from ffdi.cli import stage_main
-from ffdi.data import drop_groups, fake_groups, read_manifest
+from ffdi.labels import drop_groups, fake_groups, read_manifest
 from ffdi.errors import ConfigError, DataError
 from ffdi.io import project_root, write_csv
 from ffdi.train import fit
-from stages import HISTORY, MODEL, PREPARED, RUN_REF
 
 
-def load_manifests(params):
+def load_manifests(params, prepared):
     """Train and val rows, without the held-out manipulations' fakes: they must not reach
     training, nor the choice of the best epoch."""
-    train, val = read_manifest(PREPARED / "train.csv"), read_manifest(PREPARED / "val.csv")
+    train, val = read_manifest(prepared / "train.csv"), read_manifest(prepared / "val.csv")
     unknown = sorted(set(params.data.holdout) - set(fake_groups(train)) - set(fake_groups(val)))
     if unknown:
         raise DataError(f"data.holdout names {unknown}, which no fake in the label files has in column "
@@ -34,11 +33,11 @@ def load_manifests(params):
     return drop_groups(train, params.data.holdout), drop_groups(val, params.data.holdout)
 
 
-def main(params):
+def main(params, prepared, model, run_ref, history):
     tracking.check_reachable(params.tracking)  # in seconds, before anything is read or trained
     share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
-    data_hash = json.loads((PREPARED / "summary.json").read_text())["data_hash"]
-    train_rows, val_rows = load_manifests(params)
+    data_hash = json.loads((prepared / "summary.json").read_text())["data_hash"]
+    train_rows, val_rows = load_manifests(params, prepared)
     state_dir = checkpoint.resume_dir(params, data_hash)
     with distributed.process_group(params.train):
         if distributed.rank_and_world()[0] != 0:  # a DDP worker: trains its shard, reports nothing
@@ -59,21 +58,21 @@ def main(params):
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
                 tracking.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
             steps = tracking.logged_steps(run.info.run_id)
-            history: list[dict] = []
+            epochs: list[dict] = []
 
             def on_epoch(row):
-                history.append(row)
-                write_csv(HISTORY, pd.DataFrame(history))
+                epochs.append(row)
+                write_csv(history, pd.DataFrame(epochs))
                 tracking.log_epoch(row, steps)
 
             def on_resume(rows):
-                history.extend(rows)
+                epochs.extend(rows)
                 for row in rows:  # an epoch saved but killed before it was logged
                     tracking.log_epoch(row, steps)
 
             result = fit(params, train_rows, val_rows, state_dir, on_epoch, on_resume, cpu_share=share)
             # Again after fit: a resumed run with no epochs left wrote no history, and DVC deleted it.
-            write_csv(HISTORY, pd.DataFrame(result["history"]))
+            write_csv(history, pd.DataFrame(result["history"]))
             best = result["best"]
             mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"],
                                 "trainable_params": result["trainable_params"]})
@@ -83,10 +82,10 @@ def main(params):
                 with tempfile.TemporaryDirectory() as tmp:
                     named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / checkpoint.CHECKPOINT_NAME))
                     tracking.log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
-            checkpoint.finish(state_dir, MODEL)
-            tracking.write_run_ref(RUN_REF, run.info.run_id, params.tracking.experiment)
-    print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {MODEL}")
+            checkpoint.finish(state_dir, model)
+            tracking.write_run_ref(run_ref, run.info.run_id, params.tracking.experiment)
+    print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {model}")
 
 
 if __name__ == "__main__":
-    stage_main(main)
+    stage_main(main, "prepared", "model", "run_ref", "history")

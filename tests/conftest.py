@@ -75,7 +75,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def manifests(tiny_data, tmp_path_factory):
     """The tiny data set's train and val manifests (the prepare stage's output)."""
     from ffdi.config import DataConfig
-    from ffdi.data import prepare, read_manifest
+    from ffdi.labels import prepare, read_manifest
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(DataConfig(root=str(tiny_data)), out)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from ffdi.config import DataConfig
-from ffdi.data import prepare, read_labels, read_manifest
+from ffdi.labels import prepare, read_labels, read_manifest
 from ffdi.errors import DataError
 from ffdi.transforms import build_transform, load_image
 from ffdi.config import AugmentConfig

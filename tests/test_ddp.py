@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from ffdi import checkpoint
-from ffdi.data import read_manifest
+from ffdi.labels import read_manifest
 from ffdi.detector import Detector
 from ffdi.metrics import roc_auc
 from tests.project import make_project, mlflow_runs

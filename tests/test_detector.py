@@ -9,7 +9,7 @@ from PIL import Image
 
 from ffdi import checkpoint
 from ffdi.config import AugmentConfig, DataConfig, Params
-from ffdi.data import prepare, read_manifest
+from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.errors import BadImage
 from ffdi.models import build_model

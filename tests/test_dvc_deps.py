@@ -87,6 +87,28 @@ def test_plots_are_not_a_dependency_of_training():
         assert not {"ffdi/train.py", "ffdi/models.py", "ffdi/tracking.py"} & static_closure(stage)
 
 
-if __name__ == "__main__":  # print the deps to paste into dvc.yaml
+def write_deps(path: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite each stage's .py deps in dvc.yaml to its import closure, in place (comments and the
+    other deps stay as they are)."""
+    lines, out, stage, in_deps = path.read_text().splitlines(), [], None, False
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("   ") and line.strip().endswith(":"):
+            stage, in_deps = line.strip()[:-1], False
+        if line.strip() == "deps:" and stage in STAGES:
+            in_deps = True
+            out.append(line)
+            out += [f"    - {m}" for m in sorted(static_closure(stage))]
+            continue
+        if in_deps and line.startswith("    - ") and line.strip().endswith(".py"):
+            continue
+        if in_deps and not line.startswith("    - "):
+            in_deps = False
+        out.append(line)
+    path.write_text("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":  # print the deps of each stage; --write puts them into dvc.yaml
+    if sys.argv[1:] == ["--write"]:
+        write_deps()
     for s in STAGES:
         print(s, sorted(static_closure(s)))

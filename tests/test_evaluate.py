@@ -20,7 +20,7 @@ from sklearn import metrics as skm
 
 from ffdi import checkpoint, degrade
 from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig, from_dict
-from ffdi.data import prepare, read_manifest
+from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.errors import ConfigError
 from ffdi.models import build_model
@@ -113,7 +113,7 @@ def test_plots_are_written(tmp_path):
 
 def test_extra_set_folder_is_checked_and_fingerprinted(tiny_data, tmp_path):
     from ffdi.errors import DataError
-    from stages.evaluate import labelled_folder
+    from ffdi.evaluation import labelled_folder
 
     data = DataConfig()
     manifest, fingerprint = labelled_folder("other", str(tiny_data), data)
@@ -156,11 +156,11 @@ def project(tmp_path_factory):
     repo = p.repo
     base = {
         "metrics": json.loads((repo / "metrics.json").read_text()),
-        "predictions": pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str},
+        "predictions": pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str},
                                    keep_default_na=False),
-        "groups_csv": pd.read_csv(repo / "reports" / "groups.csv", keep_default_na=False),
-        "robustness": {f.name: pd.read_csv(f) for f in (repo / "reports" / "robustness").iterdir()},
-        "robustness_png": (repo / "reports" / "robustness.png").stat().st_size,
+        "groups_csv": pd.read_csv(repo / "reports" / "evaluate" / "groups.csv", keep_default_na=False),
+        "robustness": {f.name: pd.read_csv(f) for f in (repo / "reports" / "evaluate" / "robustness").iterdir()},
+        "robustness_png": (repo / "reports" / "evaluate" / "robustness.png").stat().st_size,
         "model": Path(shutil.copy2(repo / "models" / "model.pt", repo.parent / "base_model.pt")),
     }
     _, _, (base_run,) = mlflow_runs(repo)
@@ -172,10 +172,12 @@ def project(tmp_path_factory):
     for name in train_labels.img_name[train_labels.method == "a"]:
         (repo / "data" / "labelled" / "trainset" / name).write_bytes(b"not a jpeg")
     p.commit("train fakes of a unreadable")
-    p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "evaluate")
+    # A set added from the command line: Hydra's `+` adds a key that params.yaml does not have yet
+    # (without it DVC refuses, "object_type=dict").
+    p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "-S", "+eval.extra_sets.added=data/other", "evaluate")
     held = {
         "metrics": json.loads((repo / "metrics.json").read_text()),
-        "predictions": pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str},
+        "predictions": pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str},
                                    keep_default_na=False),
         "history": pd.read_csv(repo / "reports" / "history.csv"),
     }
@@ -204,7 +206,7 @@ def test_group_metrics_equal_sklearn_on_that_groups_fakes_and_all_real(project):
     for g in GROUPS:
         assert table.loc[g, "roc_auc"] == pytest.approx(m["groups"][g]["roc_auc"])
         assert table.loc[g, "fakes"] == ((preds.group == g) & (preds.target == 1)).sum()
-    assert (project["repo"] / "reports" / "groups.png").stat().st_size > 5_000
+    assert (project["repo"] / "reports" / "evaluate" / "groups.png").stat().st_size > 5_000
     assert "evaluate/groups.png" in {a.path for a in _artifacts(project["base"]["run"], "evaluate")}
 
 
@@ -284,5 +286,14 @@ def test_holdout_keeps_a_out_of_training_and_model_selection(project):
         assert m[key]["tpr_at_fpr_1e-3"] == pytest.approx(tpr[fpr <= 1e-3].max())
         assert held["run"].data.metrics[f"{key}_roc_auc"] == pytest.approx(m[key]["roc_auc"])
     assert m["heldout"]["roc_auc"] == pytest.approx(m["groups"]["a"]["roc_auc"])
-    groups = pd.read_csv(project["repo"] / "reports" / "groups.csv", keep_default_na=False).set_index("group")
+    groups = pd.read_csv(project["repo"] / "reports" / "evaluate" / "groups.csv", keep_default_na=False).set_index("group")
     assert groups.heldout.to_dict() == {"a": True, "b": False, "c": False}
+
+
+@pytest.mark.slow
+def test_an_extra_set_can_be_added_from_the_command_line(project):
+    extra = project["held"]["metrics"]["extra_sets"]
+    assert sorted(extra) == ["added", "other"]  # params.yaml's, and the one added with -S +...
+    assert extra["added"]["images"] == 40 and extra["added"]["data_hash"] == extra["other"]["data_hash"]
+    assert extra["added"]["roc_auc"] == extra["other"]["roc_auc"]  # the same folder, the same model
+    assert project["held"]["run"].data.params["eval.extra_sets.added"] == "data/other"

@@ -3,7 +3,7 @@
 from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig, TrainConfig
-from ffdi.data import prepare, read_manifest
+from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.sample import generate
 from ffdi.train import fit

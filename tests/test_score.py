@@ -120,7 +120,7 @@ def test_an_ensemble_scores_the_exact_mean_of_its_models(images, model, tiny_dat
     np.testing.assert_allclose(good.p_fake.astype(float), (a + b) / 2, atol=1e-12)
     assert "an ensemble of 2" in capsys.readouterr().err
     # A manifest through Ensemble.score_manifest: the same mean, and per-view figures averaged alike.
-    from ffdi.data import prepare, read_manifest
+    from ffdi.labels import prepare, read_manifest
     from ffdi.config import DataConfig
     from ffdi.detector import Ensemble
 
@@ -211,7 +211,7 @@ def test_score_agrees_with_the_submission_and_evaluate(project):
     project.sh("ffdi", "score", "data/sample/valset", "--out", "val.csv")
     val = pd.read_csv(repo / "val.csv")
     val["img_name"] = [os.path.basename(p) for p in val.path]
-    evaluated = pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str})
+    evaluated = pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str})
     both = evaluated.merge(val, on="img_name", validate="1:1")
     assert len(both) == 48
     np.testing.assert_allclose(both.p_fake, both.y_pred, atol=1e-6)
@@ -260,7 +260,7 @@ def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics
 
     report = json.loads((repo / "metrics.json").read_text())
     assert report["ensemble"]["models"] == ["models/model.pt", str(other)]
-    val = pd.read_csv(repo / "reports" / "val_predictions.csv", dtype={"img_name": str})
+    val = pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str})
     val_paths = [repo / "data/sample/valset" / n for n in val.img_name]
     their_val = Detector.load(other, "cpu", tta=["hflip"]).score(val_paths)
     expected = skm.roc_auc_score(val.target, (val.y_pred + their_val) / 2)

@@ -10,10 +10,14 @@ from tests.conftest import ROOT
 
 
 def run_stage(stage, cwd, params_text):
+    """The stage as dvc.yaml's cmd runs it (with the paths it gives), in cwd."""
+    from ffdi.cli import _cmd_args
+
     (cwd / "params.yaml").write_text(params_text)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(cwd)}
+    args = _cmd_args(stage, str(ROOT / "dvc.yaml"))
     return subprocess.run(
-        [sys.executable, "-m", f"stages.{stage}"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", f"stages.{stage}", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
 
 

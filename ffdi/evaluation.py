@@ -1,0 +1,197 @@
+"""One evaluation of a Detector on val: everything metrics.json holds, and the files behind it.
+
+`evaluate(...)` scores and measures; `write_reports(...)` writes the CSVs and plots; the evaluate
+stage writes `report` as metrics.json and `tracking.log_evaluation` logs it. The report holds:
+- `val`: the overall val metrics; `val_no_tta`: the same without test-time views;
+- `groups`: per manipulation, its fakes against all real images (`group_mean_auc`, `group_worst_auc`);
+- `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
+- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector;
+- `robustness.<kind>.<severity>`: val under each degradation of eval.degradations (`robustness.clean`
+  is the same images undegraded);
+- `ensemble`: with predict.ensemble, the val metrics of that ensemble (this model and those), which
+  then writes the submission; every other figure is this run's model alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ffdi import degrade, explain, metrics, report
+from ffdi.config import DataConfig, EvalConfig
+from ffdi.errors import DataError
+from ffdi.io import write_csv
+from ffdi.labels import build_manifest, read_labels
+
+
+@dataclass
+class Evaluation:
+    report: dict  # what metrics.json holds
+    predictions: pd.DataFrame  # the scored val rows: img_name, target, group, y_pred, predicted
+    robustness: dict  # degrade.Degradation -> its metrics
+    clean_auc: float  # AUC of the images the degradations were applied to, undegraded
+    extra: dict = field(default_factory=dict)  # extra set name -> its scored rows (img_name, target, group, y_pred)
+    skipped: dict = field(default_factory=dict)  # "evaluate" or "extra_<name>" -> [(path, reason)]
+    seconds: dict = field(default_factory=dict)
+
+
+def labelled_folder(name: str, root: str, data: DataConfig) -> tuple[pd.DataFrame, str]:
+    """An extra set's manifest (val layout: data.val_dir + data.val_labels under `root`) and a
+    fingerprint of its names, labels and file sizes.
+
+    DVC cannot list the folders of a params mapping as deps of one stage, so the fingerprint goes
+    into metrics.json and MLflow instead: a number is always traceable to the data it came from.
+    """
+    key = f"eval.extra_sets.{name}"
+    folder = Path(root)
+    if not folder.is_dir():
+        raise DataError(f"{key}: folder {root!r} not found")
+    labels_path = folder / data.val_labels
+    labels = read_labels(labels_path, require_target=True, group_column=data.group_column)
+    if set(labels.target) != {0, 1}:
+        raise DataError(f"{labels_path} ({key}): both real (0) and fake (1) images are needed for ROC-AUC, "
+                        f"got only target {sorted(set(labels.target))}")
+    manifest = build_manifest(folder, data.val_dir, labels, labels_path)
+    digest = hashlib.sha256(manifest[["img_name", "target", "group"]].to_csv(index=False).encode())
+    for path in manifest.path:
+        digest.update(f"{os.path.getsize(path)}\n".encode())
+    return manifest, digest.hexdigest()[:16]
+
+
+def scored_metrics(frame: pd.DataFrame, prob: np.ndarray, cfg: EvalConfig) -> dict:
+    """The binary metrics of scored rows, per manipulation too where the labels name them."""
+    y = frame.target.to_numpy()
+    out = metrics.binary_metrics(y, prob, cfg.threshold, cfg.target_fpr, cfg.fprs)
+    per_group = metrics.group_metrics(y, prob, frame.group, cfg.fprs)
+    if per_group:
+        out["groups"] = per_group
+        out.update(metrics.summarise_groups(per_group))
+    return out
+
+
+def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str] = (),
+             extra: Optional[dict[str, tuple[pd.DataFrame, str]]] = None, ensemble=None, workers: int = 0,
+             on_bad_image: str = "error") -> Evaluation:
+    """Score `val` (and each extra set, and the ensemble if given) and measure it all.
+
+    extra: name -> (manifest, fingerprint), from `labelled_folder`. ensemble: an Ensemble holding
+    `detector` and others, scored on val too (the submission's scorer when predict.ensemble is set).
+    """
+    seconds, skipped = {}, {}
+    t0 = time.perf_counter()
+    res = detector.score_manifest(val, cfg.batch_size, workers, on_bad_image, "evaluate")
+    seconds["val"] = time.perf_counter() - t0
+    skipped["evaluate"] = res.skipped
+    kept = val.iloc[res.index].reset_index(drop=True)
+    y, prob = kept.target.to_numpy(), res.prob
+    per_group = metrics.group_metrics(y, prob, kept.group, cfg.fprs)
+    out = {
+        "val": metrics.binary_metrics(y, prob, cfg.threshold, cfg.target_fpr, cfg.fprs),
+        "val_no_tta": {"roc_auc": metrics.roc_auc(y, res.prob_single_view)},
+        "tta": list(detector.views[1:]),
+        "precision": detector.precision,
+        "target_fpr": cfg.target_fpr,
+        "threshold": cfg.threshold,
+        "images": int(len(kept)),
+        "skipped_images": len(res.skipped),
+    }
+    if per_group:
+        out["groups"] = per_group
+        out.update(metrics.summarise_groups(per_group))
+    if holdout:
+        out.update(metrics.heldout_metrics(y, prob, kept.group, list(holdout), cfg.fprs))
+    cm = metrics.confusion(y, prob, cfg.threshold)
+    out["confusion"] = {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])}
+
+    if ensemble is not None:
+        r = ensemble.score_manifest(val, cfg.batch_size, workers, on_bad_image, "ensemble")
+        frame = val.iloc[r.index].reset_index(drop=True)
+        out["ensemble"] = {**scored_metrics(frame, r.prob, cfg), "models": [m.source for m in ensemble.members]}
+
+    # Other data sets, scored by the same Detector (same views, same precision).
+    extra_rows = {}
+    for name, (manifest, data_hash) in (extra or {}).items():
+        t0 = time.perf_counter()
+        r = detector.score_manifest(manifest, cfg.batch_size, workers, on_bad_image, f"extra {name}")
+        frame = manifest.iloc[r.index].reset_index(drop=True)
+        extra_rows[name] = frame[["img_name", "target", "group"]].assign(y_pred=r.prob)
+        skipped[f"extra_{name}"] = r.skipped
+        out.setdefault("extra_sets", {})[name] = {
+            **scored_metrics(frame, r.prob, cfg),
+            "images": int(len(frame)), "skipped_images": len(r.skipped), "data_hash": data_hash,
+        }
+        seconds[f"extra_{name}"] = time.perf_counter() - t0
+
+    # Robustness: the same images degraded, real and fake alike, before the Detector's preprocessing.
+    t0 = time.perf_counter()
+    degradations = degrade.parse_all(cfg.degradations)
+    rows = degrade.subset(kept, cfg.robustness_images)
+    clean = prob[rows.index.to_numpy()]
+    robust = degrade.robustness(detector, rows, clean, degradations, cfg.threshold, cfg.fprs, cfg.batch_size,
+                                workers)
+    clean_auc = metrics.roc_auc(rows.target.to_numpy(), clean)
+    if degradations:
+        out["robustness"] = {"clean": {"roc_auc": clean_auc, "images": int(len(rows))}, **degrade.nested(robust)}
+        seconds["robustness"] = time.perf_counter() - t0
+
+    predictions = pd.DataFrame({"img_name": kept.img_name, "target": y, "group": kept.group, "y_pred": prob,
+                                "predicted": (prob >= cfg.threshold).astype(int), "path": kept.path})
+    return Evaluation(out, predictions, robust, clean_auc, extra_rows, skipped, seconds)
+
+
+ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation, in the reports folder: DVC draws one plot each
+
+
+def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout: Sequence[str] = ()) -> None:
+    """val_predictions.csv, roc.csv/png, confusion.png, groups.csv/png, robustness/*.csv and .png, and
+    explain.png (where the detector sees fake evidence, for its worst mistakes) in `out`."""
+    t0 = time.perf_counter()
+    p, r, threshold = ev.predictions, ev.report, cfg.threshold
+    y, prob = p.target.to_numpy(), p.y_pred.to_numpy()
+    write_csv(out / "val_predictions.csv", p.drop(columns=["path"]))
+    roc = metrics.roc_points(y, prob)
+    write_csv(out / "roc.csv", pd.DataFrame(roc))
+    report.plot_roc(roc, r["val"]["roc_auc"], out / "roc.png")
+    report.plot_confusion(metrics.confusion(y, prob, threshold), out / "confusion.png")
+    explain.gallery(detector, p, out / "explain.png", n=4, threshold=threshold)
+
+    per_group = r.get("groups") or {"all fakes": metrics.ranking_metrics(y, prob, cfg.fprs)}
+    fakes = p.group[p.target == 1]
+    rows = [{"group": g, "fakes": int((fakes == g).sum()) if g != "all fakes" else len(fakes),
+             "heldout": g in heldout, **m} for g, m in per_group.items()]
+    write_csv(out / "groups.csv", pd.DataFrame(rows))
+    report.plot_groups(per_group, out / "groups.png", tuple(heldout),
+                       "AUC per manipulation, val" if "groups" in r else "AUC, val (the labels name no manipulation)")
+
+    robust_table = degrade.table(ev.robustness)
+    folder = out / ROBUSTNESS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.csv"):  # kinds no longer listed
+        stale.unlink()
+    for kind, frame in (robust_table.groupby("kind", sort=False) if len(robust_table) else ()):
+        write_csv(folder / f"{kind}.csv", frame.drop(columns=["kind"]).assign(clean_roc_auc=ev.clean_auc))
+    report.plot_robustness(robust_table, ev.clean_auc, out / "robustness.png")
+    ev.seconds["reports"] = time.perf_counter() - t0
+
+
+def summary_lines(ev: Evaluation) -> list[str]:
+    """What the evaluate stage prints."""
+    r = ev.report
+    lines = [", ".join(f"{k} {v:.4f}" for k, v in r["val"].items())]
+    if "ensemble" in r:
+        lines.append(f"ensemble of {len(r['ensemble']['models'])} (the submission's scorer): "
+                     f"roc_auc {r['ensemble']['roc_auc']:.4f}")
+    for name, m in r.get("extra_sets", {}).items():
+        lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
+    if ev.robustness:
+        lines.append("robustness (AUC): clean {:.4f}; ".format(ev.clean_auc)
+                     + ", ".join(f"{d.label} {m['roc_auc']:.4f}" for d, m in ev.robustness.items()))
+    lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in ev.seconds.items()))
+    return lines

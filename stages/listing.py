@@ -1,0 +1,17 @@
+"""Stage `listing`: a fingerprint of the images and label files under data.root, which prepare
+depends on instead of on every image's bytes (ffdi.labels.listing). It runs every time, in seconds."""
+
+from ffdi.cli import stage_main
+from ffdi.io import write_json
+from ffdi.labels import listing
+
+
+def main(params, out):
+    found = listing(params.data)
+    write_json(out, found)
+    print(", ".join(f"{folder}: {f['images']} images, {f['bytes'] / 2**20:.0f} MiB"
+                    for folder, f in found["folders"].items()) + f" -> {out}")
+
+
+if __name__ == "__main__":
+    stage_main(main, "out")
