@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, d
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from ffdi import sample
+from ffdi import manipulations
 from ffdi.config import AugmentConfig, DataConfig
 from ffdi.errors import BadImage, DataError
 from ffdi.io import write_csv, write_json
@@ -241,7 +241,7 @@ class ImageDataset(Dataset):
         normalize: Optional[tuple] = None,
         self_blend: float = 0.0,
         blend_strength: float = 1.0,
-        blend_axes: tuple[float, float] = sample.BLEND_AXES,
+        blend_axes: tuple[float, float] = manipulations.BLEND_AXES,
     ):
         self.paths = manifest.path.tolist()
         # With a uint8 transform: the (mean, std) with which `normalize_batch` finishes each batch
@@ -279,7 +279,7 @@ class ImageDataset(Dataset):
             side = min(img.size)  # the region Resize + CenterCrop keep, as a square to blend in
             img = TF.center_crop(img, side) if img.size != (side, side) else img
             rng = np.random.default_rng(int(torch.randint(2**62, ())))
-            img, _ = sample.self_blend(img, rng, self.blend_strength, self.blend_axes)
+            img, _ = manipulations.self_blend(img, rng, self.blend_strength, self.blend_axes)
             target = torch.tensor(1)
         return self.transform(img), target, i, ""
 
