@@ -215,8 +215,8 @@ def cmd_run(args) -> int:
 
 
 def load_runs(out: Path):
-    """The finished experiments as ffdi.compare Runs (artifact_uri: the predictions file)."""
-    from ffdi.compare import Run
+    """The finished experiments as ffdi.runs Runs (artifact_uri: the predictions file)."""
+    from ffdi.runs import Run
 
     runs = []
     for path in sorted(out.glob("*__seed*.json")):
@@ -227,14 +227,14 @@ def load_runs(out: Path):
 
 
 def cmd_render(args) -> int:
-    from ffdi import generalisation
+    from ffdi import generalisation_report
 
     runs = load_runs(args.out)
     if not runs:
         print(f"no finished runs under {args.out}", file=sys.stderr)
         return 1
-    result = generalisation.render(runs, args.out / "report", reference=args.reference, n_boot=args.boot,
-                                   load=lambda r: pd.read_csv(Path(r.artifact_uri), dtype={"img_name": str}))
+    result = generalisation_report.render(runs, args.out / "report", reference=args.reference, n_boot=args.boot,
+                                          load=lambda r: pd.read_csv(Path(r.artifact_uri), dtype={"img_name": str}))
     env_path = args.out / "environment.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*__seed*.json"))]

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ffdi import generalisation as gen
+from ffdi import generalisation_report as gen_report
 from ffdi import metrics, tracking
-from ffdi.compare import Run, finished_pipeline_runs, val_predictions
 from ffdi.config import flatten, load_params
 from ffdi.labels import read_manifest
 from ffdi.detector import Detector
+from ffdi.runs import Run, finished_pipeline_runs, val_predictions
 
 # Params that differ between the runs of one variant, or that never change a model's scores.
 IGNORED = ("data.holdout", "train.seed", "train.threads", "train.workers")
@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     params = load_params()
     tracking.setup(params.tracking)
     experiment_id = mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
-    defaults = {k: gen.logged(v) for k, v in flatten(params.to_dict()).items()}
-    runs = [r for r in gen.holdout_runs(finished_pipeline_runs(params.tracking.experiment))
-            if len(gen.holdout_of(r)) == 1 and r.tags.get("ffdi.kind") == "pipeline"
+    defaults = {k: gen_report.logged(v) for k, v in flatten(params.to_dict()).items()}
+    runs = [r for r in gen_report.holdout_runs(finished_pipeline_runs(params.tracking.experiment))
+            if len(gen_report.holdout_of(r)) == 1 and r.tags.get("ffdi.kind") == "pipeline"
             and all(r.params.get(k, defaults[k]) == defaults[k] for k in defaults if k not in IGNORED)]
     if not runs:
         print("no leave-one-out run with params.yaml's values: run `ffdi generalisation --only leave-one-out`",
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     pred_dir.mkdir(exist_ok=True)
     rescored = []
     for r in runs:
-        holdout = gen.holdout_of(r)[0]
+        holdout = gen_report.holdout_of(r)[0]
         uri = None
         for tta in (list(params.predict.tta), views):
             label = "+".join(["image", *tta])
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
               f"{rescored[-2].metrics['heldout_roc_auc']:.4f} -> {rescored[-1].metrics['heldout_roc_auc']:.4f}",
               flush=True)
     reference = "views=" + "+".join(["image", *params.predict.tta])  # the exact group label
-    result = gen.render(rescored, args.out, reference=reference, n_boot=args.boot,
-                        load=lambda run: pd.read_csv(run.artifact_uri, dtype={"img_name": str}))
+    result = gen_report.render(rescored, args.out, reference=reference, n_boot=args.boot,
+                               load=lambda run: pd.read_csv(run.artifact_uri, dtype={"img_name": str}))
     (args.out / "models.json").write_text(json.dumps({r.name: r.run_id for r in runs}, indent=1))
     print(result["markdown"])
     return 0

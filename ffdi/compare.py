@@ -12,9 +12,7 @@ groups. If the interval excludes 0, the gap is not image-sampling noise.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +23,7 @@ from ffdi import report, tracking
 from ffdi.config import TrackingConfig
 from ffdi.io import write_csv, write_text
 from ffdi.metrics import rank_aucs
+from ffdi.runs import CompareError, Run, aligned_predictions, finished_pipeline_runs, run_histories
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
@@ -37,40 +36,6 @@ SUMMARY_METRICS = {
 }
 # Tags that say how a run computed; runs that differ in them differ for reasons other than params.
 HARDWARE_TAGS = {"hw.precision": "precision", "hw.device_name": "hardware"}
-
-
-class CompareError(ValueError):
-    pass
-
-
-@dataclass
-class Run:
-    run_id: str
-    name: str
-    params: dict
-    metrics: dict
-    artifact_uri: str
-    tags: dict = field(default_factory=dict)
-
-
-def finished_pipeline_runs(experiment: str) -> list[Run]:
-    import mlflow
-
-    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
-    if exp is None:
-        raise CompareError(f"no MLflow experiment named {experiment!r} in {mlflow.get_tracking_uri()}")
-    found = mlflow.MlflowClient().search_runs(
-        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"]
-    )
-    runs = [
-        Run(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics), r.info.artifact_uri,
-            dict(r.data.tags))
-        for r in found
-        if r.data.tags.get("ffdi.kind") != "compare" and "eval_roc_auc" in r.data.metrics
-    ]
-    if not runs:
-        raise CompareError(f"experiment {experiment!r} has no finished, evaluated runs to compare")
-    return runs
 
 
 def varying_keys(runs: list[Run]) -> list[str]:
@@ -101,34 +66,6 @@ def summary_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
             row[f"{name} sd"] = values.std(ddof=1) if len(values) > 1 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def val_predictions(run: Run) -> pd.DataFrame:
-    import mlflow
-
-    text = mlflow.artifacts.load_text(f"{run.artifact_uri}/evaluate/val_predictions.csv")
-    return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
-
-
-def aligned_frames(runs: list[Run], load=val_predictions) -> tuple[list[str], dict[str, pd.DataFrame]]:
-    """Each run's val predictions indexed by image name, and the image names, checked to be the
-    same for every run. `load` reads one run's predictions (MLflow's artefact by default)."""
-    frames = {r.run_id: load(r).set_index("img_name") for r in runs}
-    names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
-    if not names or any(len(f) != len(names) for f in frames.values()):
-        raise CompareError("runs were evaluated on different val images; compare runs of the same data only")
-    return names, frames
-
-
-def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray], pd.Series]:
-    """Targets, per group an (n_runs, n_images) matrix of P(fake) over the same val images, and
-    each image's manipulation ('' where the predictions don't say)."""
-    names, frames = aligned_frames([r for runs in groups.values() for r in runs])
-    y = frames[next(iter(frames))].loc[names, "target"].to_numpy()
-    probs = {label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs]) for label, runs in groups.items()}
-    first = frames[next(iter(frames))]
-    image_groups = first.loc[names, "group"].fillna("").astype(str) if "group" in first else pd.Series([""] * len(names))
-    return y, probs, image_groups.reset_index(drop=True)
 
 
 def mean_auc(y: np.ndarray, probs: np.ndarray) -> float:
@@ -167,21 +104,6 @@ def paired_bootstrap(stat, n: int, n_boot: int = 1000, level: float = 0.95, seed
         "n_boot": n_boot,
         "level": level,
     }
-
-
-def run_histories(groups: dict[str, list[Run]]) -> dict[str, list[dict[str, list]]]:
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    out: dict[str, list[dict[str, list]]] = {}
-    for label, runs in groups.items():
-        for r in runs:
-            h: dict[str, list] = {}
-            for key in ("val_auc", "val_loss"):
-                hist = sorted(client.get_metric_history(r.run_id, key), key=lambda m: m.step)
-                h["step"], h[key] = [m.step for m in hist], [m.value for m in hist]
-            out.setdefault(label, []).append(h)
-    return out
 
 
 def hardware_warnings(groups: dict[str, list[Run]]) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from torchvision.transforms import functional as TF
 
-from ffdi import sample
+from ffdi import manipulations
 from ffdi.config import AugmentConfig
 from ffdi.errors import BadImage
 from ffdi.transforms import build_uint8_transform, load_image, norm_stats
@@ -38,7 +38,7 @@ class ImageDataset(Dataset):
         normalize: Optional[tuple] = None,
         self_blend: float = 0.0,
         blend_strength: float = 1.0,
-        blend_axes: tuple[float, float] = sample.BLEND_AXES,
+        blend_axes: tuple[float, float] = manipulations.BLEND_AXES,
     ):
         self.paths = manifest.path.tolist()
         # With a uint8 transform: the (mean, std) with which `normalize_batch` finishes each batch
@@ -76,7 +76,7 @@ class ImageDataset(Dataset):
             side = min(img.size)  # the region Resize + CenterCrop keep, as a square to blend in
             img = TF.center_crop(img, side) if img.size != (side, side) else img
             rng = np.random.default_rng(int(torch.randint(2**62, ())))
-            img, _ = sample.self_blend(img, rng, self.blend_strength, self.blend_axes)
+            img, _ = manipulations.self_blend(img, rng, self.blend_strength, self.blend_axes)
             target = torch.tensor(1)
         return self.transform(img), target, i, ""
 

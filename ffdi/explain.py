@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ffdi import detector_cli
 from ffdi.errors import BadImage, FfdiError
 from ffdi.io import save_figure, write_csv
 from ffdi.transforms import norm_stats, normalize_batch, tta_view
@@ -225,14 +226,12 @@ def overlay_names(paths: Sequence[str]) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from ffdi import score
-
-    ap = score.make_parser(
+    ap = detector_cli.make_parser(
         "ffdi explain",
         "Overlays of where the detector sees fake evidence (a class activation map of class fake),\n"
         "one PNG per image, and DIR/scores.csv: path, p_fake, label, error, overlay. The map is\n"
         "taken on the deepest stage whose map is at least 8x8 at the model's image size (or --layer).",
-        score.EXIT_STATUS_HELP,
+        detector_cli.EXIT_STATUS_HELP,
     )
     ap.add_argument("paths", nargs="+", metavar="IMG", help="image files, folders, or quoted globs")
     ap.add_argument("--out-dir", required=True, help="folder for the overlays and scores.csv")
@@ -240,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="the module to map, e.g. layer3 (default: the deepest stage with a map of at least 8x8)")
     ap.add_argument("--method", choices=list(METHODS), default="layercam",
                     help="layercam (default: faithful on mid-level stages) or gradcam (classic Grad-CAM)")
-    score.add_model_arguments(ap)
+    detector_cli.add_model_arguments(ap)
     try:
         args = ap.parse_args(argv)
         return run(args)
@@ -248,7 +247,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from ffdi.cli import user_error_message
 
         print(f"error: {user_error_message(e)}", file=sys.stderr)
-        return score.EXIT_ERROR
+        return detector_cli.EXIT_ERROR
 
 
 def run(args) -> int:
@@ -256,14 +255,12 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    from ffdi import score
-
     if args.batch_size < 1:
-        raise score.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    args.threshold = score.default_threshold(args.threshold)
-    paths = score.expand_paths(args.paths)
-    tta, tta_source = score.default_tta(args.tta)
-    detector = score.load_detector(args.model, args.device, tta)
+        raise detector_cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    args.threshold = detector_cli.default_threshold(args.threshold)
+    paths = detector_cli.expand_paths(args.paths)
+    tta, tta_source = detector_cli.default_tta(args.tta)
+    detector = detector_cli.load_detector(args.model, args.device, tta)
     explainer = Explainer(detector, args.layer, args.method)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +275,7 @@ def run(args) -> int:
                     pixels.append(detector.preprocess(path))
                     kept.append((path, name))
                 except (BadImage, OSError) as e:
-                    records.append({"path": path, "p_fake": None, "label": "", "error": score.reason(e, path),
+                    records.append({"path": path, "p_fake": None, "label": "", "error": detector_cli.reason(e, path),
                                     "overlay": ""})
             if kept:
                 batch = torch.stack(pixels)
@@ -297,8 +294,8 @@ def run(args) -> int:
     errors = int(frame.p_fake.isna().sum())
     print(f"explained {len(frame) - errors} of {len(paths)} images -> {out_dir}/ (scores.csv, one PNG each); "
           f"{errors} could not be read; {explainer.title} of class fake on {explainer.layer}", file=sys.stderr)
-    print(score.describe_detector(detector, tta_source), file=sys.stderr)
-    return score.EXIT_SOME_FAILED if errors else score.EXIT_OK
+    print(detector_cli.describe_detector(detector, tta_source), file=sys.stderr)
+    return detector_cli.EXIT_SOME_FAILED if errors else detector_cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ffdi import checkpoint, distributed, hardware, sample, tracking
+from ffdi import checkpoint, distributed, hardware, manipulations, tracking
 from ffdi.cli import stage_main
 from ffdi.labels import drop_groups, fake_groups, read_manifest
 from ffdi.errors import ConfigError, DataError
@@ -27,8 +27,8 @@ def load_manifests(params, prepared):
     if unknown:
         raise DataError(f"data.holdout names {unknown}, which no fake in the label files has in column "
                         f"{params.data.group_column!r}; known: {fake_groups(train) or 'none'}")
-    if params.augment.self_blend and sample.KINDS[0] in params.data.holdout:
-        raise ConfigError(f"data.holdout holds out {sample.KINDS[0]!r} while augment.self_blend makes such fakes "
+    if params.augment.self_blend and manipulations.KINDS[0] in params.data.holdout:
+        raise ConfigError(f"data.holdout holds out {manipulations.KINDS[0]!r} while augment.self_blend makes such fakes "
                           "during training: the held-out AUC would not be held out; set one of them off")
     return drop_groups(train, params.data.holdout), drop_groups(val, params.data.holdout)
 

@@ -109,7 +109,8 @@ TRAINED = {
 @pytest.mark.slow
 def test_the_map_lies_on_the_manipulated_region(tmp_path):
     from ffdi.config import load_params
-    from ffdi.sample import load_photos, make_image
+    from ffdi.photos import load_photos
+    from ffdi.sample import make_image
 
     project = make_project(tmp_path / "repo", TRAINED)
     project.sh("dvc", "repro", "train")

@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ffdi import dvc_queue
 from ffdi import generalisation as gen
-from ffdi.compare import Run
+from ffdi import generalisation_report as gen_report
 from ffdi.config import DataConfig, Params, SampleConfig
+from ffdi.runs import Run
 from ffdi.sample import generate
 from tests.project import make_project, mlflow_runs
 from tests.test_evaluate import label_with_groups
@@ -43,14 +45,14 @@ def test_parse_queue_status():
 
 Worker status: 1 active, 0 idle
 """
-    tasks, active = gen.parse_queue_status(text)
+    tasks, active = dvc_queue.parse_queue_status(text)
     assert tasks == {"pricy-tyne": "Success", "batty-ryas": "Running", "inane-puck": "Failed", "other-puck": "Queued"}
     assert active == 1
 
 
 def test_wait_gives_up_when_no_worker_runs_the_queue(monkeypatch, capsys):
-    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Queued"}, 0))
-    status = gen.wait_for(["x", "y"], timeout_s=60, poll_s=0.01, stall_s=0.05)
+    monkeypatch.setattr(dvc_queue, "queue_status", lambda: ({"x": "Queued"}, 0))
+    status = dvc_queue.wait_for(["x", "y"], timeout_s=60, poll_s=0.01, stall_s=0.05)
     assert status == {"x": "Queued", "y": "unknown"}
     assert "no queue worker is active" in capsys.readouterr().err
 
@@ -67,27 +69,27 @@ def test_wait_restarts_workers_that_left_experiments_queued(monkeypatch, capsys)
         state["done"], state["running"] = state["done"] + 1, False
         return tasks, 1
 
-    monkeypatch.setattr(gen, "queue_status", status)
+    monkeypatch.setattr(dvc_queue, "queue_status", status)
     starts = []
 
     def restart():
         starts.append(1)
         state["running"] = True
 
-    result = gen.wait_for(list("xyz"), timeout_s=60, poll_s=0.01, stall_s=0.05, restart=restart, restarts=1)
+    result = dvc_queue.wait_for(list("xyz"), timeout_s=60, poll_s=0.01, stall_s=0.05, restart=restart, restarts=1)
     assert result == dict.fromkeys("xyz", "Success")
     assert len(starts) == 3  # one restart each time, as each brought progress, though only 1 in a row is allowed
     assert "starting workers again" in capsys.readouterr().out
     # Workers that never come up: a bounded number of fruitless restarts, then the error.
-    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Queued"}, 0))
+    monkeypatch.setattr(dvc_queue, "queue_status", lambda: ({"x": "Queued"}, 0))
     tries = []
-    assert gen.wait_for(["x"], 60, 0.01, 0.05, restart=lambda: tries.append(1), restarts=2) == {"x": "Queued"}
+    assert dvc_queue.wait_for(["x"], 60, 0.01, 0.05, restart=lambda: tries.append(1), restarts=2) == {"x": "Queued"}
     assert len(tries) == 2 and "no queue worker is active" in capsys.readouterr().err
 
 
 def test_wait_is_bounded(monkeypatch, capsys):
-    monkeypatch.setattr(gen, "queue_status", lambda: ({"x": "Running"}, 1))
-    assert gen.wait_for(["x"], timeout_s=0.05, poll_s=0.01) == {"x": "Running"}
+    monkeypatch.setattr(dvc_queue, "queue_status", lambda: ({"x": "Running"}, 1))
+    assert dvc_queue.wait_for(["x"], timeout_s=0.05, poll_s=0.01) == {"x": "Running"}
     assert "timed out" in capsys.readouterr().err
 
 
@@ -101,11 +103,11 @@ def test_starting_the_workers_does_not_wait_for_them(tmp_path):
                f"subprocess.Popen([sys.executable, '-c', {daemon!r}])\n"
                "print('started 1 worker')\n")
     try:
-        gen.start_workers(1, [sys.executable, "-c", starter], timeout=60)  # raises TimeoutExpired if it waits
+        dvc_queue.start_workers(1, [sys.executable, "-c", starter], timeout=60)  # raises TimeoutExpired if it waits
     finally:
         release.touch()
-    with pytest.raises(gen.GeneralisationError, match="exited 3: no queue here"):
-        gen.start_workers(1, [sys.executable, "-c", "print('no queue here'); raise SystemExit(3)"])
+    with pytest.raises(dvc_queue.QueueError, match="exited 3: no queue here"):
+        dvc_queue.start_workers(1, [sys.executable, "-c", "print('no queue here'); raise SystemExit(3)"])
 
 
 def test_manipulations_from_summary_or_labels(tmp_path):
@@ -144,7 +146,7 @@ def fake_runs() -> list[Run]:
 
 def test_tables_equal_the_runs_metrics(tmp_path):
     runs = fake_runs()
-    result = gen.render(runs, tmp_path)
+    result = gen_report.render(runs, tmp_path)
     assert result["keys"] == ["model.se"] and len(result["runs"]) == 24
     assert set(result["tables"]) == {"model.se=False", "model.se=True"}
     for label, t in result["tables"].items():
@@ -154,7 +156,7 @@ def test_tables_equal_the_runs_metrics(tmp_path):
         for g in "abc":
             loo = [r for r in mine if r.params["data.holdout"] == f"['{g}']"]
             assert len(loo) == 2  # two seeds
-            for key, column in gen.HELDOUT_COLUMNS.items():
+            for key, column in gen_report.HELDOUT_COLUMNS.items():
                 values = [r.metrics[key] for r in loo]
                 assert held.loc[(g, column), "mean"] == pytest.approx(np.mean(values))
                 assert held.loc[(g, column), "sd"] == pytest.approx(np.std(values, ddof=1))
@@ -191,7 +193,7 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     preds = {r.run_id: pd.DataFrame({"img_name": names, "target": y, "group": groups,
                                      "y_pred": rng.uniform(size=len(y)) + y * (0.6 if r.params["model.se"] == "True"
                                                                                else 0.1)}) for r in runs}
-    result = gen.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id], n_boot=200)
+    result = gen_report.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id], n_boot=200)
     assert result["reference"] == "model.se=False"  # params.yaml's value of the param that differs
     table = result["differences"].set_index(["variant", "heldout"])
     assert table.loc[("model.se=False", "a"), "runs"] == 2 and np.isnan(table.loc[("model.se=False", "a"), "difference"])
@@ -222,23 +224,23 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     for _, h, d, low, high in plotted:
         row = table.loc[("model.se=True", h)]
         assert (d, low, high) == (row.difference, row.ci_low, row.ci_high)
-    assert gen.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id],
-                      n_boot=50)["reference"] == "model.se=True"
-    with pytest.raises(gen.GeneralisationError, match="matches 2 variants"):
-        gen.render(runs, tmp_path, reference="model.se", load=lambda r: preds[r.run_id])
+    assert gen_report.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id],
+                             n_boot=50)["reference"] == "model.se=True"
+    with pytest.raises(gen_report.GeneralisationError, match="matches 2 variants"):
+        gen_report.render(runs, tmp_path, reference="model.se", load=lambda r: preds[r.run_id])
 
 
 def test_a_missing_run_shows_as_na(tmp_path):
     runs = [r for r in fake_runs() if r.params["model.se"] == "False" and r.params["data.holdout"] != "['c']"]
-    result = gen.render(runs, tmp_path)
+    result = gen_report.render(runs, tmp_path)
     held = result["tables"]["all runs"]["heldout"].set_index(["heldout", "metric"])
     assert held.loc[("c", "held-out AUC"), "runs"] == 0 and np.isnan(held.loc[("c", "held-out AUC"), "mean"])
     assert re.search(r"^\| c \| n/a \| n/a", result["markdown"], re.M)
 
 
 def test_nothing_to_render_is_a_clear_error(tmp_path):
-    with pytest.raises(gen.GeneralisationError, match="no finished, evaluated run has data.holdout set"):
-        gen.render([r for r in fake_runs() if r.run_id == "base"], tmp_path)
+    with pytest.raises(gen_report.GeneralisationError, match="no finished, evaluated run has data.holdout set"):
+        gen_report.render([r for r in fake_runs() if r.run_id == "base"], tmp_path)
 
 
 # --- the real command on a tiny project -----------------------------------------------------------
@@ -287,7 +289,7 @@ def test_generalisation_end_to_end(tmp_path):
     assert f"| a | {heldout_a:.4f} |" in report
 
     # `ffdi compare` leaves the report run out; --no-run renders again from MLflow alone.
-    from ffdi.compare import finished_pipeline_runs
+    from ffdi.runs import finished_pipeline_runs
 
     assert {r.run_id for r in finished_pipeline_runs("ffdi")} == {r.info.run_id for r in pipeline.values()}
     again = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--no-run", "--no-log", "--out", "reports/again")

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from ffdi.config import SampleConfig
-from ffdi.sample import KINDS, generate, load_photos, make_image, manipulate, real_crop, self_blend, worker_pool
+from ffdi.manipulations import KINDS, manipulate, self_blend
+from ffdi.photos import load_photos, real_crop
+from ffdi.sample import generate, make_image, worker_pool
 from tests.conftest import TINY
 
 

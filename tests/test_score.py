@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import checkpoint, score
+from ffdi import checkpoint, detector_cli, score
 from ffdi.config import AugmentConfig, Params
 from ffdi.detector import Detector
 from ffdi.models import build_model
@@ -52,19 +52,19 @@ def images(tiny_data, tmp_path, monkeypatch) -> Path:
 
 
 def test_paths_folders_and_globs_expand_in_order_once(images):
-    found = score.expand_paths([str(images)])
+    found = detector_cli.expand_paths([str(images)])
     names = [Path(p).name for p in found]
     assert names == sorted(names[:-1]) + ["nested.jpg"]  # the folder's files sorted, then its subfolder
     assert "labels.txt" not in names and len(found) == 8
-    globbed = score.expand_paths([f"{images}/*.png", f"{images}/**/*.jpg", str(images / "photo.png")])
+    globbed = detector_cli.expand_paths([f"{images}/*.png", f"{images}/**/*.jpg", str(images / "photo.png")])
     assert Path(globbed[0]).name == "photo.png" and sorted(globbed) == sorted(found)
     # A file named outright is taken whatever its suffix; a missing one is kept, to get its row.
-    assert score.expand_paths([str(images / "labels.txt"), "gone.jpg"]) == [str(images / "labels.txt"), "gone.jpg"]
-    with pytest.raises(score.UsageError, match="no image file matches"):
-        score.expand_paths([f"{images}/*.gif"])
+    assert detector_cli.expand_paths([str(images / "labels.txt"), "gone.jpg"]) == [str(images / "labels.txt"), "gone.jpg"]
+    with pytest.raises(detector_cli.UsageError, match="no image file matches"):
+        detector_cli.expand_paths([f"{images}/*.gif"])
     (images / "none").mkdir()
-    with pytest.raises(score.UsageError, match="none: folder holds no image files"):
-        score.expand_paths([str(images / "none")])
+    with pytest.raises(detector_cli.UsageError, match="none: folder holds no image files"):
+        detector_cli.expand_paths([str(images / "none")])
 
 
 def test_a_row_per_file_bad_ones_explained_and_exit_3(images, model, capsys):

@@ -24,18 +24,18 @@ SWEEP_PARAMS = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from ffdi import generalisation as gen
+    from ffdi import dvc_queue
 
     p = make_project(tmp_path_factory.mktemp("sweep") / "repo", SWEEP_PARAMS)
     p.sh("dvc", "exp", "run", "--queue", "-S", "model.se=false,true", "-S", "train.seed=1,2")
-    names = list(gen.parse_queue_status(p.out("dvc", "queue", "status"))[0])
+    names = list(dvc_queue.parse_queue_status(p.out("dvc", "queue", "status"))[0])
     try:
         p.start_queue(2)
         # `ffdi generalisation`'s wait, in the project: it starts the workers again when DVC's
         # workers exit with runs still queued (seen on this machine).
         with pytest.MonkeyPatch.context() as mp:
             mp.chdir(p.repo)
-            status = gen.wait_for(names, timeout_s=900, poll_s=2, restart=lambda: p.start_queue(2))
+            status = dvc_queue.wait_for(names, timeout_s=900, poll_s=2, restart=lambda: p.start_queue(2))
     finally:
         p.sh("dvc", "queue", "stop", check=False)
     return p, status

@@ -1,0 +1,89 @@
+"""The finished pipeline runs of an MLflow experiment as plain records (`Run`), and what they logged:
+their val predictions, aligned image by image across runs, and their per-epoch histories.
+Read by `ffdi compare` and `ffdi generalisation`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared: no such experiment, no evaluated run, different val images."""
+
+
+@dataclass
+class Run:
+    run_id: str
+    name: str
+    params: dict
+    metrics: dict
+    artifact_uri: str
+    tags: dict = field(default_factory=dict)
+
+
+def finished_pipeline_runs(experiment: str) -> list[Run]:
+    import mlflow
+
+    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    if exp is None:
+        raise CompareError(f"no MLflow experiment named {experiment!r} in {mlflow.get_tracking_uri()}")
+    found = mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"]
+    )
+    runs = [
+        Run(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics), r.info.artifact_uri,
+            dict(r.data.tags))
+        for r in found
+        if r.data.tags.get("ffdi.kind") != "compare" and "eval_roc_auc" in r.data.metrics
+    ]
+    if not runs:
+        raise CompareError(f"experiment {experiment!r} has no finished, evaluated runs to compare")
+    return runs
+
+
+def val_predictions(run: Run) -> pd.DataFrame:
+    import mlflow
+
+    text = mlflow.artifacts.load_text(f"{run.artifact_uri}/evaluate/val_predictions.csv")
+    return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
+
+
+def aligned_frames(runs: list[Run], load=val_predictions) -> tuple[list[str], dict[str, pd.DataFrame]]:
+    """Each run's val predictions indexed by image name, and the image names, checked to be the
+    same for every run. `load` reads one run's predictions (MLflow's artefact by default)."""
+    frames = {r.run_id: load(r).set_index("img_name") for r in runs}
+    names = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    if not names or any(len(f) != len(names) for f in frames.values()):
+        raise CompareError("runs were evaluated on different val images; compare runs of the same data only")
+    return names, frames
+
+
+def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[str, np.ndarray], pd.Series]:
+    """Targets, per group an (n_runs, n_images) matrix of P(fake) over the same val images, and
+    each image's manipulation ('' where the predictions don't say)."""
+    names, frames = aligned_frames([r for runs in groups.values() for r in runs])
+    y = frames[next(iter(frames))].loc[names, "target"].to_numpy()
+    probs = {label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs]) for label, runs in groups.items()}
+    first = frames[next(iter(frames))]
+    image_groups = first.loc[names, "group"].fillna("").astype(str) if "group" in first else pd.Series([""] * len(names))
+    return y, probs, image_groups.reset_index(drop=True)
+
+
+def run_histories(groups: dict[str, list[Run]]) -> dict[str, list[dict[str, list]]]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    out: dict[str, list[dict[str, list]]] = {}
+    for label, runs in groups.items():
+        for r in runs:
+            h: dict[str, list] = {}
+            for key in ("val_auc", "val_loss"):
+                hist = sorted(client.get_metric_history(r.run_id, key), key=lambda m: m.step)
+                h["step"], h[key] = [m.step for m in hist], [m.value for m in hist]
+            out.setdefault(label, []).append(h)
+    return out
