@@ -3,9 +3,9 @@
 The lent GPU machine has torch and timm but no DVC, no MLflow and no network, so `ffdi
 generalisation` cannot run there. This runs the same experiments from the pipeline's own pieces:
 ffdi.sample.generate -> ffdi.labels.prepare -> ffdi.train.fit (the held-out fakes dropped from train
-and val, as stages/train.py does) -> the best checkpoint scored on all of val through
-ffdi.detector.Detector with predict.tta, and the held-out/seen/per-manipulation metrics that
-stages/evaluate.py computes. Several experiments run at once, one process each.
+and val, as stages/train.py does) -> the best checkpoint evaluated on all of val by
+ffdi.evaluation.evaluate, as the evaluate stage does, with the metric names it logs to MLflow.
+Several experiments run at once, one process each.
 
     python -m benchmarks.generalisation_grid run --out DIR [--work DIR] --variant baseline --variant ema:train.ema=0.999 \\
         [--holdouts self_blend resample ...] [--seeds 0 1 2] [--jobs 6] [--set train.amp=off] \\
@@ -95,10 +95,10 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     """One experiment in this process: train without `holdout`'s fakes, score all of val."""
     if time.time() > deadline:
         return {"name": name, "status": "skipped (deadline)"}
-    from ffdi import metrics
-    from ffdi.labels import drop_groups, read_manifest
+    from ffdi import evaluation, tracking
     from ffdi.detector import Detector
     from ffdi.hardware import resolve_threads, resolve_workers
+    from ffdi.labels import drop_groups, read_manifest
     from ffdi.train import fit
 
     out_dir, work_dir = Path(out), Path(work)
@@ -114,22 +114,13 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     t0 = time.perf_counter()
     result = fit(params, drop_groups(train, [holdout]), drop_groups(val, [holdout]), state)
     train_seconds = time.perf_counter() - t0
+    # Scored and measured as the evaluate stage does, with the metric names it logs to MLflow.
     detector = Detector.load(state / "best.pt", params.train.device, tta=params.predict.tta)
-    threads = resolve_threads(params.train.threads, None)
-    scores = detector.score_manifest(val, params.eval.batch_size,
-                                     resolve_workers(params.train.workers, threads, detector.device))
-    kept = val.iloc[scores.index].reset_index(drop=True)
-    y, prob = kept.target.to_numpy(), scores.prob
-    fprs = params.eval.fprs
-    m = {f"eval_{k}": v for k, v in metrics.binary_metrics(y, prob, params.eval.threshold, params.eval.target_fpr,
-                                                            fprs).items() if np.isscalar(v)}
-    for side, values in metrics.heldout_metrics(y, prob, kept.group, [holdout], fprs).items():
-        m.update({f"{side}_{k}": v for k, v in values.items()})
-    for group, gm in metrics.group_metrics(y, prob, kept.group, fprs).items():
-        m[f"eval_auc_{group}"] = gm["roc_auc"]
+    workers = resolve_workers(params.train.workers, resolve_threads(params.train.threads, None), detector.device)
+    ev = evaluation.evaluate(detector, val, params.eval, [holdout], workers=workers)
+    m = tracking.evaluation_metrics(ev.report, ev.seconds)
     history = result["history"]
-    pd.DataFrame({"img_name": kept.img_name, "target": y, "group": kept.group, "y_pred": prob}).to_csv(
-        out_dir / f"{name}.csv", index=False)
+    ev.predictions[["img_name", "target", "group", "y_pred"]].to_csv(out_dir / f"{name}.csv", index=False)
     flat = {"model.arch": params.model.arch, "model.input": params.model.input, "model.tune": params.model.tune,
             "augment.self_blend": params.augment.self_blend, "train.ema": params.train.ema,
             "predict.tta": list(params.predict.tta), "data.holdout": [holdout], "train.seed": seed}

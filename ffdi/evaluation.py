@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ffdi import degrade, explain, metrics, report
+from ffdi import degrade, metrics
 from ffdi.config import DataConfig, EvalConfig
 from ffdi.errors import DataError
 from ffdi.io import write_csv
@@ -152,6 +152,10 @@ ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation, in the reports
 def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout: Sequence[str] = ()) -> None:
     """val_predictions.csv, roc.csv/png, confusion.png, groups.csv/png, robustness/*.csv and .png, and
     explain.png (where the detector sees fake evidence, for its worst mistakes) in `out`."""
+    # Here, not at the top: evaluate() must run where matplotlib and grad-cam are not installed
+    # (benchmarks.generalisation_grid on the lent GPU machines).
+    from ffdi import explain, report
+
     t0 = time.perf_counter()
     p, r, threshold = ev.predictions, ev.report, cfg.threshold
     y, prob = p.target.to_numpy(), p.y_pred.to_numpy()
