@@ -64,13 +64,13 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def params_with(overrides: dict):
-    from ffdi.config import from_dict, Params
+    from ffdi.config import Params, load_params
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text()) or {}
+    raw = load_params(ROOT / "params.yaml").to_dict()
     for key, value in overrides.items():
         group, name = key.split(".", 1)
         raw.setdefault(group, {})[name] = value
-    return from_dict(Params, raw)
+    return Params(**raw)  # validated again, overrides included
 
 
 def make_data(work: Path, sample_overrides: dict, workers: int) -> dict:

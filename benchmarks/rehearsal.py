@@ -187,9 +187,13 @@ def scratch_project(project: Path, tree: Path) -> None:
         if (ROOT / name).is_file():
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["root"] = str(tree)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from dataclasses import replace
+
+    from ffdi.config import load_params
+
+    params = load_params(project / "params.yaml")
+    params = replace(params, data=replace(params.data, root=str(tree)))
+    (project / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=rehearsal", "-c", "user.email=r@localhost", "commit", "-qm", "rehearsal"]):
         subprocess.run(cmd, cwd=project, check=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ffdi.config import AugmentConfig, ModelConfig, Params, from_dict
+from ffdi.config import AugmentConfig, ModelConfig, Params
 from ffdi.io import atomic_path, project_root, torch_save
 from ffdi.models import build_model
 
@@ -84,13 +84,13 @@ def rebuild_model(ckpt: dict) -> nn.Module:
     """The network a checkpoint was trained as, with its weights."""
     # Weights come from the checkpoint itself; never re-fetch the pretrained source.
     model_cfg = dict(ckpt["config"]["model"], pretrained=False, weights=None)
-    model = build_model(from_dict(ModelConfig, model_cfg, "model."), ckpt["config"]["augment"]["image_size"])
+    model = build_model(ModelConfig(**model_cfg), ckpt["config"]["augment"]["image_size"])
     model.load_state_dict(ckpt["model"])
     return model
 
 
 def augment_config(ckpt: dict) -> AugmentConfig:
-    return from_dict(AugmentConfig, ckpt["config"]["augment"], "augment.")
+    return AugmentConfig(**ckpt["config"]["augment"])
 
 
 def finish(state_dir: Path, out: Path) -> None:

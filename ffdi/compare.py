@@ -221,7 +221,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = ap.parse_args(argv)
-    cfg = load_params().tracking if Path("params.yaml").exists() else TrackingConfig()
+    cfg = load_params(optional=True).tracking
     if args.experiment:
         cfg = TrackingConfig(experiment=args.experiment, uri=cfg.uri, log_model=cfg.log_model)
     try:

@@ -1,22 +1,26 @@
 """Typed, validated configuration read from params.yaml.
 
-Each params group maps onto one frozen dataclass. Unknown keys, wrong types and
-impossible values fail at start, with a message that names the key, so a typo in
-`dvc exp run -S train.lrr=0.1` never silently trains with the default.
+Each params group is one frozen pydantic dataclass: its fields declare the types, bounds and
+choices, and pydantic checks them whenever a config is built (from params.yaml, a checkpoint,
+`dataclasses.replace` or code). Unknown keys, wrong types and impossible values fail at start
+with a one-line ConfigError that names the key, so a typo in `dvc exp run -S train.lrr=0.1`
+never silently trains with the default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
+import pydantic.dataclasses
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ffdi.errors import ConfigError
 
@@ -32,249 +36,6 @@ DEGRADATIONS = {
     "resize": ("shorter side in px", 1, 100_000, False),
     "noise": ("Gaussian noise sd in 8-bit levels", 0.0, 255.0, True),
 }
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """The built-in, generated sample data set (see ffdi.sample)."""
-
-    out: str = "data/sample"
-    n_train: int = 3000
-    n_val: int = 400
-    n_test: int = 200
-    fake_fraction: float = 0.5
-    size: int = 64
-    jpeg_quality: int = 90
-    seed: int = 0
-
-    def check(self) -> None:
-        _positive(self, "n_train", "n_val", "size")
-        _at_least(self, "n_test", 0)
-        _in_range(self, "fake_fraction", 0.0, 1.0, open_=True)
-        _in_range(self, "jpeg_quality", 1, 100)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the multiFFDI-layout data lives. Paths are relative to the data root."""
-
-    root: str = "data/sample"
-    train_dir: str = "trainset"
-    val_dir: str = "valset"
-    test_dir: str = "testset"
-    train_labels: str = "trainset_label.txt"
-    val_labels: str = "valset_label.txt"
-    test_labels: str = "testset_label.txt"
-    on_bad_image: Literal["error", "skip"] = "error"
-    group_column: Optional[str] = "method"  # label-file column naming each fake's manipulation
-    holdout: tuple[str, ...] = ()  # manipulations kept out of training and model selection
-
-    def check(self) -> None:
-        for key in ("root", "train_dir", "val_dir", "train_labels", "val_labels"):
-            if not getattr(self, key):
-                raise ConfigError(f"data.{key} must not be empty")
-        if "real" in self.holdout:
-            raise ConfigError("data.holdout names manipulations of fakes; 'real' cannot be held out")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Train-time augmentation; eval uses resize + centre crop + normalisation only."""
-
-    # null: from the model's own pretrained config (timm's resolve_data_config): its input size,
-    # and the resize its crop_pct implies.
-    resize: Optional[int] = 64
-    image_size: Optional[int] = 64
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rotation: float = 0.0
-    grayscale: float = 0.0
-    # imagenet | none | model (or null): the model's pretrained mean and std, which training
-    # writes into mean/std below and the checkpoint keeps.
-    normalize: Optional[Literal["imagenet", "none", "model"]] = "imagenet"
-    mean: Optional[tuple[float, ...]] = None
-    std: Optional[tuple[float, ...]] = None
-    # Degradations of training images, real and fake alike: never of one class only, which would
-    # teach "degraded means fake". Each is null or a [low, high] range, drawn per image and
-    # applied with probability degrade_p.
-    jpeg: Optional[tuple[int, ...]] = None  # JPEG quality, e.g. [30, 95]
-    blur: Optional[tuple[float, ...]] = None  # Gaussian sigma in px, e.g. [0.2, 1.5]
-    downscale: Optional[tuple[float, ...]] = None  # shrink factor, then back up, e.g. [0.5, 0.9]
-    degrade_p: float = 0.5
-    # Self-blending on the fly (SBI, CVPR 2022): a real training image becomes a self-blended
-    # fake, label 1, with this probability; ffdi.sample's blending, its jitter scaled by strength.
-    self_blend: float = 0.0
-    self_blend_strength: float = 1.0
-    self_blend_mask: tuple[float, ...] = (0.3, 0.45)  # the blended ellipse's half-axes, fraction of the side
-
-    def check(self) -> None:
-        for key in ("resize", "image_size"):
-            if getattr(self, key) is not None:
-                _positive(self, key)
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if value is not None and (self.normalize != "model" or len(value) != 3
-                                      or (key == "std" and min(value) <= 0)):
-                raise ConfigError(f"augment.{key} is the model's (normalize: model), three numbers"
-                                  f"{' > 0' if key == 'std' else ''}; got {list(value)} with normalize: {self.normalize}")
-        for key, low, high in (("jpeg", 1, 100), ("blur", 0.0, 50.0), ("downscale", 0.0, 1.0),
-                               ("self_blend_mask", 0.0, 0.5)):
-            rng = getattr(self, key)
-            if rng is not None and (len(rng) != 2 or not low <= rng[0] <= rng[1] <= high
-                                    or (key in ("downscale", "self_blend_mask") and rng[0] <= 0)):
-                raise ConfigError(f"augment.{key} must be null or [low, high] with {low} <= low <= high <= {high}"
-                                  f"{' (low > 0)' if key in ('downscale', 'self_blend_mask') else ''}, got {list(rng)}")
-        _in_range(self, "degrade_p", 0.0, 1.0)
-        _in_range(self, "self_blend", 0.0, 1.0)
-        _in_range(self, "self_blend_strength", 0.0, 5.0)
-        if self.image_size is not None and self.resize is not None and self.image_size > self.resize:
-            raise ConfigError(
-                f"augment.image_size ({self.image_size}) must not exceed "
-                f"augment.resize ({self.resize}): the centre crop is taken from the resized image"
-            )
-        for key in ("hflip", "vflip", "grayscale"):
-            _in_range(self, key, 0.0, 1.0)
-        _in_range(self, "rotation", 0.0, 180.0)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    arch: str = "resnet18"
-    se: bool = False
-    se_reduction: int = 32
-    pretrained: bool = False
-    weights: Optional[str] = None
-    num_classes: int = 2
-    # full: train everything; linear: the head only (a probe on frozen features); norm: the
-    # normalisation layers and the head (as GenD tunes foundation models).
-    tune: Literal["full", "linear", "norm"] = "full"
-    # Fixed noise-residual channels next to RGB (SRM filters, or NPR's neighbouring-pixel
-    # residual), mixed back to 3 channels by a learned 1x1 conv that starts as the identity on RGB.
-    input: Literal["rgb", "rgb+srm", "rgb+npr"] = "rgb"
-
-    def check(self) -> None:
-        _positive(self, "se_reduction")
-        if self.num_classes != 2:
-            raise ConfigError(f"model.num_classes must be 2 (real/fake), got {self.num_classes}")
-        if self.pretrained and self.weights:
-            raise ConfigError("set either model.pretrained or model.weights, not both")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 4
-    batch_size: int = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 0.001
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    scheduler: Literal["step", "cosine", "none"] = "cosine"
-    step_size: int = 4
-    gamma: float = 0.85
-    best_metric: Literal["val_auc", "val_acc", "val_loss"] = "val_auc"
-    workers: Union[int, Literal["auto"]] = "auto"
-    threads: Union[int, Literal["auto"]] = "auto"
-    seed: int = 0
-    channels_last: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    compile: bool = False
-    distributed: Literal["auto", "off", "on"] = "auto"
-    # Decay of an exponential moving average of the weights (timm ModelEmaV3, with warm-up), or
-    # null. The averaged weights are the ones validated, checkpointed, logged and served.
-    ema: Optional[float] = None
-
-    def check(self) -> None:
-        _positive(self, "epochs", "batch_size", "step_size")
-        if self.ema is not None:
-            _in_range(self, "ema", 0.0, 1.0, open_=True)
-        if self.workers != "auto":
-            _at_least(self, "workers", 0)
-        if self.threads != "auto":
-            _positive(self, "threads")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        _at_least(self, "weight_decay", 0.0)
-        _in_range(self, "gamma", 0.0, 1.0, open_=True)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    batch_size: int = 128
-    threshold: float = 0.5
-    target_fpr: float = 0.001
-    fprs: tuple[float, ...] = (0.01, 0.005, 0.001)  # TPR at each, as the FFDI organiser reports
-    # Other labelled folders (val layout: data.val_dir + data.val_labels) scored by the same Detector.
-    extra_sets: dict[str, str] = field(default_factory=dict)
-    # `kind:severity` applied to the decoded val images before the Detector's preprocessing.
-    degradations: tuple[str, ...] = ("jpeg:50", "blur:0.5", "blur:1", "downscale:0.5")
-    robustness_images: Optional[int] = None  # null: every val image; else a fixed random subset
-
-    def check(self) -> None:
-        _positive(self, "batch_size")
-        _in_range(self, "threshold", 0.0, 1.0)
-        _in_range(self, "target_fpr", 0.0, 1.0, open_=True)
-        for f in self.fprs:
-            if not 0.0 < f < 1.0:
-                raise ConfigError(f"eval.fprs: each must be in (0.0, 1.0), got {f}")
-        for name, path in self.extra_sets.items():
-            if not _SET_NAME.fullmatch(name) or name in ("val", "real"):
-                raise ConfigError(f"eval.extra_sets: name {name!r} must be letters, digits, '_' or '-' "
-                                  "(it names metrics and files), and not 'val' or 'real'")
-            if not path:
-                raise ConfigError(f"eval.extra_sets.{name}: the path must not be empty")
-        for spec in self.degradations:
-            parse_degradation(spec)
-        if len(set(map(parse_degradation, self.degradations))) != len(self.degradations):
-            raise ConfigError(f"eval.degradations: a degradation is listed twice: {list(self.degradations)}")
-        if self.robustness_images is not None:
-            _at_least(self, "robustness_images", 2)
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    batch_size: int = 128
-    tta: tuple[str, ...] = ("hflip",)
-    out: str = "submission.csv"
-    # Other trained models (models:/<id>, runs:/<id>/<path> or checkpoint files) averaged with this
-    # run's model into the submission; evaluate reports that ensemble's val metrics as `ensemble`.
-    ensemble: tuple[str, ...] = ()
-
-    def check(self) -> None:
-        _positive(self, "batch_size")
-        check_views(self.tta, "predict.tta")
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """MLflow. An empty uri means the SQLite store `mlflow.db` at the project root."""
-
-    experiment: str = "ffdi"
-    uri: Optional[str] = None
-    log_model: bool = True
-
-    def check(self) -> None:
-        if not self.experiment:
-            raise ConfigError("tracking.experiment must not be empty")
-
-
-@dataclass(frozen=True)
-class Params:
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    predict: PredictConfig = field(default_factory=PredictConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        # Lists, not tuples: YAML, JSON and MLflow take them as written in params.yaml.
-        return dataclasses.asdict(self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv})
-
-
-_SET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def parse_degradation(spec: str) -> tuple[str, float]:
@@ -307,136 +68,277 @@ def check_views(views: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"{key}: a view is listed twice: {list(views)}")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate the whole params file. Missing groups take their defaults."""
+# --- the vocabulary of the declarations ------------------------------------------------------------
+# Strict types: a YAML `true` for an int knob, or '0.1' for a number, is a mistake (an int is taken
+# for a float). A rule about one key raises ValueError("must ..."), and the key goes in front; a
+# ConfigError names its keys itself.
+
+_Item = TypeVar("_Item")
+# A YAML list, kept as a tuple: frozen and hashable.
+Items = Annotated[tuple[_Item, ...], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+Positive = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Between0And1 = Annotated[float, Field(gt=0.0, lt=1.0)]  # both ends excluded
+NonEmpty = Annotated[str, Field(min_length=1)]
+_SET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _low_high(low: float, high: float, low_open: bool = False) -> AfterValidator:
+    """null, or a [low, high] pair within the bounds given (its low above the lower one if low_open)."""
+    def check(rng):
+        if rng is not None and (len(rng) != 2 or not low <= rng[0] <= rng[1] <= high or (low_open and rng[0] <= low)):
+            raise ValueError(f"must be null or [low, high] with {low} <= low <= high <= {high}"
+                             f"{f' (low > {low})' if low_open else ''}, got {list(rng)}")
+        return rng
+    return AfterValidator(check)
+
+
+def _validated(cls: type) -> type:
+    """cls as a frozen, strict pydantic dataclass whose every construction (params.yaml, a checkpoint's
+    dict, dataclasses.replace, code) is validated, and fails with one ConfigError line."""
+    cls = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid", strict=True))(cls)
+    if not cls.__pydantic_complete__:  # pydantic would rebuild it later, and its __init__ with it
+        raise TypeError(f"{cls.__name__}: pydantic could not build its schema at import")
+    validate = cls.__init__
+
+    @functools.wraps(validate)
+    def __init__(self, *args, **kwargs):
+        try:
+            validate(self, *args, **kwargs)
+        except ValidationError as e:
+            raise ConfigError(_message(e, type(self))) from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+# --- the groups -----------------------------------------------------------------------------------
+
+
+@_validated
+class SampleConfig:
+    """The built-in, generated sample data set (see ffdi.sample)."""
+
+    out: str = "data/sample"
+    n_train: Positive = 3000
+    n_val: Positive = 400
+    n_test: Annotated[int, Field(ge=0)] = 200
+    fake_fraction: Between0And1 = 0.5
+    size: Positive = 64
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 90
+    seed: int = 0
+
+
+@_validated
+class DataConfig:
+    """Where the multiFFDI-layout data lives. Paths are relative to the data root."""
+
+    root: NonEmpty = "data/sample"
+    train_dir: NonEmpty = "trainset"
+    val_dir: NonEmpty = "valset"
+    test_dir: str = "testset"
+    train_labels: NonEmpty = "trainset_label.txt"
+    val_labels: NonEmpty = "valset_label.txt"
+    test_labels: str = "testset_label.txt"
+    on_bad_image: Literal["error", "skip"] = "error"
+    group_column: Optional[str] = "method"  # label-file column naming each fake's manipulation
+    holdout: Items[str] = ()  # manipulations kept out of training and model selection
+
+    @model_validator(mode="after")
+    def _fakes_only(self) -> DataConfig:
+        if "real" in self.holdout:
+            raise ConfigError("data.holdout names manipulations of fakes; 'real' cannot be held out")
+        return self
+
+
+@_validated
+class AugmentConfig:
+    """Train-time augmentation; eval uses resize + centre crop + normalisation only."""
+
+    # null: from the model's own pretrained config (timm's resolve_data_config): its input size,
+    # and the resize its crop_pct implies.
+    resize: Optional[Positive] = 64
+    image_size: Optional[Positive] = 64
+    hflip: Probability = 0.5
+    vflip: Probability = 0.0
+    rotation: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0
+    grayscale: Probability = 0.0
+    # imagenet | none | model (or null): the model's pretrained mean and std, which training
+    # writes into mean/std below and the checkpoint keeps.
+    normalize: Optional[Literal["imagenet", "none", "model"]] = "imagenet"
+    mean: Optional[Items[float]] = None
+    std: Optional[Items[float]] = None
+    # Degradations of training images, real and fake alike: never of one class only, which would
+    # teach "degraded means fake". Each is null or a [low, high] range, drawn per image and
+    # applied with probability degrade_p.
+    jpeg: Annotated[Optional[Items[int]], _low_high(1, 100)] = None  # JPEG quality, e.g. [30, 95]
+    blur: Annotated[Optional[Items[float]], _low_high(0.0, 50.0)] = None  # Gaussian sigma in px, e.g. [0.2, 1.5]
+    # Shrink factor, then back up, e.g. [0.5, 0.9].
+    downscale: Annotated[Optional[Items[float]], _low_high(0.0, 1.0, low_open=True)] = None
+    degrade_p: Probability = 0.5
+    # Self-blending on the fly (SBI, CVPR 2022): a real training image becomes a self-blended
+    # fake, label 1, with this probability; ffdi.sample's blending, its jitter scaled by strength.
+    self_blend: Probability = 0.0
+    self_blend_strength: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0
+    # The blended ellipse's half-axes, fraction of the side.
+    self_blend_mask: Annotated[Items[float], _low_high(0.0, 0.5, low_open=True)] = (0.3, 0.45)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AugmentConfig:
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and (self.normalize != "model" or len(value) != 3
+                                      or (key == "std" and min(value) <= 0)):
+                raise ConfigError(f"augment.{key} is the model's (normalize: model), three numbers"
+                                  f"{' > 0' if key == 'std' else ''}; got {list(value)} with normalize: {self.normalize}")
+        if self.image_size is not None and self.resize is not None and self.image_size > self.resize:
+            raise ConfigError(f"augment.image_size ({self.image_size}) must not exceed augment.resize "
+                              f"({self.resize}): the centre crop is taken from the resized image")
+        return self
+
+
+@_validated
+class ModelConfig:
+    arch: str = "resnet18"
+    se: bool = False
+    se_reduction: Positive = 32
+    pretrained: bool = False
+    weights: Optional[str] = None
+    num_classes: Literal[2] = 2  # real/fake
+    # full: train everything; linear: the head only (a probe on frozen features); norm: the
+    # normalisation layers and the head (as GenD tunes foundation models).
+    tune: Literal["full", "linear", "norm"] = "full"
+    # Fixed noise-residual channels next to RGB (SRM filters, or NPR's neighbouring-pixel
+    # residual), mixed back to 3 channels by a learned 1x1 conv that starts as the identity on RGB.
+    input: Literal["rgb", "rgb+srm", "rgb+npr"] = "rgb"
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> ModelConfig:
+        if self.pretrained and self.weights:
+            raise ConfigError("set either model.pretrained or model.weights, not both")
+        return self
+
+
+@_validated
+class TrainConfig:
+    epochs: Positive = 4
+    batch_size: Positive = 32
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0)] = 0.001
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["step", "cosine", "none"] = "cosine"
+    step_size: Positive = 4
+    gamma: Between0And1 = 0.85
+    best_metric: Literal["val_auc", "val_acc", "val_loss"] = "val_auc"
+    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
+    threads: Union[Positive, Literal["auto"]] = "auto"
+    seed: int = 0
+    channels_last: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    distributed: Literal["auto", "off", "on"] = "auto"
+    # Decay of an exponential moving average of the weights (timm ModelEmaV3, with warm-up), or
+    # null. The averaged weights are the ones validated, checkpointed, logged and served.
+    ema: Optional[Between0And1] = None
+
+
+@_validated
+class EvalConfig:
+    batch_size: Positive = 128
+    threshold: Probability = 0.5
+    target_fpr: Between0And1 = 0.001
+    fprs: Items[Between0And1] = (0.01, 0.005, 0.001)  # TPR at each, as the FFDI organiser reports
+    # Other labelled folders (val layout: data.val_dir + data.val_labels) scored by the same Detector.
+    extra_sets: dict[str, NonEmpty] = field(default_factory=dict)
+    # `kind:severity` applied to the decoded val images before the Detector's preprocessing.
+    degradations: Items[str] = ("jpeg:50", "blur:0.5", "blur:1", "downscale:0.5")
+    robustness_images: Optional[Annotated[int, Field(ge=2)]] = None  # null: every val image; else a fixed random subset
+
+    @model_validator(mode="after")
+    def _names_and_specs(self) -> EvalConfig:
+        for name in self.extra_sets:
+            if not _SET_NAME.fullmatch(name) or name in ("val", "real"):
+                raise ConfigError(f"eval.extra_sets: name {name!r} must be letters, digits, '_' or '-' "
+                                  "(it names metrics and files), and not 'val' or 'real'")
+        if len(set(map(parse_degradation, self.degradations))) != len(self.degradations):
+            raise ConfigError(f"eval.degradations: a degradation is listed twice: {list(self.degradations)}")
+        return self
+
+
+@_validated
+class PredictConfig:
+    batch_size: Positive = 128
+    tta: Items[str] = ("hflip",)
+    out: str = "submission.csv"
+    # Other trained models (models:/<id>, runs:/<id>/<path> or checkpoint files) averaged with this
+    # run's model into the submission; evaluate reports that ensemble's val metrics as `ensemble`.
+    ensemble: Items[str] = ()
+
+    @model_validator(mode="after")
+    def _known_views(self) -> PredictConfig:
+        check_views(self.tta, "predict.tta")
+        return self
+
+
+@_validated
+class TrackingConfig:
+    """MLflow. An empty uri means the SQLite store `mlflow.db` at the project root."""
+
+    experiment: NonEmpty = "ffdi"
+    uri: Optional[str] = None
+    log_model: bool = True
+
+
+def _build(cls: type, raw: Any) -> Any:
+    """cls from its params.yaml mapping, null meaning every default; anything else is left to
+    pydantic, which names the wrong type."""
+    return cls(**{str(k): v for k, v in (raw or {}).items()}) if raw is None or isinstance(raw, dict) else raw
+
+
+class Group:
+    """`Group[TrainConfig]`, a field of Params: strict pydantic takes only instances for a
+    dataclass field, so params.yaml's mapping is built into one first."""
+
+    def __class_getitem__(cls, group: type) -> Any:
+        return Annotated[group, BeforeValidator(functools.partial(_build, group))]
+
+
+@_validated
+class Params:
+    sample: Group[SampleConfig] = field(default_factory=SampleConfig)
+    data: Group[DataConfig] = field(default_factory=DataConfig)
+    augment: Group[AugmentConfig] = field(default_factory=AugmentConfig)
+    model: Group[ModelConfig] = field(default_factory=ModelConfig)
+    train: Group[TrainConfig] = field(default_factory=TrainConfig)
+    eval: Group[EvalConfig] = field(default_factory=EvalConfig)
+    predict: Group[PredictConfig] = field(default_factory=PredictConfig)
+    tracking: Group[TrackingConfig] = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        # Lists, not tuples: YAML, JSON and MLflow take them as written in params.yaml.
+        return dataclasses.asdict(self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv})
+
+
+def load_params(path: str | Path = "params.yaml", optional: bool = False) -> Params:
+    """Read and validate a params file; the groups and keys it leaves out take their defaults.
+    optional: a missing file gives all the defaults (a folder that is no ffdi project)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
+        if optional:
+            return Params()
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of groups, got {type(raw).__name__}")
     try:
-        return from_dict(Params, raw)
+        return _build(Params, raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-
-
-def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a plain dict, checking keys, types and values."""
-    where = prefix.rstrip(".") or "params"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping, got {_show(raw)}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
-        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s}{hint}; known keys in {where}: {', '.join(sorted(names))}"
-        )
-    values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    obj = cls(**values)
-    if hasattr(obj, "check"):
-        obj.check()
-    return obj
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, f"{key}.")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(a, value, key)
-            except ConfigError as e:
-                errors.append(e)
-        if len(inner) == 1:
-            raise errors[0]
-        raise ConfigError(f"{key} must be {' or '.join(_describe(a) for a in inner)}, got {_show(value)}")
-    if origin is dict:
-        key_hint, item = typing.get_args(hint)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {_show(value)}")
-        return {_coerce(key_hint, k, f"{key} key {k!r}"): _coerce(item, v, f"{key}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        (item, _) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {_show(value)}")
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {_show(value)}")
-        return value
-    # bool is an int in Python; a YAML `true` for an int knob is a mistake, not a 1.
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a programming error in this module
-        raise TypeError(f"unsupported config type {hint} for {key}")
-    raise ConfigError(f"{key} must be {_type_name(hint)}, got {_show(value)}")
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(repr(c) for c in typing.get_args(hint))
-    return _type_name(hint)
-
-
-def _type_name(hint: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
-
-
-def _show(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _positive(obj: Any, *keys: str) -> None:
-    for key in keys:
-        if getattr(obj, key) <= 0:
-            raise ConfigError(f"{_group(obj)}.{key} must be > 0, got {getattr(obj, key)}")
-
-
-def _at_least(obj: Any, key: str, low: float) -> None:
-    if getattr(obj, key) < low:
-        raise ConfigError(f"{_group(obj)}.{key} must be >= {low}, got {getattr(obj, key)}")
-
-
-def _in_range(obj: Any, key: str, low: float, high: float, open_: bool = False) -> None:
-    v = getattr(obj, key)
-    ok = low < v < high if open_ else low <= v <= high
-    if not ok:
-        bounds = f"({low}, {high})" if open_ else f"[{low}, {high}]"
-        raise ConfigError(f"{_group(obj)}.{key} must be in {bounds}, got {v}")
-
-
-# Each group's dataclass -> its name in params.yaml, as Params declares it.
-_GROUPS = {cls: name for name, cls in typing.get_type_hints(Params).items()}
-
-
-def _group(obj: Any) -> str:
-    return _GROUPS[type(obj)]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -448,3 +350,60 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# --- pydantic's errors, as one line each ------------------------------------------------------------
+
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "tuple_type": "a list", "dict_type": "a mapping",
+             "dataclass_exact_type": "a mapping"}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+           "less_than_equal": ("le", "<=")}
+
+
+def _message(error: ValidationError, cls: type) -> str:
+    """pydantic's first error for a `cls(...)` call, as one line naming the dotted key and the value:
+    `train.lr must be > 0.0, got 0`. A group's errors reach Params as ConfigErrors already."""
+    errors, prefix = error.errors(), _prefix(cls)
+    e = next((e for e in errors if e["type"] == "unexpected_keyword_argument"), errors[0])  # typos first
+    kind, key, value = e["type"], _key(cls, e["loc"], prefix), e["input"]
+    if kind == "unexpected_keyword_argument":
+        names = sorted(f.name for f in dataclasses.fields(cls))
+        close = difflib.get_close_matches(str(e["loc"][-1]), names, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        return f"unknown key {key}{hint}; known keys in {prefix[:-1] or 'params'}: {', '.join(names)}"
+    if kind == "value_error":  # a rule above; a ConfigError names its keys itself
+        cause = e["ctx"]["error"]
+        return str(cause) if isinstance(cause, ConfigError) else f"{key} {cause}"
+    if kind in _BOUNDS:
+        bound, sign = _BOUNDS[kind]
+        return f"{key} must be {sign} {e['ctx'][bound]}, got {value}"
+    if kind == "string_too_short":
+        return f"{key} must not be empty"
+    # A union's members each fail (train.workers: an integer, 'auto'): the key takes any of them.
+    expected = [x["ctx"]["expected"] if x["type"] == "literal_error" else _EXPECTED.get(x["type"], x["msg"])
+                for x in errors if _key(cls, x["loc"], prefix) == key]
+    return f"{key} must be {' or '.join(expected)}, got {_show(value)}"
+
+
+def _key(cls: type, loc: tuple, prefix: str) -> str:
+    """The dotted key an error's location names: `eval.fprs[1]`, `eval.extra_sets.phase2`; a union
+    member's tag (`constrained-int`) is no part of it."""
+    if not loc:  # a rule of the whole group
+        return prefix[:-1]
+    key, field_type = f"{prefix}{loc[0]}", getattr(cls.__pydantic_fields__.get(loc[0]), "annotation", None)
+    for part in loc[1:]:
+        if typing.get_origin(field_type) is dict:
+            key += "" if part == "[key]" else f".{part}"
+        elif isinstance(part, int):
+            key += f"[{part}]"
+    return key
+
+
+def _prefix(cls: type) -> str:
+    """'train.' for TrainConfig, as Params names it; '' for Params itself."""
+    return next((f"{name}." for name, f in Params.__pydantic_fields__.items() if f.annotation is cls), "")
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"

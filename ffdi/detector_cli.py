@@ -123,41 +123,24 @@ def _images_under(folder: str, suffixes: set[str]) -> list[str]:
 # --- which model, and how it scores ----------------------------------------------------------------
 
 
-def _params_yaml() -> Optional[dict]:
-    path = Path(PARAMS_FILE)
-    if not path.is_file():
-        return None
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path}: not valid YAML ({e})") from None
-    return raw if isinstance(raw, dict) else {}
-
-
 def default_tta(cli_tta: Optional[list[str]]) -> tuple[tuple[str, ...], str]:
     """The test-time views, and where they came from (for the summary)."""
     if cli_tta is not None:
         return tuple(cli_tta), "--tta"
-    params = _params_yaml()
-    if params is None:
+    if not Path(PARAMS_FILE).is_file():  # not an ffdi project: the image alone, not predict.tta's default
         return (), "default: no params.yaml here"
-    from ffdi.config import PredictConfig
+    from ffdi.config import load_params
 
-    tta = (params.get("predict") or {}).get("tta", list(PredictConfig.tta))
-    if not isinstance(tta, list) or not all(isinstance(v, str) for v in tta):
-        raise UsageError(f"{PARAMS_FILE}: predict.tta must be a list of view names, got {tta!r}")
-    return tuple(tta), f"{PARAMS_FILE} predict.tta"
+    return load_params(PARAMS_FILE).predict.tta, f"{PARAMS_FILE} predict.tta"
 
 
 def default_threshold(cli_threshold: Optional[float]) -> float:
     if cli_threshold is not None:
         threshold = cli_threshold
     else:
-        from ffdi.config import EvalConfig
+        from ffdi.config import load_params
 
-        threshold = ((_params_yaml() or {}).get("eval") or {}).get("threshold", EvalConfig.threshold)
+        threshold = load_params(PARAMS_FILE, optional=True).eval.threshold
     if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise UsageError(f"the threshold must be a probability in [0, 1], got {threshold!r}")
     return float(threshold)
@@ -170,16 +153,14 @@ def use_project_store() -> None:
     """
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return
-    params = _params_yaml()
-    if params is None and not Path("mlflow.db").is_file():
+    if not Path(PARAMS_FILE).is_file() and not Path("mlflow.db").is_file():
         return
     import mlflow
 
-    from ffdi.config import TrackingConfig, from_dict
+    from ffdi.config import load_params
     from ffdi.tracking import tracking_uri
 
-    cfg = from_dict(TrackingConfig, (params or {}).get("tracking") or {}, "tracking.")
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_tracking_uri(tracking_uri(load_params(PARAMS_FILE, optional=True).tracking))
 
 
 def load_detector(model, device: str, tta: Sequence[str]):

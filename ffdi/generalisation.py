@@ -136,7 +136,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
 
-    params = load_params() if Path("params.yaml").exists() else Params()
+    params = load_params(optional=True)
     cfg = params.tracking
     if args.experiment:
         cfg = TrackingConfig(experiment=args.experiment, uri=cfg.uri, log_model=cfg.log_model)

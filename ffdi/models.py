@@ -73,9 +73,8 @@ def resolve_augment(aug: AugmentConfig, model: nn.Module) -> AugmentConfig:
     if aug.normalize in (None, "model"):
         changes.update(normalize="model", mean=tuple(float(m) for m in data_cfg["mean"]),
                        std=tuple(float(s) for s in data_cfg["std"]))
-    resolved = dataclasses.replace(aug, **changes)
-    resolved.check()  # e.g. an image_size set above the resize the model chose
-    return resolved
+    # Validated again, like every config: e.g. an image_size set above the resize the model chose.
+    return dataclasses.replace(aug, **changes)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

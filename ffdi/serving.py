@@ -40,7 +40,7 @@ MAX_IMAGES = 64
 DEFAULT_THRESHOLD = 0.5
 # What ffdi's scoring path imports, recorded with the model (`mlflow models build-docker`
 # installs them); passing them skips MLflow's slow requirement inference.
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "PyYAML", "tqdm")
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "PyYAML", "pydantic", "tqdm")
 FFDI_PACKAGE = Path(__file__).resolve().parent
 
 
@@ -218,7 +218,7 @@ def example_image(params_file: Path = Path("params.yaml")) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from ffdi import tracking
-    from ffdi.config import TrackingConfig, load_params
+    from ffdi.config import load_params
 
     ap = argparse.ArgumentParser(prog="ffdi serve", description="Serve a logged detector over HTTP with "
                                  "`mlflow models serve`: POST base64 image files, get P(fake) back.")
@@ -228,7 +228,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--port", type=int, default=5001)
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept requests from other machines")
     args = ap.parse_args(argv)
-    cfg = load_params().tracking if Path("params.yaml").exists() else TrackingConfig()
+    cfg = load_params(optional=True).tracking
     store = tracking.tracking_uri(cfg)
     local = Path(store.removeprefix("sqlite:///"))
     if store.startswith("sqlite:///") and not local.is_file():  # opening it would create an empty one

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ffdi.config import AugmentConfig, from_dict
+from ffdi.config import AugmentConfig
 from ffdi.data import make_loader
 from ffdi.errors import ConfigError
 from ffdi.transforms import build_uint8_transform, load_image
@@ -73,12 +73,12 @@ def _jpeg(img, quality):
     ({"jpeg": [90, 30]}, "augment.jpeg must be null or"),
     ({"blur": [1.0]}, "augment.blur must be null or"),
     ({"downscale": [0, 0.5]}, "augment.downscale must be null or"),
-    ({"self_blend": 1.5}, "augment.self_blend must be in"),
-    ({"degrade_p": -0.1}, "augment.degrade_p must be in"),
+    ({"self_blend": 1.5}, "augment.self_blend must be <= 1.0, got 1.5"),
+    ({"degrade_p": -0.1}, "augment.degrade_p must be >= 0.0, got -0.1"),
 ])
 def test_bad_augment_values_are_named(raw, message):
     with pytest.raises(ConfigError, match=message):
-        from_dict(AugmentConfig, raw, "augment.")
+        AugmentConfig(**raw)
 
 
 def test_normalisation_runs_on_the_batch_as_stored():

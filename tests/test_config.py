@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from ffdi.config import ConfigError, Params, flatten, load_params
+from ffdi.config import AugmentConfig, ConfigError, Params, TrainConfig, flatten, load_params
 from tests.conftest import ROOT
 
 
@@ -34,9 +36,9 @@ def test_missing_groups_take_defaults(tmp_path):
         ("model:\n  se: 'yes'\n", "model.se must be true or false, got 'yes'"),
         ("train:\n  lr: fast\n", "train.lr must be a number, got 'fast'"),
         ("train:\n  batch_size: 0\n", "train.batch_size must be > 0, got 0"),
-        ("train:\n  optimizer: rmsprop\n", "train.optimizer must be one of adam, adamw, sgd; got 'rmsprop'"),
+        ("train:\n  optimizer: rmsprop\n", "train.optimizer must be 'adam', 'adamw' or 'sgd', got 'rmsprop'"),
         ("augment:\n  resize: 64\n  image_size: 128\n", "augment.image_size (128) must not exceed augment.resize (64)"),
-        ("augment:\n  hflip: 1.5\n", "augment.hflip must be in [0.0, 1.0], got 1.5"),
+        ("augment:\n  hflip: 1.5\n", "augment.hflip must be <= 1.0, got 1.5"),
         ("model:\n  pretrained: true\n  weights: w.pt\n", "either model.pretrained or model.weights"),
         ("train: 3\n", "train must be a mapping"),
     ],
@@ -65,7 +67,7 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         ("train:\n  threads: 0\n", "train.threads must be > 0, got 0"),
         ("predict:\n  tta: hflip\n", "predict.tta must be a list, got 'hflip'"),
         ("predict:\n  tta: [hflip, spin]\n", "predict.tta: unknown view 'spin'"),
-        ("eval:\n  fprs: [0.01, 2]\n", "eval.fprs: each must be in (0.0, 1.0), got 2.0"),
+        ("eval:\n  fprs: [0.01, 2]\n", "eval.fprs[1] must be < 1.0, got 2"),
         ("data:\n  holdout: [real]\n", "'real' cannot be held out"),
     ]:
         p.write_text(text)
@@ -77,3 +79,104 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
     assert params.train.workers == 3 and params.train.threads == "auto"
     assert params.predict.tta == ("vflip", "hflip") and params.data.holdout == ("splice",)
     assert params.to_dict()["predict"]["tta"] == ["vflip", "hflip"]  # YAML- and JSON-friendly
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # An unknown key: the closest known one, and every key of its group.
+        ("train:\n  lrr: 0.1\n",
+         "unknown key train.lrr (did you mean train.lr?); known keys in train: amp, batch_size, best_metric, "
+         "channels_last, compile, device, distributed, ema, epochs, gamma, lr, momentum, optimizer, scheduler, "
+         "seed, step_size, threads, weight_decay, workers"),
+        ("trian:\n  lr: 0.1\n", "unknown key trian (did you mean train?); known keys in params: augment, data, "
+         "eval, model, predict, sample, tracking, train"),
+        # Strict types: no bool for an int, no string for a number.
+        ("train:\n  epochs: true\n", "train.epochs must be an integer, got True (bool)"),
+        ("train:\n  lr: '0.1'\n", "train.lr must be a number, got '0.1' (str)"),
+        ("augment:\n  jpeg: [30.5, 90]\n", "augment.jpeg[0] must be an integer, got 30.5 (float)"),
+        # Bounds, open and closed.
+        ("train:\n  lr: 0.0\n", "train.lr must be > 0.0, got 0.0"),
+        ("train:\n  epochs: 0\n", "train.epochs must be > 0, got 0"),
+        ("sample:\n  fake_fraction: 1.0\n", "sample.fake_fraction must be < 1.0, got 1.0"),
+        ("sample:\n  jpeg_quality: 101\n", "sample.jpeg_quality must be <= 100, got 101"),
+        ("eval:\n  robustness_images: 1\n", "eval.robustness_images must be >= 2, got 1"),
+        ("train:\n  workers: -1\n", "train.workers must be >= 0, got -1"),
+        # Choices.
+        ("train:\n  amp: fp8\n", "train.amp must be 'auto', 'off', 'bf16' or 'fp16', got 'fp8' (str)"),
+        ("augment:\n  normalize: imagenet21k\n",
+         "augment.normalize must be 'imagenet', 'none' or 'model', got 'imagenet21k' (str)"),
+        ("model:\n  num_classes: 3\n", "model.num_classes must be 2, got 3 (int)"),
+        ("train:\n  threads: many\n", "train.threads must be an integer or 'auto', got 'many' (str)"),
+        # Rules across keys, and rules of one key.
+        ("augment:\n  resize: 64\n  image_size: 128\n",
+         "augment.image_size (128) must not exceed augment.resize (64): the centre crop is taken from the resized image"),
+        ("model:\n  pretrained: true\n  weights: w.pt\n", "set either model.pretrained or model.weights, not both"),
+        ("augment:\n  downscale: [0, 0.5]\n",
+         "augment.downscale must be null or [low, high] with 0.0 <= low <= high <= 1.0 (low > 0.0), got [0.0, 0.5]"),
+        ("data:\n  root: ''\n", "data.root must not be empty"),
+        ("eval:\n  extra_sets: {real: /data/x}\n", "eval.extra_sets: name 'real' must be letters, digits, '_' or '-' "
+         "(it names metrics and files), and not 'val' or 'real'"),
+        ("eval:\n  degradations: [blur:1, blur:1.0]\n",
+         "eval.degradations: a degradation is listed twice: ['blur:1', 'blur:1.0']"),
+        ("predict:\n  tta: [hflip, hflip]\n", "predict.tta: a view is listed twice: ['hflip', 'hflip']"),
+        ("train: [1]\n", "train must be a mapping, got [1] (list)"),
+    ],
+)
+def test_messages_are_one_line_and_name_the_file_the_key_and_the_value(tmp_path, text, message):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_params(p)
+    assert str(e.value) == f"{p}: {message}"
+
+
+def test_a_group_left_empty_takes_its_defaults(tmp_path):
+    # `train:` with nothing under it is YAML's null.
+    assert load_params(write(tmp_path, "train:\naugment:\n  hflip: 0\n")).train == TrainConfig()
+
+
+def test_int_for_float_is_a_float(tmp_path):
+    params = load_params(write(tmp_path, "train:\n  lr: 1\naugment:\n  blur: [0, 2]\n"))
+    assert type(params.train.lr) is float and params.train.lr == 1.0
+    assert params.augment.blur == (0.0, 2.0) and all(type(v) is float for v in params.augment.blur)
+
+
+def test_optional_params_file(tmp_path):
+    missing = tmp_path / "nowhere" / "params.yaml"
+    assert load_params(missing, optional=True) == Params()
+    with pytest.raises(ConfigError) as e:
+        load_params(missing)
+    assert str(e.value) == f"{missing}: file not found"
+    # optional is about a missing file only: a bad one still fails.
+    with pytest.raises(ConfigError, match="train.lr must be > 0"):
+        load_params(write(tmp_path, "train:\n  lr: 0\n"), optional=True)
+
+
+def test_bad_yaml_is_one_line(tmp_path):
+    p = write(tmp_path, "train:\n  lr: [0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_params(p)
+    assert str(e.value).startswith(f"{p}: not valid YAML: ") and "\n" not in str(e.value)
+
+
+def test_every_construction_is_validated():
+    # dataclasses.replace builds a new config through __init__: validated like params.yaml.
+    aug = AugmentConfig(resize=64, image_size=64)
+    assert dataclasses.replace(aug, image_size=32).image_size == 32
+    with pytest.raises(ConfigError, match=r"^augment.image_size \(100\) must not exceed augment.resize \(64\)"):
+        dataclasses.replace(aug, image_size=100)
+    with pytest.raises(ConfigError, match=r"^train.lr must be > 0.0, got -1.0$"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ConfigError, match=r"^unknown key augment.hflp \(did you mean augment.hflip\?\)"):
+        AugmentConfig(hflp=0.5)
+    with pytest.raises(ConfigError, match=r"^train.epochs must be > 0, got 0$"):
+        Params(train={"epochs": 0})
+
+
+def test_a_checkpoints_config_builds_the_same_params():
+    # A checkpoint keeps params.to_dict() (lists, not tuples); it must rebuild the same configs.
+    params = Params(augment=AugmentConfig(normalize="model", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+    raw = params.to_dict()
+    assert raw["augment"]["mean"] == [0.5, 0.5, 0.5]
+    assert Params(**raw) == params
+    assert AugmentConfig(**raw["augment"]) == params.augment

@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from ffdi import checkpoint, degrade
-from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig, from_dict
+from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig
 from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.errors import ConfigError
@@ -61,14 +61,14 @@ def test_degradations_parse_checked_and_ordered_mild_to_severe():
     for bad, message in [("jpeg:0", "integer in [1, 100]"), ("blur:0", "(0.0, 100.0)"), ("sharpen:1", "kind one of"),
                          ("downscale:1.5", "(0.0, 1.0)"), ("jpeg", "kind:severity")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
-            from_dict(EvalConfig, {"degradations": [bad]}, "eval.")
+            EvalConfig(degradations=[bad])
     with pytest.raises(ConfigError, match="listed twice"):
-        from_dict(EvalConfig, {"degradations": ["jpeg:70", "jpeg:70.0"]}, "eval.")
+        EvalConfig(degradations=["jpeg:70", "jpeg:70.0"])
     with pytest.raises(ConfigError, match="eval.extra_sets: name 'a b'"):
-        from_dict(EvalConfig, {"extra_sets": {"a b": "x"}}, "eval.")
+        EvalConfig(extra_sets={"a b": "x"})
     with pytest.raises(ConfigError, match="eval.extra_sets must be a mapping"):
-        from_dict(EvalConfig, {"extra_sets": ["x"]}, "eval.")
-    assert from_dict(EvalConfig, {"extra_sets": {"other": "data/x"}}, "eval.").extra_sets == {"other": "data/x"}
+        EvalConfig(extra_sets=["x"])
+    assert EvalConfig(extra_sets={"other": "data/x"}).extra_sets == {"other": "data/x"}
 
 
 def test_degraded_scores_are_the_detectors_scores_of_the_degraded_images(random_detector):

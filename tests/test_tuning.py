@@ -94,13 +94,13 @@ def test_ema_resumes_to_the_same_numbers(tiny_data, manifests, tmp_path):
 
 
 def test_ema_and_tune_are_checked():
-    from ffdi.config import TrainConfig, from_dict
+    from ffdi.config import TrainConfig
     from ffdi.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="train.ema must be in"):
-        from_dict(TrainConfig, {"ema": 1.0}, "train.")
-    with pytest.raises(ConfigError, match="model.tune must be one of"):
-        from_dict(ModelConfig, {"tune": "lora"}, "model.")
+    with pytest.raises(ConfigError, match="train.ema must be < 1.0, got 1.0"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ConfigError, match="model.tune must be 'full', 'linear' or 'norm', got 'lora'"):
+        ModelConfig(tune="lora")
 
 
 @pytest.mark.slow
