@@ -105,7 +105,8 @@ def params_for(cfg: dict, data: Path, threads: int, workers: int, state: Path):
         data=replace(p.data, root=str(data)),
         augment=replace(p.augment, resize=SIZE, image_size=SIZE),
         model=replace(p.model, arch=cfg["arch"]),
-        train=replace(p.train, epochs=cfg["epochs"], workers=workers, threads=threads),
+        train=replace(p.train, epochs=cfg["epochs"]),
+        runtime=replace(p.runtime, workers=workers, threads=threads),
         tracking=replace(p.tracking, uri=f"sqlite:///{state / 'mlflow.db'}", experiment="efficiency"),
     )
 
@@ -134,7 +135,7 @@ def part_loader(params, phase: str, manifest, worker_cores, seconds: float) -> d
 
     train = phase == "train"
     batch_size = params.train.batch_size * (1 if train else 2)
-    loader = pin_workers(make_loader(manifest, params.augment, batch_size, params.train.workers, train,
+    loader = pin_workers(make_loader(manifest, params.augment, batch_size, params.runtime.workers, train,
                                      persistent=True), worker_cores)
     wait_for_go()
     n, first, last, epoch = 0, None, None, 0
@@ -178,7 +179,7 @@ def part_model(params, phase: str, manifest, seconds: float) -> dict:
     from ffdi.models import build_model
     from ffdi.train import build_optimizer, train_one_epoch
 
-    device = select_device(params.train.device)
+    device = select_device(params.runtime.device)
     precision = resolve_precision(params.train.amp, device)
     torch.manual_seed(0)
     model = build_model(params.model, SIZE).to(device).to(memory_format=torch.channels_last)

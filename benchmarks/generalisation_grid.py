@@ -115,8 +115,8 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     result = fit(params, drop_groups(train, [holdout]), drop_groups(val, [holdout]), state)
     train_seconds = time.perf_counter() - t0
     # Scored and measured as the evaluate stage does, with the metric names it logs to MLflow.
-    detector = Detector.load(state / "best.pt", params.train.device, tta=params.predict.tta)
-    workers = resolve_workers(params.train.workers, resolve_threads(params.train.threads, None), detector.device)
+    detector = Detector.load(state / "best.pt", params.runtime.device, tta=params.predict.tta)
+    workers = resolve_workers(params.runtime.workers, resolve_threads(params.runtime.threads, None), detector.device)
     ev = evaluation.evaluate(detector, val, params.eval, [holdout], workers=workers)
     m = tracking.evaluation_metrics(ev.report, ev.seconds)
     history = result["history"]

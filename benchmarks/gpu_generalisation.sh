@@ -14,12 +14,12 @@ nproc; nvidia-smi -L 2>/dev/null
 python -c "import torch, torchvision, timm, sklearn, skimage; print('torch', torch.__version__, 'tv', torchvision.__version__, 'timm', timm.__version__, 'skimage', skimage.__version__, 'cuda', torch.cuda.is_available())"
 if [ "$SCALE" = tiny ]; then
   B_SAMPLE="--sample sample.size=128 --sample sample.n_train=300 --sample sample.n_val=80"
-  B_SET="--set augment.resize=64 --set augment.image_size=64 --set train.epochs=1 --set train.threads=1 --set train.workers=1"
+  B_SET="--set augment.resize=64 --set augment.image_size=64 --set train.epochs=1 --set runtime.threads=1 --set runtime.workers=1"
   B_ARCH=convnext_atto; A_SAMPLE="--sample sample.n_train=240 --sample sample.n_val=80"; A_SET="--set train.epochs=1"
   A_SEEDS="0"; A_JOBS=2; B_TIMEOUT=300; A_TIMEOUT=600; A_DEADLINE=4
 else
   B_SAMPLE="--sample sample.size=512 --sample sample.n_train=20000 --sample sample.n_val=2000"
-  B_SET="--set augment.resize=256 --set augment.image_size=256 --set train.batch_size=64 --set train.threads=2 --set train.workers=14"
+  B_SET="--set augment.resize=256 --set augment.image_size=256 --set train.batch_size=64 --set runtime.threads=2 --set runtime.workers=14"
   B_ARCH=convnext_tiny; A_SAMPLE=""; A_SET=""; A_SEEDS="0 1 2"; A_JOBS=8; B_TIMEOUT=250; A_TIMEOUT=270; A_DEADLINE=3.3
 fi
 
@@ -32,7 +32,7 @@ rm -rf "$WORK/big"
 
 echo "=== A $(date +%T)"
 timeout $A_TIMEOUT python -m benchmarks.generalisation_grid run --out "$OUT/knobs" --work "$WORK/knobs" \
-  $A_SAMPLE --sample sample.n_test=0 $A_SET --set train.amp=off --set train.threads=1 --set train.workers=1 \
+  $A_SAMPLE --sample sample.n_test=0 $A_SET --set train.amp=off --set runtime.threads=1 --set runtime.workers=1 \
   --set eval.degradations=[] --seeds $A_SEEDS --jobs $A_JOBS --deadline-min $A_DEADLINE \
   --variant baseline --variant ema:train.ema=0.999 --variant "tta6:predict.tta=[hflip,vflip,rot90,rot180,rot270]" \
   --variant self_blend:augment.self_blend=0.5 --variant npr:model.input=rgb+npr \

@@ -128,8 +128,8 @@ def step_validate() -> dict:
     from ffdi.train import validate
 
     params, paths = load_params(), stage_paths("evaluate")
-    detector = Detector.load(paths["model"], params.train.device, tta=params.predict.tta)
-    workers = resolve_workers(params.train.workers, available_cores(), detector.device)
+    detector = Detector.load(paths["model"], params.runtime.device, tta=params.predict.tta)
+    workers = resolve_workers(params.runtime.workers, available_cores(), detector.device)
     loader = make_loader(read_manifest(paths["prepared"] / "val.csv"), detector.augment, 2 * params.train.batch_size,
                          workers, False)
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from ffdi.detector import Detector
 from ffdi.runs import Run, finished_pipeline_runs, val_predictions
 
 # Params that differ between the runs of one variant, or that never change a model's scores.
-IGNORED = ("data.holdout", "train.seed", "train.threads", "train.workers")
+IGNORED = ("data.holdout", "train.seed", "runtime.threads", "runtime.workers")
 
 
 def model_uri(run: Run, experiment_id: str) -> str:

@@ -231,17 +231,25 @@ class TrainConfig:
     step_size: Positive = 4
     gamma: Between0And1 = 0.85
     best_metric: Literal["val_auc", "val_acc", "val_loss"] = "val_auc"
-    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"
-    threads: Union[Positive, Literal["auto"]] = "auto"
     seed: int = 0
     channels_last: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     compile: bool = False
     distributed: Literal["auto", "off", "on"] = "auto"
     # Decay of an exponential moving average of the weights (timm ModelEmaV3, with warm-up), or
     # null. The averaged weights are the ones validated, checkpointed, logged and served.
     ema: Optional[Between0And1] = None
+
+
+@_validated
+class RuntimeConfig:
+    """Where and with how much to compute, not what: no stage tracks this group, so changing it
+    never retrains or re-evaluates. The device and the thread count can move results in the last
+    bits; every run records what it used (the hw.* tags)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"  # loader processes
+    threads: Union[Positive, Literal["auto"]] = "auto"  # torch threads
 
 
 @_validated
@@ -254,7 +262,9 @@ class EvalConfig:
     extra_sets: dict[str, NonEmpty] = field(default_factory=dict)
     # `kind:severity` applied to the decoded val images before the Detector's preprocessing.
     degradations: Items[str] = ("jpeg:50", "blur:0.5", "blur:1", "downscale:0.5")
-    robustness_images: Optional[Annotated[int, Field(ge=2)]] = None  # null: every val image; else a fixed random subset
+    # A fixed random subset of val for the degradations (null: all of it): each image is decoded in
+    # full and degraded several ways, so all of multiFFDI's 147k would outlast a GPU training epoch.
+    robustness_images: Optional[Annotated[int, Field(ge=2)]] = 2000
 
     @model_validator(mode="after")
     def _names_and_specs(self) -> EvalConfig:
@@ -315,6 +325,7 @@ class Params:
     eval: Group[EvalConfig] = field(default_factory=EvalConfig)
     predict: Group[PredictConfig] = field(default_factory=PredictConfig)
     tracking: Group[TrackingConfig] = field(default_factory=TrackingConfig)
+    runtime: Group[RuntimeConfig] = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         # Lists, not tuples: YAML, JSON and MLflow take them as written in params.yaml.
@@ -380,7 +391,7 @@ def _message(error: ValidationError, cls: type) -> str:
         return f"{key} must be {sign} {e['ctx'][bound]}, got {value}"
     if kind == "string_too_short":
         return f"{key} must not be empty"
-    # A union's members each fail (train.workers: an integer, 'auto'): the key takes any of them.
+    # A union's members each fail (runtime.workers: an integer, 'auto'): the key takes any of them.
     expected = [x["ctx"]["expected"] if x["type"] == "literal_error" else _EXPECTED.get(x["type"], x["msg"])
                 for x in errors if _key(cls, x["loc"], prefix) == key]
     return f"{key} must be {' or '.join(expected)}, got {_show(value)}"

@@ -34,15 +34,15 @@ def rank_and_world() -> tuple[int, int]:
 
 
 @contextmanager
-def process_group(cfg: TrainConfig):
+def process_group(cfg: TrainConfig, device: str = "auto"):
     """Join torchrun's processes into one group for the duration; a no-op otherwise.
 
-    gloo on CPU, nccl on CUDA with one GPU per process (LOCAL_RANK).
+    gloo on CPU, nccl on CUDA with one GPU per process (LOCAL_RANK). device: runtime.device.
     """
     if not use_distributed(cfg) or is_distributed():
         yield
         return
-    cuda = select_device(cfg.device).type == "cuda"
+    cuda = select_device(device).type == "cuda"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl" if cuda else "gloo")

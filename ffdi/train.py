@@ -186,9 +186,9 @@ def fit(
     With train.ema, the moving average of the weights is what is validated and checkpointed.
     Returns {'history', 'best', 'skipped', 'precision', 'device', 'trainable_params'}.
     """
-    cfg = params.train
+    cfg, runtime = params.train, params.runtime
     rank, world = distributed.rank_and_world()
-    device = select_device(cfg.device)
+    device = select_device(runtime.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # process_group set it per rank
         torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
@@ -245,8 +245,8 @@ def fit(
 
     policy = params.data.on_bad_image
     shard = world > 1
-    threads = resolve_threads(cfg.threads, cpu_share)
-    workers = resolve_workers(cfg.workers, threads, device)
+    threads = resolve_threads(runtime.threads, cpu_share)
+    workers = resolve_workers(runtime.workers, threads, device)
     # Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with
     # every index, ffdi.data.EpochSampler).
     train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, workers, True, policy, shard, cfg.seed,
@@ -258,9 +258,9 @@ def fit(
 
     for epoch in range(len(history), cfg.epochs):
         # Another pipeline may have started or ended: take this epoch's share of the cores.
-        threads = resolve_threads(cfg.threads, cpu_share)
+        threads = resolve_threads(runtime.threads, cpu_share)
         apply_threads(threads)
-        workers = resolve_workers(cfg.workers, threads, device)
+        workers = resolve_workers(runtime.workers, threads, device)
         train_loader = set_workers(train_loader, workers, persistent=True)
         val_loader = set_workers(val_loader, workers, persistent=True)
         seed_everything(epoch_seed(cfg.seed, epoch, rank))

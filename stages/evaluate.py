@@ -17,16 +17,16 @@ def main(params, prepared, model, run_ref, reports, metrics):
     cfg = params.eval
     tracking.check_reachable(params.tracking)
     share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
-    hardware.apply_threads(hardware.resolve_threads(params.train.threads, share))
-    detector = Detector.load(model, params.train.device, tta=params.predict.tta)
-    workers = hardware.resolve_workers(params.train.workers, share.threads(), detector.device)
+    hardware.apply_threads(hardware.resolve_threads(params.runtime.threads, share))
+    detector = Detector.load(model, params.runtime.device, tta=params.predict.tta)
+    workers = hardware.resolve_workers(params.runtime.workers, share.threads(), detector.device)
     val = read_manifest(prepared / "val.csv")
     # Checked before the val scoring, so a wrong path fails in seconds.
     extra = {name: evaluation.labelled_folder(name, root, params.data) for name, root in cfg.extra_sets.items()}
     ensemble = None
     if params.predict.ensemble:  # the submission's scorer: this model averaged with those
         tracking.setup(params.tracking)  # where models:/ and runs:/ URIs are found
-        ensemble = Ensemble.extend(detector, params.predict.ensemble, params.train.device)
+        ensemble = Ensemble.extend(detector, params.predict.ensemble, params.runtime.device)
 
     ev = evaluation.evaluate(detector, val, cfg, params.data.holdout, extra, ensemble, workers,
                              params.data.on_bad_image)

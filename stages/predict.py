@@ -20,14 +20,14 @@ def main(params, prepared, model, run_ref):
     cfg = params.predict
     tracking.check_reachable(params.tracking)
     share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
-    hardware.apply_threads(hardware.resolve_threads(params.train.threads, share))
+    hardware.apply_threads(hardware.resolve_threads(params.runtime.threads, share))
     split = json.loads((prepared / "summary.json").read_text())["predict_split"]
     manifest = read_manifest(prepared / f"{split}.csv")
-    detector = Detector.load(model, params.train.device, tta=cfg.tta)
+    detector = Detector.load(model, params.runtime.device, tta=cfg.tta)
     if cfg.ensemble:
         tracking.setup(params.tracking)  # where models:/ and runs:/ URIs are found
-        detector = Ensemble.extend(detector, cfg.ensemble, params.train.device)
-    workers = hardware.resolve_workers(params.train.workers, share.threads(), detector.device)
+        detector = Ensemble.extend(detector, cfg.ensemble, params.runtime.device)
+    workers = hardware.resolve_workers(params.runtime.workers, share.threads(), detector.device)
     res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
     prob = np.full(len(manifest), UNREADABLE_SCORE)
     prob[res.index] = res.prob

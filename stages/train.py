@@ -39,7 +39,7 @@ def main(params, prepared, model, run_ref, history):
     data_hash = json.loads((prepared / "summary.json").read_text())["data_hash"]
     train_rows, val_rows = load_manifests(params, prepared)
     state_dir = checkpoint.resume_dir(params, data_hash)
-    with distributed.process_group(params.train):
+    with distributed.process_group(params.train, params.runtime.device):
         if distributed.rank_and_world()[0] != 0:  # a DDP worker: trains its shard, reports nothing
             fit(params, train_rows, val_rows, state_dir, cpu_share=share)
             return
@@ -52,9 +52,9 @@ def main(params, prepared, model, run_ref, history):
             if prior_run is None:
                 tracking.log_params(params)
                 mlflow.set_tags(tracking.start_tags(params, data_hash))
-                device = hardware.select_device(params.train.device)
+                device = hardware.select_device(params.runtime.device)
                 mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device),
-                                                  hardware.resolve_threads(params.train.threads, share)))
+                                                  hardware.resolve_threads(params.runtime.threads, share)))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
                 tracking.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
             steps = tracking.logged_steps(run.info.run_id)

@@ -18,7 +18,8 @@ from tests.conftest import ROOT
 TINY_PARAMS = {
     "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},
     "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "train": {"epochs": 2, "batch_size": 16},
+    "runtime": {"workers": 0},
     "eval": {"batch_size": 32},
     "predict": {"batch_size": 32},
 }

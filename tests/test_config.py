@@ -63,8 +63,8 @@ def test_flatten_names():
 def test_auto_or_int_and_lists_are_checked(tmp_path):
     p = tmp_path / "params.yaml"
     for text, message in [
-        ("train:\n  workers: many\n", "train.workers must be an integer or 'auto', got 'many'"),
-        ("train:\n  threads: 0\n", "train.threads must be > 0, got 0"),
+        ("runtime:\n  workers: many\n", "runtime.workers must be an integer or 'auto', got 'many'"),
+        ("runtime:\n  threads: 0\n", "runtime.threads must be > 0, got 0"),
         ("predict:\n  tta: hflip\n", "predict.tta must be a list, got 'hflip'"),
         ("predict:\n  tta: [hflip, spin]\n", "predict.tta: unknown view 'spin'"),
         ("eval:\n  fprs: [0.01, 2]\n", "eval.fprs[1] must be < 1.0, got 2"),
@@ -74,9 +74,9 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         with pytest.raises(ConfigError) as e:
             load_params(p)
         assert message in str(e.value), (text, str(e.value))
-    p.write_text("train:\n  workers: 3\n  threads: auto\npredict:\n  tta: [vflip, hflip]\ndata:\n  holdout: [splice]\n")
+    p.write_text("runtime:\n  workers: 3\n  threads: auto\npredict:\n  tta: [vflip, hflip]\ndata:\n  holdout: [splice]\n")
     params = load_params(p)
-    assert params.train.workers == 3 and params.train.threads == "auto"
+    assert params.runtime.workers == 3 and params.runtime.threads == "auto"
     assert params.predict.tta == ("vflip", "hflip") and params.data.holdout == ("splice",)
     assert params.to_dict()["predict"]["tta"] == ["vflip", "hflip"]  # YAML- and JSON-friendly
 
@@ -87,10 +87,10 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         # An unknown key: the closest known one, and every key of its group.
         ("train:\n  lrr: 0.1\n",
          "unknown key train.lrr (did you mean train.lr?); known keys in train: amp, batch_size, best_metric, "
-         "channels_last, compile, device, distributed, ema, epochs, gamma, lr, momentum, optimizer, scheduler, "
-         "seed, step_size, threads, weight_decay, workers"),
+         "channels_last, compile, distributed, ema, epochs, gamma, lr, momentum, optimizer, scheduler, "
+         "seed, step_size, weight_decay"),
         ("trian:\n  lr: 0.1\n", "unknown key trian (did you mean train?); known keys in params: augment, data, "
-         "eval, model, predict, sample, tracking, train"),
+         "eval, model, predict, runtime, sample, tracking, train"),
         # Strict types: no bool for an int, no string for a number.
         ("train:\n  epochs: true\n", "train.epochs must be an integer, got True (bool)"),
         ("train:\n  lr: '0.1'\n", "train.lr must be a number, got '0.1' (str)"),
@@ -101,13 +101,13 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         ("sample:\n  fake_fraction: 1.0\n", "sample.fake_fraction must be < 1.0, got 1.0"),
         ("sample:\n  jpeg_quality: 101\n", "sample.jpeg_quality must be <= 100, got 101"),
         ("eval:\n  robustness_images: 1\n", "eval.robustness_images must be >= 2, got 1"),
-        ("train:\n  workers: -1\n", "train.workers must be >= 0, got -1"),
+        ("runtime:\n  workers: -1\n", "runtime.workers must be >= 0, got -1"),
         # Choices.
         ("train:\n  amp: fp8\n", "train.amp must be 'auto', 'off', 'bf16' or 'fp16', got 'fp8' (str)"),
         ("augment:\n  normalize: imagenet21k\n",
          "augment.normalize must be 'imagenet', 'none' or 'model', got 'imagenet21k' (str)"),
         ("model:\n  num_classes: 3\n", "model.num_classes must be 2, got 3 (int)"),
-        ("train:\n  threads: many\n", "train.threads must be an integer or 'auto', got 'many' (str)"),
+        ("runtime:\n  threads: many\n", "runtime.threads must be an integer or 'auto', got 'many' (str)"),
         # Rules across keys, and rules of one key.
         ("augment:\n  resize: 64\n  image_size: 128\n",
          "augment.image_size (128) must not exceed augment.resize (64): the centre crop is taken from the resized image"),

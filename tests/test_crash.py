@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 CRASH_PARAMS = {
     "sample": {"n_train": 480, "n_val": 64, "n_test": 8, "size": 32, "seed": 11},
     "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 3, "batch_size": 16, "workers": 0},
+    "train": {"epochs": 3, "batch_size": 16},
+    "runtime": {"workers": 0},
     "tracking": {"log_model": False},
 }
 COMPARE = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]

@@ -17,7 +17,8 @@ DDP_PARAMS = {
     "sample": {"n_train": 96, "n_val": 51, "n_test": 4, "size": 32, "seed": 5},
     "augment": {"resize": 32, "image_size": 32},
     # fp32, so a re-inference of the checkpoint here must give the very same val AUC.
-    "train": {"epochs": EPOCHS, "batch_size": 8, "workers": 0, "amp": "off"},
+    "train": {"epochs": EPOCHS, "batch_size": 8, "amp": "off"},
+    "runtime": {"workers": 0},
     "tracking": {"log_model": False},
 }
 

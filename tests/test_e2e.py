@@ -35,6 +35,13 @@ def project(tmp_path_factory):
     }
     baseline["exp_commit"] = p.commit("baseline run")
     baseline["rerun"] = p.out("dvc", "repro")  # nothing changed: nothing may run
+    # The runtime group says how to compute, not what: no stage tracks it.
+    params_text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params_text.replace("  workers: 0", "  workers: 1").replace(
+        "  threads: auto", "  threads: 1").replace("  device: auto", "  device: cpu"))
+    assert (repo / "params.yaml").read_text() != params_text
+    baseline["status_runtime"] = p.out("dvc", "status")
+    (repo / "params.yaml").write_text(params_text)
     p.sh("dvc", "exp", "run", "-S", "model.se=true")
     p.sh("dvc", "exp", "run", "--temp", "-S", "train.seed=1")
     exp_show = json.loads(p.out("dvc", "exp", "show", "--json"))
@@ -62,6 +69,12 @@ def test_repro_with_nothing_changed_runs_nothing(project, runs):
     assert out.count("Running stage") == 1 and "Running stage 'listing'" in out
     _, _, found = runs
     assert len(found) == 3  # repro, exp run, exp run --temp: the no-op rerun made none
+
+
+def test_runtime_params_rerun_no_stage(project):
+    status = project["baseline"]["status_runtime"]
+    stages = [line.rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))]
+    assert stages == ["listing"] and "always changed" in status, status  # listing runs every time, by design
 
 
 def test_each_run_records_what_reproduces_it(project, runs):

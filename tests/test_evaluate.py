@@ -136,7 +136,8 @@ def test_extra_set_folder_is_checked_and_fingerprinted(tiny_data, tmp_path):
 TINY = {
     "data": {"root": "data/labelled"},
     "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "train": {"epochs": 2, "batch_size": 16},
+    "runtime": {"workers": 0},
     "eval": {"batch_size": 32, "extra_sets": {"other": "data/other"},
              "degradations": ["jpeg:100", "noise:60", "downscale:0.25"]},
     "predict": {"batch_size": 32},

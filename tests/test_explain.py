@@ -101,7 +101,8 @@ def test_gallery_shows_the_confident_mistakes_and_hits(model, tiny_data, tmp_pat
 TRAINED = {
     "sample": {"n_train": 1000, "n_val": 300, "n_test": 0, "size": 64, "seed": 0},
     "augment": {"resize": 64, "image_size": 64},
-    "train": {"epochs": 5, "batch_size": 32, "workers": 0, "amp": "off", "threads": 1, "seed": 1},
+    "train": {"epochs": 5, "batch_size": 32, "amp": "off", "seed": 1},
+    "runtime": {"workers": 0, "threads": 1},
     "tracking": {"log_model": False},
 }
 

@@ -248,7 +248,8 @@ def test_nothing_to_render_is_a_clear_error(tmp_path):
 TINY = {
     "data": {"root": "data/labelled"},
     "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "train": {"epochs": 2, "batch_size": 16},
+    "runtime": {"workers": 0},
     "eval": {"batch_size": 32, "degradations": []},
     "predict": {"batch_size": 32},
     "tracking": {"log_model": False},

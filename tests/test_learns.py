@@ -2,7 +2,7 @@
 
 from sklearn import metrics as skm
 
-from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig, TrainConfig
+from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, SampleConfig, TrainConfig
 from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
 from ffdi.sample import generate
@@ -15,7 +15,8 @@ def test_resnet18_learns_the_four_kind_sample(tmp_path):
     params = Params(
         data=DataConfig(root=str(tmp_path / "data")),
         augment=AugmentConfig(resize=32, image_size=32),
-        train=TrainConfig(epochs=4, workers=0, seed=0),
+        train=TrainConfig(epochs=4, seed=0),
+        runtime=RuntimeConfig(workers=0),
     )
     prepare(params.data, tmp_path / "prepared")
     train, val = (read_manifest(tmp_path / "prepared" / f"{s}.csv") for s in ("train", "val"))

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 SWEEP_PARAMS = {
     "sample": {"n_train": 64, "n_val": 32, "n_test": 4, "size": 32, "seed": 2},
     "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16, "workers": 0},
+    "train": {"epochs": 2, "batch_size": 16},
+    "runtime": {"workers": 0},
     "eval": {"degradations": []},
     "tracking": {"log_model": False},
 }

@@ -4,17 +4,18 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from ffdi.config import AugmentConfig, DataConfig, Params, TrainConfig
+from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, TrainConfig
 from ffdi import checkpoint
 from ffdi.detector import Detector
 from ffdi.train import fit
 
 
-def tiny_params(tiny_data, **train):
+def tiny_params(tiny_data, workers=0, **train):
     return Params(
         data=DataConfig(root=str(tiny_data)),
         augment=AugmentConfig(resize=32, image_size=32),
-        train=TrainConfig(**{"epochs": 2, "batch_size": 16, "workers": 0, **train}),
+        train=TrainConfig(**{"epochs": 2, "batch_size": 16, **train}),
+        runtime=RuntimeConfig(workers=workers),
     )
 
 
