@@ -53,6 +53,10 @@ browser:
 test: setup browser
 	$(VENV)/bin/python -m pytest
 
+# The inner loop: the unit tests and one tiny pipeline (tests/test_smoke.py), under 3 minutes on 2 cores.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow" --durations=5
+
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 

@@ -53,7 +53,8 @@ IMPLS = ("reference", "ffdi-fp32", "ffdi")
 RATIOS = ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")
 # The original baseline's settings (README, "Use it on the real multiFFDI data").
 AUG = AugmentConfig(resize=256, image_size=256, hflip=0.5, vflip=0.5)
-TRAIN = TrainConfig(batch_size=40, lr=0.005, workers=2)
+TRAIN = TrainConfig(batch_size=40, lr=0.005)
+WORKERS = 2  # loader processes, as the original baseline
 
 
 # --- (a) the reference: the original baseline loop, as it was ----------------------------------
@@ -250,7 +251,7 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=400)
     ap.add_argument("--steps", type=int, default=10, help="timed training steps (of --batch-size images)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=TRAIN.workers)
+    ap.add_argument("--workers", type=int, default=WORKERS)
     ap.add_argument("--predict-batch", type=int, default=128, help="ffdi's (eval/predict batch_size)")
     ap.add_argument("--size", type=int, default=AUG.image_size, help="input size, px (the images stay 512 px)")
     ap.add_argument("--batch-size", type=int, default=TRAIN.batch_size)

@@ -23,7 +23,7 @@ from ffdi import report, tracking
 from ffdi.config import TrackingConfig
 from ffdi.io import write_csv, write_text
 from ffdi.metrics import rank_aucs
-from ffdi.runs import CompareError, Run, aligned_predictions, finished_pipeline_runs, run_histories
+from ffdi.runs import CompareError, Run, aligned_predictions, finished_pipeline_runs, one_data_set, run_histories
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
@@ -175,11 +175,15 @@ def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: 
     return "\n".join(lines)
 
 
-def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_boot: int = 1000, log: bool = True) -> dict:
+def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_boot: int = 1000, log: bool = True,
+            data: Optional[str] = None) -> dict:
+    """data: the data.hash (or a prefix) of the runs to compare; default the latest run's data set."""
     import mlflow
 
     tracking.setup(cfg)
-    runs = finished_pipeline_runs(cfg.experiment)
+    runs, notes = one_data_set(finished_pipeline_runs(cfg.experiment), cfg.experiment, data)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     by = by or varying_keys(runs)
     groups = group_runs(runs, by)
     table = summary_table(groups)
@@ -208,7 +212,7 @@ def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_bo
             mlflow.set_tags({"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)})
             mlflow.log_artifacts(str(out), artifact_path="compare")
     return {"by": by, "table": table, "diffs": diffs, "heldout_diffs": heldout_diffs, "warnings": warnings,
-            "markdown": markdown}
+            "markdown": markdown, "notes": notes, "runs": [r.run_id for r in runs]}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -220,12 +224,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/compare"))
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    ap.add_argument("--data", help="the data set (a data.hash tag, or its start) whose runs to compare, where the "
+                                   "experiment holds several (default: the latest run's)")
     args = ap.parse_args(argv)
     cfg = load_params(optional=True).tracking
     if args.experiment:
         cfg = TrackingConfig(experiment=args.experiment, uri=cfg.uri, log_model=cfg.log_model)
     try:
-        result = compare(cfg, args.out, args.by, args.boot, log=not args.no_log)
+        result = compare(cfg, args.out, args.by, args.boot, log=not args.no_log, data=args.data)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ Read by `ffdi compare` and `ffdi generalisation`.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,9 +47,46 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
     return runs
 
 
+DATA_TAG = "data.hash"  # the train stage's fingerprint of the data a run trained and was evaluated on
+
+
+def data_sets(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs by the data set they ran on (their data.hash tag), the latest run's data set first."""
+    out: dict[str, list[Run]] = {}
+    for r in reversed(runs):  # runs come oldest first
+        out.setdefault(r.tags.get(DATA_TAG, "unknown"), []).insert(0, r)
+    return out
+
+
+def one_data_set(runs: list[Run], experiment: str, data: str | None = None) -> tuple[list[Run], list[str]]:
+    """The runs of one data set (`data`: a data.hash or its prefix; default the latest run's), and a
+    note on the others. Runs on different images cannot be compared image by image."""
+    sets = data_sets(runs)
+    if data is None:
+        chosen = next(iter(sets))
+    else:
+        matches = [h for h in sets if h.startswith(data)]
+        if len(matches) != 1:
+            raise CompareError(f"--data {data!r} matches {len(matches)} of the data sets in experiment {experiment!r}: "
+                               + _describe(sets))
+        chosen = matches[0]
+    notes = []
+    if len(sets) > 1:
+        notes = [f"experiment {experiment!r} holds runs on {len(sets)} data sets ({_describe(sets)}); comparing the "
+                 f"{len(sets[chosen])} on {chosen}. Another: --data <hash>. To keep data sets apart, give each its "
+                 "own experiment: dvc exp run -S tracking.experiment=<name> ..."]
+    return sets[chosen], notes
+
+
+def _describe(sets: dict[str, list[Run]]) -> str:
+    return "; ".join(f"{h}: {len(rs)} run{'s' * (len(rs) > 1)} on {rs[-1].tags.get('data.root', '?')}"
+                     for h, rs in sets.items())
+
+
 def val_predictions(run: Run) -> pd.DataFrame:
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not a bar per run
     text = mlflow.artifacts.load_text(f"{run.artifact_uri}/evaluate/val_predictions.csv")
     return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
 

@@ -51,13 +51,14 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_collection_modifyitems(items):
-    """Files with slow (end-to-end) tests first, the two that run DVC's queue first of all, so that
-    under xdist no long file starts last. Whole files move: a file's module fixtures are set up once."""
+    """Files with slow tests first, the FIRST ones first of all, so that under xdist no long file starts
+    last. Whole files move: a file's module fixtures are set up once."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: (item.path.name not in QUEUE_FILES, item.path not in slow))  # a stable sort
+    items.sort(key=lambda item: (item.path.name not in FIRST, item.path not in slow))  # a stable sort
 
 
-QUEUE_FILES = ("test_sweep.py", "test_generalisation.py")
+# The two that run DVC's queue, then the pipeline of `make test-fast`, which runs beside its unit tests.
+FIRST = ("test_sweep.py", "test_generalisation.py", "test_smoke.py")
 
 
 TINY = SampleConfig(n_train=96, n_val=48, n_test=12, size=32, seed=3)

@@ -1,5 +1,7 @@
 """The benchmark scripts' own logic (their measurements live in benchmarks/results, not here)."""
 
+import pytest
+
 from benchmarks.generalisation_grid import parse_override, parse_variant
 
 
@@ -11,6 +13,7 @@ def test_variant_overrides_keep_lists_and_the_word_off():
     assert parse_override("model.se=true") == ("model.se", True)  # a real boolean stays one
 
 
+@pytest.mark.slow
 def test_make_bench_runs_end_to_end_on_tiny_data(tmp_path):
     """`make bench` (benchmarks.train_speed) at a tiny size: all three loops measured, so CI sees a
     child that fails (a wrong argument in the ffdi-fp32 child once made it exit 1 on every machine)."""

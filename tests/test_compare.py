@@ -48,3 +48,25 @@ def test_mixed_precision_or_hardware_is_warned():
     assert len(warnings) == 2
     assert "precision" in warnings[0] and "a: fp32" in warnings[0] and "b: bf16" in warnings[0]
     assert "hardware" in warnings[1] and "Intel Xeon" in warnings[1]
+
+
+def test_runs_on_several_data_sets_are_compared_one_data_set_at_a_time():
+    """A store with runs on the sample and on real data: `make compare` took them all and refused
+    ("different val images"). It compares the latest run's data set and names the others and the fix."""
+    from ffdi.runs import CompareError, one_data_set
+
+    def run(i, data, root):
+        return Run(str(i), f"r{i}", {"model.se": "False"}, {}, "", {"data.hash": data, "data.root": root})
+
+    runs = [run(0, "aaaa1111", "data/sample"), run(1, "bbbb2222", "/data/multiFFDI"), run(2, "aaaa1111", "data/sample"),
+            run(3, "bbbb2222", "/data/multiFFDI"), run(4, "bbbb2222", "/data/multiFFDI")]  # oldest first
+    chosen, notes = one_data_set(runs, "ffdi")
+    assert [r.run_id for r in chosen] == ["1", "3", "4"]  # the latest run's data set, in order
+    assert len(notes) == 1 and "2 data sets" in notes[0] and "aaaa1111: 2 runs on data/sample" in notes[0]
+    assert "-S tracking.experiment=" in notes[0] and "--data" in notes[0]
+    chosen, _ = one_data_set(runs, "ffdi", data="aaaa")
+    assert [r.run_id for r in chosen] == ["0", "2"]
+    with pytest.raises(CompareError, match="--data 'cccc' matches 0 of the data sets"):
+        one_data_set(runs, "ffdi", data="cccc")
+    alone, notes = one_data_set(runs[:1], "ffdi")
+    assert [r.run_id for r in alone] == ["0"] and notes == []

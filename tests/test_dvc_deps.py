@@ -69,6 +69,7 @@ STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_dvc_yaml_lists_exactly_the_code_each_stage_imports(stage):
     static = static_closure(stage)
     assert runtime_imports(stage) <= static  # the static walk misses nothing that really loads

@@ -27,6 +27,7 @@ def _hold(lock_dir, started, release):
     share.close()
 
 
+@pytest.mark.slow
 def test_cpu_share_counts_the_processes_holding_a_slot(tmp_path):
     me = hardware.CpuShare(tmp_path, cores=4)
     assert me.active() == 1 and me.threads() == 4

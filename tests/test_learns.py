@@ -1,3 +1,4 @@
+import pytest
 """The default detector, trained as the pipeline trains it, actually learns the built-in sample."""
 
 from sklearn import metrics as skm
@@ -9,6 +10,7 @@ from ffdi.sample import generate
 from ffdi.train import fit
 
 
+@pytest.mark.slow
 def test_resnet18_learns_the_four_kind_sample(tmp_path):
     # The default model, optimiser and schedule on a smaller, 32 px sample: about 30 s on 2 cores.
     generate(SampleConfig(n_train=1200, n_val=200, n_test=0, size=32, seed=1), tmp_path / "data")

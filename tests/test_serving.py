@@ -142,6 +142,7 @@ def assert_serves(server, images, expected):
     assert [p["label"] for p in got] == ["fake" if p >= THRESHOLD else "real" for p in expected]
 
 
+@pytest.mark.slow
 def test_served_p_fake_is_the_detectors(server, images, expected):
     assert {f.suffix for f in images} == {".jpg", ".png", ".webp"}
     assert_serves(server, images, expected)
@@ -176,6 +177,7 @@ CASES = ["not base64", "not an image", "truncated JPEG", "decompression bomb", "
          "too many images", "not strings", "no inputs key", "not JSON"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_a_bad_request_gets_a_400_naming_the_problem_and_serving_goes_on(server, images, expected, case):
     body, problem = bad_requests(images)[case]
@@ -187,6 +189,7 @@ def test_a_bad_request_gets_a_400_naming_the_problem_and_serving_goes_on(server,
     assert_serves(server, images[:2], expected[:2])
 
 
+@pytest.mark.slow
 def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(logged, server, images, expected,
                                                                        tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the default experiment, the store from the env

@@ -29,6 +29,7 @@ def run_stage(stage, cwd, params_text):
         ("prepare", "data:\n  root: /no/such/dir\n", "error: data.root '/no/such/dir': folder not found"),
     ],
 )
+@pytest.mark.slow
 def test_stage_errors_are_one_clear_line(tmp_path, stage, text, message):
     proc = run_stage(stage, tmp_path, text)
     assert proc.returncode == 1
@@ -46,6 +47,7 @@ def closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once closed
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_fails_fast(tmp_path):
     import time
 

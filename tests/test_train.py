@@ -46,6 +46,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_and_resume_matches(tiny_data, manifests, tmp_path):
     params = tiny_params(tiny_data, epochs=3)
     straight = fit(params, *manifests, tmp_path / "a")["history"]
@@ -66,6 +67,7 @@ def test_same_seed_same_numbers_and_resume_matches(tiny_data, manifests, tmp_pat
         assert [r[key] for r in result["history"]] == [r[key] for r in straight], key
 
 
+@pytest.mark.slow
 def test_best_by_loss_picks_minimum(tiny_data, manifests, tmp_path):
     result = fit(tiny_params(tiny_data, epochs=3, best_metric="val_loss", lr=0.01), *manifests, tmp_path)
     losses = [r["val_loss"] for r in result["history"]]
@@ -159,6 +161,7 @@ class GrowingShare:
         return 1 if self.calls <= 2 else 2  # loader creation and epoch 0: 1; epoch 1 on: 2
 
 
+@pytest.mark.slow
 def test_loader_workers_follow_the_cpu_share_between_epochs(tiny_data, manifests, tmp_path):
     # Made with no worker (1 core), the loaders must take one when a core frees up, with the
     # same numbers as without workers under the same thread counts: the worker count never
@@ -173,6 +176,7 @@ def test_loader_workers_follow_the_cpu_share_between_epochs(tiny_data, manifests
         assert [r[key] for r in grown["history"]] == [r[key] for r in fixed["history"]], key
 
 
+@pytest.mark.slow
 def test_loader_workers_live_through_the_epochs_with_the_numbers_of_none(tiny_data, manifests, tmp_path,
                                                                         monkeypatch):
     """One set of loader processes for the whole run, not a new one each epoch (each start costs
@@ -214,6 +218,7 @@ def test_loader_workers_live_through_the_epochs_with_the_numbers_of_none(tiny_da
         assert [r[key] for r in with_workers] == [r[key] for r in without] == [r[key] for r in resumed], key
 
 
+@pytest.mark.slow
 def test_a_training_step_reads_no_value_back_from_the_device(manifests, monkeypatch):
     """On a GPU, reading a device value (item, float, bool, tolist...) waits until the device has
     done everything queued: the host stops running ahead, and the GPU idles while it queues the next

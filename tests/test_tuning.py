@@ -57,6 +57,7 @@ def test_set_tuning_counts_and_full_trains_everything():
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
 
 
+@pytest.mark.slow
 def test_ema_weights_are_the_ones_validated_and_checkpointed(tiny_data, manifests, tmp_path):
     params = tiny_params(tiny_data, epochs=2, ema=0.9)
     result = fit(params, *manifests, tmp_path)
@@ -77,6 +78,7 @@ def test_ema_weights_are_the_ones_validated_and_checkpointed(tiny_data, manifest
     assert not torch.allclose(torch.as_tensor(raw_res.prob), torch.as_tensor(res.prob))
 
 
+@pytest.mark.slow
 def test_ema_resumes_to_the_same_numbers(tiny_data, manifests, tmp_path):
     params = tiny_params(tiny_data, epochs=2, ema=0.9)
     straight = fit(params, *manifests, tmp_path / "a")["history"]
