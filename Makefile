@@ -51,7 +51,7 @@ browser:
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
 test: setup browser
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -m "not smoke"
 
 # The inner loop: the unit tests and one tiny pipeline (tests/test_smoke.py), under 3 minutes on 2 cores.
 test-fast: setup

@@ -86,7 +86,7 @@ def test_each_run_records_what_reproduces_it(project, runs):
     client, _, (base, se, seed1) = runs
     lock = yaml.safe_load((project["repo"] / "dvc.lock").read_text())["stages"]["prepare"]
     prepared_md5 = next(o["md5"] for o in lock["outs"] if o["path"] == "prepared")
-    data_md5 = next(d["md5"] for d in lock["deps"] if d["path"] == "data/sample")
+    data_md5 = next(d["md5"] for d in lock["deps"] if d["path"] == "data/listing.json")
     for run in (base, se, seed1):
         tags = run.data.tags
         assert tags["dvc.prepared_md5"] == prepared_md5 and tags["dvc.data_md5"] == data_md5

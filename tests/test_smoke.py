@@ -1,13 +1,16 @@
-"""The whole pipeline once, on a tiny sample: the one end-to-end run of `make test-fast`."""
+"""The whole pipeline once, on a tiny sample: the one end-to-end run of `make test-fast`. `make test`
+leaves it out (marker `smoke`): test_e2e runs the same pipeline and checks all of this and more."""
 
 import json
 
 import pandas as pd
+import pytest
 from sklearn import metrics as skm
 
 from tests.project import TINY_PARAMS, make_project
 
 
+@pytest.mark.smoke
 def test_dvc_repro_runs_every_stage_on_a_tiny_sample(tmp_path):
     p = make_project(tmp_path / "repo", {**TINY_PARAMS, "tracking": {"log_model": False}})  # test_e2e logs models
     out = p.out("dvc", "repro")
