@@ -67,7 +67,8 @@ def test_dvc_reruns_prepare_when_the_images_change_and_only_then(data, tmp_path)
     assert "Running stage 'listing'" in again and "Stage 'prepare' didn't change, skipping" in again
     status = p.out("dvc", "status")  # listing is always "changed": DVC cannot know without running it
     stages = [line.rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))]
-    assert stages == ["listing"] and "always changed" in status, status
+    # (sample never ran here: data.root is elsewhere, so only listing may precede prepare)
+    assert "listing" in stages and "prepare" not in stages and "always changed" in status, status
     summary = (p.repo / "prepared" / "summary.json").read_text()
 
     img = sorted((data / "valset").iterdir())[0]
