@@ -45,7 +45,7 @@ DVC_STEPS = ("dvc_first", "dvc_status", "dvc_repro", "exp_temp", "exp_queue", "p
 STEPS = DVC_STEPS + ("loader_epoch", "validate", "evaluate", "mlflow", "predict", "score")
 LABELS = {
     "tree": "writing the tree (hard links; not a user step)",
-    "dvc_first": "first `dvc repro prepare` (DVC hashes every image)",
+    "dvc_first": "first `dvc repro prepare` (listing, then prepare)",
     "dvc_status": "`dvc status`, nothing changed",
     "dvc_repro": "`dvc repro prepare`, nothing changed",
     "exp_temp": "`dvc exp run --temp prepare`, nothing changed",
@@ -251,7 +251,8 @@ def rehearse(n: int, work: Path, distinct, env: dict, log, dvc_only: bool) -> di
 
 
 def table(report: dict, extrapolate: int | None) -> str:
-    sizes = sorted(report["sizes"], key=int)
+    # The extrapolated size is one column: measured where it was (e.g. --dvc-sizes), else projected.
+    sizes = sorted((n for n in report["sizes"] if not extrapolate or int(n) != extrapolate), key=int)
     cols = [f"{int(n):,}" for n in sizes]
     if extrapolate:
         cols.append(f"{extrapolate:,}")
@@ -308,15 +309,19 @@ def main() -> None:
             report["sizes"][str(n)] = {k: {kk: vv for kk, vv in v.items() if kk != "stdout"} for k, v in r.items()}
             print(f"  N = {n:,}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             shutil.rmtree(args.work / f"project-{n}", ignore_errors=True)
-    # Sizes measured in an earlier run (e.g. --dvc-sizes 670000 on its own) stay in the JSON and the table.
-    for n, r in previous.get("sizes", {}).items():
-        report["sizes"].setdefault(n, r)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+            save(report, previous, args.json)  # after each N: an hour's measurements survive a crash
     m = report["machine"]
     print(f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {m['date']}; seconds and peak RSS per step")
     print(table(report, args.extrapolate))
     print(f"wrote {args.json}")
+
+
+def save(report: dict, previous: dict, path: Path) -> None:
+    # Sizes measured in an earlier run (e.g. --dvc-sizes 670000 on its own) stay in the JSON and the table.
+    for n, r in previous.get("sizes", {}).items():
+        report["sizes"].setdefault(n, r)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def machine() -> dict:
