@@ -31,6 +31,8 @@ TTA_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
 # eval.degradations: kind -> (what the severity is, lowest, highest, whether the bounds are open).
 DEGRADATIONS = {
     "jpeg": ("JPEG quality", 1, 100, False),
+    "webp": ("WebP quality", 1, 100, False),
+    "social": ("JPEG quality after halving the size", 1, 100, False),
     "blur": ("Gaussian blur sigma in px", 0.0, 100.0, True),
     "downscale": ("scale factor, down and back up", 0.0, 1.0, True),
     "resize": ("shorter side in px", 1, 100_000, False),

@@ -9,11 +9,22 @@ name and the severity, so results do not depend on order, batch size or loader w
 
 Severities are written `kind:severity` in eval.degradations (kinds and ranges: config.DEGRADATIONS):
 - `jpeg:Q`      re-encode as JPEG at quality Q (lower is worse);
+- `webp:Q`      re-encode as (lossy) WebP at quality Q;
+- `social:Q`    what an upload to a social network does: halve the size (bicubic), then JPEG at
+                quality Q, and leave it at that size (the Detector resizes it as any image);
 - `blur:S`      Gaussian blur, sigma S px;
 - `downscale:F` shrink by F (0 < F < 1) and enlarge back to the original size (bicubic);
 - `resize:P`    resize so the shorter side is P px, and leave it so: the Detector then resizes it
                 to its own input size, as it would any image of that size;
 - `noise:S`     add Gaussian noise of standard deviation S (in 8-bit levels).
+
+A chain of operations is one kind with one severity (`social`), not a syntax such as
+`downscale:0.5+jpeg:70`: each kind is one curve over one number, so it stays one CSV of
+reports/evaluate/robustness/ with `severity` on its x axis, and one metric name part
+(`robustness.social.70`, `robust_social_70_auc`) with no character that DVC or MLflow splits on or refuses.
+
+Under each degradation, as on clean val, each manipulation's fakes are also measured against all
+real images: `robustness.<kind>.<severity>.auc_<manipulation>`.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from ffdi.detector import Detector, Scores
 from ffdi.transforms import build_uint8_transform, load_image
 
 # Kinds whose severity gets milder as the number grows (quality, scale, size): curves run mild -> severe.
-MILDER_WHEN_LARGER = {"jpeg", "downscale", "resize"}
+MILDER_WHEN_LARGER = {"jpeg", "webp", "social", "downscale", "resize"}
 
 
 @dataclass(frozen=True)
@@ -57,11 +68,14 @@ class Degradation:
         return f"{self.kind}:{self.severity:g}"
 
     def apply(self, img: Image.Image, name: str = ""):
-        """The degraded image: a PIL image, or JPEG bytes for `jpeg` (decoded like a file later)."""
-        if self.kind == "jpeg":
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=int(self.severity))
-            return buf.getvalue()
+        """The degraded image: a PIL image, or the encoded bytes for `jpeg`, `webp` and `social`
+        (decoded like a file later)."""
+        if self.kind in ("jpeg", "webp"):
+            return encode(img, self.kind, int(self.severity))
+        if self.kind == "social":
+            w, h = img.size
+            return encode(img.resize((max(1, round(w / 2)), max(1, round(h / 2))), Image.BICUBIC), "jpeg",
+                          int(self.severity))
         if self.kind == "blur":
             return img.filter(ImageFilter.GaussianBlur(self.severity))
         if self.kind == "downscale":
@@ -77,6 +91,12 @@ class Degradation:
             noisy = np.asarray(img, np.float32) + rng.normal(0.0, self.severity, (img.size[1], img.size[0], 3))
             return Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
         raise ValueError(f"unknown degradation {self.kind!r}")  # pragma: no cover - parse() checks kinds
+
+
+def encode(img: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper(), quality=quality)
+    return buf.getvalue()
 
 
 def severity_key(value: float) -> str:
@@ -99,8 +119,8 @@ class DegradedImages(Dataset):
     """Item i: every degradation of image i as uint8 (K, H, W, 3), ready for `Detector.view_log_probs`.
 
     Each image is decoded once, in full, and degraded K ways. The preprocessing after that is
-    `Detector.preprocess`'s: JPEG bytes are decoded with the same draft decode as a file, and an
-    image goes through the same resize and centre crop.
+    `Detector.preprocess`'s: encoded bytes (JPEG, WebP) are decoded as a file would be (JPEG's draft
+    decode included), and an image goes through the same resize and centre crop.
     """
 
     def __init__(self, paths: Sequence[str], names: Sequence[str], degradations: Sequence[Degradation],
@@ -164,8 +184,9 @@ def robustness(detector: Detector, manifest: pd.DataFrame, clean_prob: np.ndarra
     """Metrics of `manifest` under each degradation (`clean_prob`: its scores undegraded).
 
     Per severity: roc_auc, average_precision, TPR at each FPR, accuracy at `threshold` (which a
-    shift of all scores changes even where the ranking, and so the AUC, holds), and the mean
-    absolute change of P(fake) from the clean image.
+    shift of all scores changes even where the ranking, and so the AUC, holds), the mean
+    absolute change of P(fake) from the clean image, and auc_<manipulation> for each manipulation
+    with fakes here (a degradation can spare one manipulation's traces and erase another's).
     """
     y = manifest.target.to_numpy()
     out = {}
@@ -173,6 +194,7 @@ def robustness(detector: Detector, manifest: pd.DataFrame, clean_prob: np.ndarra
         m = metrics.ranking_metrics(y, prob, tuple(fprs))
         m["accuracy"] = float(((prob >= threshold).astype(int) == y).mean())
         m["mean_abs_prob_change"] = float(np.abs(prob - clean_prob).mean())
+        m.update(metrics.group_aucs(y, prob, manifest.group))
         out[d] = m
     return out
 

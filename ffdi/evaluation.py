@@ -6,8 +6,8 @@ stage writes `report` as metrics.json and `tracking.log_evaluation` logs it. The
 - `groups`: per manipulation, its fakes against all real images (`group_mean_auc`, `group_worst_auc`);
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
 - `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector;
-- `robustness.<kind>.<severity>`: val under each degradation of eval.degradations (`robustness.clean`
-  is the same images undegraded);
+- `robustness.<kind>.<severity>`: val under each degradation of eval.degradations, per manipulation too
+  (`auc_<manipulation>`); `robustness.clean` is the same images undegraded;
 - `ensemble`: with predict.ensemble, the val metrics of that ensemble (this model and those), which
   then writes the submission; every other figure is this run's model alone.
 """
@@ -138,7 +138,10 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
                                 workers)
     clean_auc = metrics.roc_auc(rows.target.to_numpy(), clean)
     if degradations:
-        out["robustness"] = {"clean": {"roc_auc": clean_auc, "images": int(len(rows))}, **degrade.nested(robust)}
+        # The clean per-manipulation AUCs of these images: `groups` is all of val, which may be more.
+        clean_groups = metrics.group_aucs(rows.target, clean, rows.group)
+        out["robustness"] = {"clean": {"roc_auc": clean_auc, "images": int(len(rows)), **clean_groups},
+                             **degrade.nested(robust)}
         seconds["robustness"] = time.perf_counter() - t0
 
     predictions = pd.DataFrame({"img_name": kept.img_name, "target": y, "group": kept.group, "y_pred": prob,
@@ -147,6 +150,17 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
 
 
 ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation, in the reports folder: DVC draws one plot each
+
+
+def robustness_tables(ev: Evaluation) -> dict[str, pd.DataFrame]:
+    """{kind: its severities mild -> severe}, the CSVs of reports/evaluate/robustness/. Each row also
+    holds the clean references (clean_roc_auc, clean_auc_<manipulation>): DVC plots only the columns
+    of one file against its own x."""
+    robust_table = degrade.table(ev.robustness)
+    clean = {f"clean_{k}": v for k, v in ev.report.get("robustness", {}).get("clean", {}).items()
+             if k.startswith(metrics.GROUP_AUC)}
+    return {kind: frame.drop(columns=["kind"]).reset_index(drop=True).assign(clean_roc_auc=ev.clean_auc, **clean)
+            for kind, frame in (robust_table.groupby("kind", sort=False) if len(robust_table) else ())}
 
 
 def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout: Sequence[str] = ()) -> None:
@@ -174,15 +188,23 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
     report.plot_groups(per_group, out / "groups.png", tuple(heldout),
                        "AUC per manipulation, val" if "groups" in r else "AUC, val (the labels name no manipulation)")
 
-    robust_table = degrade.table(ev.robustness)
     folder = out / ROBUSTNESS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.csv"):  # kinds no longer listed
         stale.unlink()
-    for kind, frame in (robust_table.groupby("kind", sort=False) if len(robust_table) else ()):
-        write_csv(folder / f"{kind}.csv", frame.drop(columns=["kind"]).assign(clean_roc_auc=ev.clean_auc))
-    report.plot_robustness(robust_table, ev.clean_auc, out / "robustness.png")
+    for kind, frame in robustness_tables(ev).items():
+        write_csv(folder / f"{kind}.csv", frame)
+    report.plot_robustness(degrade.table(ev.robustness), ev.clean_auc, out / "robustness.png")
     ev.seconds["reports"] = time.perf_counter() - t0
+
+
+def _worst_group(m: dict) -> str:
+    """' (worst splice 0.8123)': the manipulation a degradation hides best, where there are several."""
+    aucs = {k.removeprefix(metrics.GROUP_AUC): v for k, v in m.items() if k.startswith(metrics.GROUP_AUC)}
+    if len(aucs) < 2:
+        return ""
+    worst = min(aucs, key=aucs.get)
+    return f" (worst {worst} {aucs[worst]:.4f})"
 
 
 def summary_lines(ev: Evaluation) -> list[str]:
@@ -196,6 +218,7 @@ def summary_lines(ev: Evaluation) -> list[str]:
         lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
     if ev.robustness:
         lines.append("robustness (AUC): clean {:.4f}; ".format(ev.clean_auc)
-                     + ", ".join(f"{d.label} {m['roc_auc']:.4f}" for d, m in ev.robustness.items()))
+                     + ", ".join(f"{d.label} {m['roc_auc']:.4f}{_worst_group(m)}"
+                                 for d, m in ev.robustness.items()))
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in ev.seconds.items()))
     return lines

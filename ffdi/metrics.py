@@ -132,6 +132,14 @@ def group_metrics(y_true, y_prob, groups, fprs: tuple[float, ...] = ()) -> dict[
     return out
 
 
+GROUP_AUC = "auc_"  # + manipulation: a flat key beside the metrics it goes with (robustness.jpeg.70.auc_splice)
+
+
+def group_aucs(y_true, y_prob, groups) -> dict[str, float]:
+    """{auc_<manipulation>: AUC} from group_metrics: each manipulation's fakes against every real image."""
+    return {f"{GROUP_AUC}{g}": m["roc_auc"] for g, m in group_metrics(y_true, y_prob, groups).items()}
+
+
 def heldout_metrics(y_true, y_prob, groups, heldout, fprs: tuple[float, ...] = ()) -> dict[str, dict[str, float]]:
     """Leave-one-out's two numbers. `heldout`: the held-out manipulations' fakes (which the model
     never saw) against every real image; `seen`: the other fakes against the same real images.

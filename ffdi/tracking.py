@@ -298,6 +298,9 @@ HELDOUT, SEEN = "heldout_", "seen_"  # + metric: the held-out manipulations' fak
 def evaluation_metrics(report: dict, seconds: Optional[dict] = None) -> dict[str, float]:
     """The MLflow metrics of an evaluation report (what metrics.json holds), by name. Everything that
     reads runs back (compare, generalisation, the benchmarks without MLflow) uses these names."""
+    # Here, not at the top: the predict stage and the served model import this module, not scikit-learn.
+    from ffdi.metrics import GROUP_AUC as GROUP_KEY
+
     m = {f"eval_{k}": v for k, v in report["val"].items()}
     m["eval_roc_auc_no_tta"] = report["val_no_tta"]["roc_auc"]
     m.update({f"{GROUP_AUC}{g}": gm["roc_auc"] for g, gm in report.get("groups", {}).items()})
@@ -312,6 +315,8 @@ def evaluation_metrics(report: dict, seconds: Optional[dict] = None) -> dict[str
         if kind != "clean":
             for key, r in severities.items():
                 m.update({f"robust_{kind}_{key}_auc": r["roc_auc"], f"robust_{kind}_{key}_accuracy": r["accuracy"]})
+                # + manipulation: robust_jpeg_70_auc_splice, beside eval_auc_splice
+                m.update({f"robust_{kind}_{key}_{k}": v for k, v in r.items() if k.startswith(GROUP_KEY)})
     m.update({f"eval_seconds_{k}": v for k, v in (seconds or {}).items()})
     return m
 

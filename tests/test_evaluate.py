@@ -6,6 +6,7 @@ column written into its labels, runs `dvc repro evaluate` and then
 against scikit-learn and against the Detector itself.
 """
 
+import io
 import json
 import re
 import shutil
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from ffdi import checkpoint, degrade
+from ffdi import checkpoint, degrade, evaluation, tracking
 from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig
 from ffdi.labels import prepare, read_manifest
 from ffdi.detector import Detector
@@ -74,7 +75,8 @@ def test_degradations_parse_checked_and_ordered_mild_to_severe():
 def test_degraded_scores_are_the_detectors_scores_of_the_degraded_images(random_detector):
     det, val = random_detector
     rows = val.iloc[:6]
-    degradations = degrade.parse_all(["jpeg:40", "blur:1", "downscale:0.5", "resize:20", "noise:20", "resize:32"])
+    degradations = degrade.parse_all(["jpeg:40", "blur:1", "downscale:0.5", "resize:20", "noise:20", "resize:32",
+                                      "webp:40", "social:60"])
     probs = degrade.score_degraded(det, rows, degradations, batch_size=18)
     # The same degraded images handed to the Detector (JPEG as bytes, the rest as images), then the
     # files themselves; in one call, as few batch shapes cost the fewest warm-ups on CPU.
@@ -89,6 +91,71 @@ def test_degraded_scores_are_the_detectors_scores_of_the_degraded_images(random_
     for d in degradations:
         np.testing.assert_allclose(again[d][::-1], probs[d], atol=1e-6)
     assert not np.allclose(probs[degrade.Degradation("noise", 20.0)], expected[-1])
+
+
+def test_webp_and_social_are_pillows_own_operations():
+    rng = np.random.default_rng(0)
+    # Smooth with some noise, as a photo: flat noise would make every quality look alike.
+    ramp = np.add.outer(np.arange(48), np.arange(64))[..., None] * np.array([2, 1, 3]) % 256
+    img = Image.fromarray(np.clip(ramp + rng.normal(0, 8, ramp.shape), 0, 255).astype(np.uint8))
+
+    def encoded(image, fmt, quality):
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, quality=quality)
+        return buf.getvalue()
+
+    webp = degrade.Degradation.parse("webp:40").apply(img)
+    assert webp == encoded(img, "WEBP", 40) and Image.open(io.BytesIO(webp)).format == "WEBP"
+    assert webp != degrade.Degradation.parse("webp:90").apply(img)
+    social = degrade.Degradation.parse("social:60").apply(img)
+    assert social == encoded(img.resize((32, 24), Image.BICUBIC), "JPEG", 60)
+    decoded = Image.open(io.BytesIO(social))
+    assert decoded.format == "JPEG" and decoded.size == (32, 24)  # left at half size
+    # Quality: higher is milder, so the curves run 90 -> 30 like jpeg's.
+    assert [d.label for d in degrade.parse_all(["webp:30", "social:30", "webp:90", "social:90"])] == [
+        "webp:90", "webp:30", "social:90", "social:30"]
+    assert [d.key for d in degrade.parse_all(["social:70", "webp:75"])] == ["70", "75"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("webp:0", "'webp:0': the WebP quality must be an integer in [1, 100]"),
+    ("webp:101", "'webp:101': the WebP quality must be an integer in [1, 100]"),
+    ("webp:70.5", "'webp:70.5': the WebP quality must be an integer in [1, 100]"),
+    ("social:0", "'social:0': the JPEG quality after halving the size must be an integer in [1, 100]"),
+    ("social:high", "'social:high': the JPEG quality after halving the size must be a number"),
+    ("social", "'social' must be 'kind:severity'"),
+])
+def test_new_degradations_are_checked(spec, message):
+    with pytest.raises(ConfigError, match=re.escape(f"eval.degradations: {message}")):
+        EvalConfig(degradations=[spec])
+
+
+def test_robustness_per_manipulation_equals_sklearn_on_its_fakes_and_all_real(random_detector):
+    det, val = random_detector
+    fake_rank = (val.target == 1).cumsum() - 1
+    val = val.assign(group=[GROUPS[r % 3] if t == 1 else "real" for t, r in zip(val.target, fake_rank)])
+    cfg = EvalConfig(batch_size=64, degradations=["jpeg:50", "social:70"], robustness_images=None)
+    ev = evaluation.evaluate(det, val, cfg)
+    y = val.target.to_numpy()
+    degradations = degrade.parse_all(cfg.degradations)
+    probs = degrade.score_degraded(det, val, degradations, batch_size=64)
+    names = tracking.evaluation_metrics(ev.report)
+    tables = evaluation.robustness_tables(ev)
+    clean = ev.report["robustness"]["clean"]
+    for g in GROUPS:
+        rows = ((val.target == 0) | (val.group == g)).to_numpy()
+        assert clean[f"auc_{g}"] == pytest.approx(ev.report["groups"][g]["roc_auc"])  # all of val, here
+        for d in degradations:
+            m = ev.report["robustness"][d.kind][d.key]
+            assert m[f"auc_{g}"] == pytest.approx(skm.roc_auc_score(y[rows], probs[d][rows]), abs=1e-9)
+            assert names[f"robust_{d.kind}_{d.key}_auc_{g}"] == m[f"auc_{g}"]
+            assert tables[d.kind][f"auc_{g}"].tolist() == [m[f"auc_{g}"]]
+            assert tables[d.kind][f"clean_auc_{g}"].tolist() == [clean[f"auc_{g}"]]
+    assert not any("real" in k for k in names)  # real images are no manipulation
+    # The metrics that were there before are all still there: per manipulation only adds keys.
+    assert {"roc_auc", "average_precision", "accuracy", "mean_abs_prob_change"} < set(m)
+    assert tables["jpeg"].roc_auc.tolist() == [ev.report["robustness"]["jpeg"]["50"]["roc_auc"]]
+    assert "(worst " in evaluation.summary_lines(ev)[-2]
 
 
 def test_robustness_subset_keeps_both_classes_and_is_fixed(random_detector):
@@ -263,6 +330,12 @@ def test_robustness_identity_is_close_to_clean_and_severe_changes_scores(project
     assert files["jpeg.csv"].severity.tolist() == [100]
     assert files["jpeg.csv"].roc_auc.tolist() == pytest.approx([r["jpeg"]["100"]["roc_auc"]])
     assert files["noise.csv"].clean_roc_auc.tolist() == pytest.approx([clean["roc_auc"]])
+    # Per manipulation too, in metrics.json, MLflow and the CSVs.
+    for g in GROUPS:
+        assert clean[f"auc_{g}"] == pytest.approx(m["groups"][g]["roc_auc"])
+        assert run.data.metrics[f"robust_noise_60_auc_{g}"] == pytest.approx(r["noise"]["60"][f"auc_{g}"])
+        assert files["noise.csv"][f"auc_{g}"].tolist() == pytest.approx([r["noise"]["60"][f"auc_{g}"]])
+        assert files["noise.csv"][f"clean_auc_{g}"].tolist() == pytest.approx([clean[f"auc_{g}"]])
     assert project["base"]["robustness_png"] > 5_000
 
 
