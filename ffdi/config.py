@@ -263,7 +263,8 @@ class EvalConfig:
     # Other labelled folders (val layout: data.val_dir + data.val_labels) scored by the same Detector.
     extra_sets: dict[str, NonEmpty] = field(default_factory=dict)
     # `kind:severity` applied to the decoded val images before the Detector's preprocessing.
-    degradations: Items[str] = ("jpeg:50", "blur:0.5", "blur:1", "downscale:0.5")
+    degradations: Items[str] = ("jpeg:70", "jpeg:50", "jpeg:30", "webp:75", "social:70", "blur:0.5", "blur:1",
+                                "downscale:0.5")
     # A fixed random subset of val for the degradations (null: all of it): each image is decoded in
     # full and degraded several ways, so all of multiFFDI's 147k would outlast a GPU training epoch.
     robustness_images: Optional[Annotated[int, Field(ge=2)]] = 2000

@@ -178,10 +178,10 @@ def subset(manifest: pd.DataFrame, n, seed: int = 0) -> pd.DataFrame:
     return pd.concat(picked).sort_index()
 
 
-def robustness(detector: Detector, manifest: pd.DataFrame, clean_prob: np.ndarray,
-               degradations: Sequence[Degradation], threshold: float = 0.5, fprs: Sequence[float] = (),
-               batch_size: int = 128, workers: int = 0) -> dict[Degradation, dict[str, float]]:
-    """Metrics of `manifest` under each degradation (`clean_prob`: its scores undegraded).
+def robustness(manifest: pd.DataFrame, clean_prob: np.ndarray, degraded: dict[Degradation, np.ndarray],
+               threshold: float = 0.5, fprs: Sequence[float] = ()) -> dict[Degradation, dict[str, float]]:
+    """Metrics of `manifest` under each degradation: `degraded` holds its P(fake) per degradation
+    (`score_degraded`), `clean_prob` its scores undegraded.
 
     Per severity: roc_auc, average_precision, TPR at each FPR, accuracy at `threshold` (which a
     shift of all scores changes even where the ranking, and so the AUC, holds), the mean
@@ -190,13 +190,31 @@ def robustness(detector: Detector, manifest: pd.DataFrame, clean_prob: np.ndarra
     """
     y = manifest.target.to_numpy()
     out = {}
-    for d, prob in score_degraded(detector, manifest, degradations, batch_size, workers).items():
+    for d, prob in degraded.items():
         m = metrics.ranking_metrics(y, prob, tuple(fprs))
         m["accuracy"] = float(((prob >= threshold).astype(int) == y).mean())
         m["mean_abs_prob_change"] = float(np.abs(prob - clean_prob).mean())
         m.update(metrics.group_aucs(y, prob, manifest.group))
         out[d] = m
     return out
+
+
+def predictions(manifest: pd.DataFrame, clean_prob: np.ndarray, degraded: dict[Degradation, np.ndarray]) -> pd.DataFrame:
+    """Per image: img_name, target, group, P(fake) clean, then one column per degradation (its label,
+    e.g. `jpeg:50`): robustness_predictions.csv, from which `ffdi generalisation` bootstraps the
+    degraded AUC of two variants over the same images."""
+    frame = pd.DataFrame({"img_name": manifest.img_name.to_numpy(), "target": manifest.target.to_numpy(),
+                          "group": manifest.group.to_numpy(), "clean": clean_prob})
+    return frame.assign(**{d.label: prob for d, prob in degraded.items()})
+
+
+def summary(results: dict[Degradation, dict[str, float]]) -> dict[str, float]:
+    """degraded_mean_auc and degraded_worst_auc over the degradations: the one number the knob table
+    ranks robustness by, and the floor that the default's targets are set on."""
+    if not results:
+        return {}
+    aucs = [m["roc_auc"] for m in results.values()]
+    return {"degraded_mean_auc": float(np.mean(aucs)), "degraded_worst_auc": float(np.min(aucs))}
 
 
 def nested(results: dict[Degradation, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:

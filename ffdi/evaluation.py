@@ -7,7 +7,8 @@ stage writes `report` as metrics.json and `tracking.log_evaluation` logs it. The
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
 - `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector;
 - `robustness.<kind>.<severity>`: val under each degradation of eval.degradations, per manipulation too
-  (`auc_<manipulation>`); `robustness.clean` is the same images undegraded;
+  (`auc_<manipulation>`); `robustness.clean` is the same images undegraded; `degraded_mean_auc` and
+  `degraded_worst_auc`: the mean and the lowest AUC over the degradations;
 - `ensemble`: with predict.ensemble, the val metrics of that ensemble (this model and those), which
   then writes the submission; every other figure is this run's model alone.
 """
@@ -40,6 +41,7 @@ class Evaluation:
     extra: dict = field(default_factory=dict)  # extra set name -> its scored rows (img_name, target, group, y_pred)
     skipped: dict = field(default_factory=dict)  # "evaluate" or "extra_<name>" -> [(path, reason)]
     seconds: dict = field(default_factory=dict)
+    degraded: Optional[pd.DataFrame] = None  # per image, P(fake) clean and under each degradation
 
 
 def labelled_folder(name: str, root: str, data: DataConfig) -> tuple[pd.DataFrame, str]:
@@ -134,22 +136,25 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
     degradations = degrade.parse_all(cfg.degradations)
     rows = degrade.subset(kept, cfg.robustness_images)
     clean = prob[rows.index.to_numpy()]
-    robust = degrade.robustness(detector, rows, clean, degradations, cfg.threshold, cfg.fprs, cfg.batch_size,
-                                workers)
+    degraded = degrade.score_degraded(detector, rows, degradations, cfg.batch_size, workers)
+    robust = degrade.robustness(rows, clean, degraded, cfg.threshold, cfg.fprs)
     clean_auc = metrics.roc_auc(rows.target.to_numpy(), clean)
     if degradations:
         # The clean per-manipulation AUCs of these images: `groups` is all of val, which may be more.
         clean_groups = metrics.group_aucs(rows.target, clean, rows.group)
         out["robustness"] = {"clean": {"roc_auc": clean_auc, "images": int(len(rows)), **clean_groups},
                              **degrade.nested(robust)}
+        out.update(degrade.summary(robust))
         seconds["robustness"] = time.perf_counter() - t0
 
     predictions = pd.DataFrame({"img_name": kept.img_name, "target": y, "group": kept.group, "y_pred": prob,
                                 "predicted": (prob >= cfg.threshold).astype(int), "path": kept.path})
-    return Evaluation(out, predictions, robust, clean_auc, extra_rows, skipped, seconds)
+    return Evaluation(out, predictions, robust, clean_auc, extra_rows, skipped, seconds,
+                      degrade.predictions(rows, clean, degraded) if degradations else None)
 
 
 ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation, in the reports folder: DVC draws one plot each
+ROBUSTNESS_PREDICTIONS = "robustness_predictions.csv"  # per image and degradation, for paired bootstraps
 
 
 def robustness_tables(ev: Evaluation) -> dict[str, pd.DataFrame]:
@@ -194,6 +199,8 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
         stale.unlink()
     for kind, frame in robustness_tables(ev).items():
         write_csv(folder / f"{kind}.csv", frame)
+    if ev.degraded is not None:
+        write_csv(out / ROBUSTNESS_PREDICTIONS, ev.degraded)
     report.plot_robustness(degrade.table(ev.robustness), ev.clean_auc, out / "robustness.png")
     ev.seconds["reports"] = time.perf_counter() - t0
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ffdi import report
+from ffdi import knobs, report
 from ffdi.compare import bootstrap_auc_difference, mean_auc, paired_bootstrap, varying_keys
 from ffdi.config import Params, flatten
 from ffdi.errors import FfdiError
@@ -144,22 +144,25 @@ def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tu
     return {k: d[k] for k in ("difference", "ci_low", "ci_high")}
 
 
+def differs_from(variants: dict[str, list[Run]], reference: str):
+    """label -> the params where that variant differs from the reference (params.yaml's dotted keys
+    first: a stage's own record, like the served model's `tta`, repeats one of them)."""
+    def short(label: str) -> str:
+        mine, ref = variants[label][0].params, variants[reference][0].params
+        # A param one of them lacks (logged by another ffdi version) differs in nothing: as in varying_keys.
+        differ = [k for k in sorted(set(mine) & set(ref)) if k not in (HOLDOUT, "train.seed") and mine[k] != ref[k]]
+        differ = [k for k in differ if "." in k] or differ
+        return ", ".join(f"{k}={mine[k]}" for k in differ) or label
+    return short
+
+
 def reference_differences(variants: dict[str, list[Run]], reference: str, load=val_predictions,
                           n_boot: int = 1000) -> pd.DataFrame:
     """Per variant and held-out manipulation: held-out AUC (mean, sd over seeds) and its difference
     from the reference variant's, with ffdi compare's paired bootstrap CI over the same val images;
     a row `mean` per variant averages the difference over the manipulations both held out."""
     names, frames = aligned_frames([r for rs in variants.values() for r in rs], load)
-
-    def short(label: str) -> str:
-        """The params where a variant differs from the reference (params.yaml's dotted keys first:
-        a stage's own record, like the served model's `tta`, repeats one of them)."""
-        mine, ref = variants[label][0].params, variants[reference][0].params
-        # A param one of them lacks (logged by another ffdi version) differs in nothing: as in varying_keys.
-        differ = [k for k in sorted(set(mine) & set(ref)) if k not in (HOLDOUT, "train.seed") and mine[k] != ref[k]]
-        differ = [k for k in differ if "." in k] or differ
-        return ", ".join(f"{k}={mine[k]}" for k in differ) or label
-
+    short = differs_from(variants, reference)
     first = next(iter(frames.values())).loc[names]
     y, image_groups = first.target.to_numpy(), first.group.fillna("").astype(str).to_numpy()
     groups = manipulations_of([r for rs in variants.values() for r in rs])
@@ -272,19 +275,58 @@ def runs_table(runs: Sequence[Run], keys: list[str]) -> pd.DataFrame:
                           "git_commit": r.tags.get("git.commit", "")} for r in runs])
 
 
+def knob_table(runs: Sequence[Run], params: Optional[Params], reference: Optional[str], load=val_predictions,
+               load_degraded=knobs.robustness_predictions, n_boot: int = 1000):
+    """The knob table (ffdi.knobs) of every variant with runs trained on all manipulations, grouped
+    by the params that differ among all the runs; None where fewer than two variants or no reference."""
+    flat = [r for r in runs if not holdout_of(r)]
+    keys, variants = group_by_variant(list(runs))
+    if not flat or len(variants) < 2:
+        return None, None
+    ref = reference_variant(keys, variants, params, reference)
+    if ref is None:
+        return None, None
+    loo = {label: [r for r in rs if len(holdout_of(r)) == 1] for label, rs in variants.items()}
+    loo = {label: rs for label, rs in loo.items() if rs}
+    held = reference_differences(loo, ref, load, n_boot) if ref in loo else None
+    trained_on_all = {label: [r for r in rs if not holdout_of(r)] for label, rs in variants.items()}
+    table = knobs.table(trained_on_all, ref, held, differs_from(variants, ref), load, load_degraded, n_boot)
+    return table, knobs.choose(table)
+
+
 def render(runs: Sequence[Run], out: Path, params: Optional[Params] = None, reference: Optional[str] = None,
-           load=val_predictions, n_boot: int = 1000) -> dict:
+           load=val_predictions, n_boot: int = 1000, load_degraded=knobs.robustness_predictions) -> dict:
     """Write report.md, the heatmaps and CSVs for these runs to `out`; return what was written.
 
     With several variants, each is also compared with the reference variant (see reference_variant)
     on held-out AUC, with paired bootstrap CIs (differences.csv); `load` reads a run's val predictions.
+    Where runs trained on all manipulations are there too, the knob table (ffdi.knobs): knobs.csv, knobs.png.
     """
     keys, result = tables(runs)
     chosen = holdout_runs(runs)
-    if not result:
+    knob, pick = knob_table(runs, params, reference, load, load_degraded, n_boot)
+    if not result and knob is None:
         raise GeneralisationError(f"no finished, evaluated run has {HOLDOUT} set: run `ffdi generalisation` "
                                   "without --no-run first")
     out.mkdir(parents=True, exist_ok=True)
+    markdown, differences, ref = "", None, None
+    if knob is not None:
+        write_csv(out / "knobs.csv", knob)
+        report.plot_knobs(knob, out / "knobs.png", knobs.TITLES, f"against the reference: {knob.variant.iloc[0]}")
+        markdown = "\n".join(knobs.markdown(knob, pick)) + "\n"
+    if result:
+        differences, ref = heldout_report(result, keys, chosen, out, params, reference, load, n_boot)
+        markdown = render_markdown(keys, result, chosen, differences, ref) + "\n" + markdown
+    else:
+        markdown = "# Knob table\n\n" + markdown
+    write_text(out / "report.md", markdown)
+    return {"keys": keys, "tables": result, "markdown": markdown, "runs": chosen, "differences": differences,
+            "reference": ref, "knobs": knob, "chosen": pick}
+
+
+def heldout_report(result, keys, chosen, out: Path, params, reference, load, n_boot):
+    """The leave-one-out and train-on-one files: CSVs, heatmaps and, with several variants,
+    differences.csv/png against the reference."""
     long = {name: pd.concat([t[name].assign(variant=label) for label, t in result.items()], ignore_index=True)
             for name in ("heldout", "train_on_one")}
     for name, frame in long.items():
@@ -307,7 +349,4 @@ def render(runs: Sequence[Run], out: Path, params: Optional[Params] = None, refe
             differences = reference_differences(variants, ref, load, n_boot)
             write_csv(out / "differences.csv", differences)
             report.plot_differences(differences, out / "differences.png", f"against the reference: {ref}")
-    markdown = render_markdown(keys, result, chosen, differences, ref)
-    write_text(out / "report.md", markdown)
-    return {"keys": keys, "tables": result, "markdown": markdown, "runs": chosen, "differences": differences,
-            "reference": ref}
+    return differences, ref

@@ -186,3 +186,28 @@ def plot_differences(differences, out: Path, title: str) -> list[tuple[str, str,
     ax.set(xlabel="held-out AUC difference from the reference, 95% CI", title=textwrap.fill(title, 90))
     save_figure(fig, out)
     return plotted
+
+
+def plot_knobs(knobs, out: Path, titles: dict[str, str], title: str) -> list[tuple[str, str, float, float, float]]:
+    """A forest plot per column of the knob table (ffdi.knobs): each variant's difference from the
+    reference with its 95% CI; a variant not run in a column is left out of that panel. Returns the
+    (variant, column, difference, low, high) plotted."""
+    rows = knobs.dropna(subset=["difference"])
+    variants = [v for v in dict.fromkeys(knobs.differs) if v != "(reference)"]
+    fig, axes = plt.subplots(1, len(titles), figsize=(5 + 3.2 * len(titles), 1.4 + 0.34 * len(variants)),
+                             dpi=100, sharey=True, layout="constrained")
+    plotted = []
+    for ax, (column, name) in zip(np.atleast_1d(axes), titles.items()):
+        mine = rows[rows.column == column].set_index("differs")
+        for i, v in enumerate(variants):
+            if v in mine.index:
+                r = mine.loc[v]
+                ax.errorbar(r.difference, -i, xerr=[[r.difference - r.ci_low], [r.ci_high - r.difference]],
+                            fmt="o", ms=5, capsize=2, color="black" if r.ci_low > 0 or r.ci_high < 0 else "grey")
+                plotted.append((v, column, float(r.difference), float(r.ci_low), float(r.ci_high)))
+        ax.axvline(0, color="grey", lw=1)
+        ax.set(xlabel="difference from the reference, 95% CI", title=textwrap.fill(name, 34))
+    axes[0].set_yticks([-i for i in range(len(variants))], [textwrap.shorten(v, 45) for v in variants], fontsize=8)
+    fig.suptitle(textwrap.fill(title, 120), fontsize=10)
+    save_figure(fig, out)
+    return plotted

@@ -110,14 +110,15 @@ def pil_steps(cfg: AugmentConfig, train: bool) -> list:
     # Resize first: every later step works on the small image.
     steps: list = [T.Resize(cfg.resize)]
     if train:
-        # The same for both classes: these steps never see the label.
-        if cfg.jpeg:
-            steps.append(T.RandomApply([v2.JPEG(quality=tuple(cfg.jpeg))], cfg.degrade_p))
+        # The same for both classes: these steps never see the label. In the order an upload meets
+        # them: resized, maybe softened, and compressed last (JPEG after a resize keeps its blocks).
+        if cfg.downscale:
+            steps.append(T.RandomApply([RandomDownscale(cfg.downscale)], cfg.degrade_p))
         if cfg.blur:
             kernel = 2 * math.ceil(3 * cfg.blur[1]) + 1
             steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=tuple(cfg.blur))], cfg.degrade_p))
-        if cfg.downscale:
-            steps.append(T.RandomApply([RandomDownscale(cfg.downscale)], cfg.degrade_p))
+        if cfg.jpeg:
+            steps.append(T.RandomApply([v2.JPEG(quality=tuple(cfg.jpeg))], cfg.degrade_p))
         if cfg.hflip:
             steps.append(T.RandomHorizontalFlip(cfg.hflip))
         if cfg.vflip:

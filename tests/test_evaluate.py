@@ -152,6 +152,17 @@ def test_robustness_per_manipulation_equals_sklearn_on_its_fakes_and_all_real(ra
             assert tables[d.kind][f"auc_{g}"].tolist() == [m[f"auc_{g}"]]
             assert tables[d.kind][f"clean_auc_{g}"].tolist() == [clean[f"auc_{g}"]]
     assert not any("real" in k for k in names)  # real images are no manipulation
+    # The knob table's degraded column: the mean over degradations of sklearn's AUC, and per image
+    # the very scores it came from (robustness_predictions.csv, bootstrapped by ffdi generalisation).
+    aucs = [skm.roc_auc_score(y, probs[d]) for d in degradations]
+    assert ev.report["degraded_mean_auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
+    assert ev.report["degraded_worst_auc"] == pytest.approx(min(aucs), abs=1e-9)
+    assert names["eval_degraded_mean_auc"] == ev.report["degraded_mean_auc"]
+    assert ev.degraded.columns.tolist() == ["img_name", "target", "group", "clean", "jpeg:50", "social:70"]
+    assert ev.degraded.img_name.tolist() == val.img_name.tolist()
+    for d in degradations:
+        np.testing.assert_allclose(ev.degraded[d.label], probs[d], atol=1e-6)
+    np.testing.assert_allclose(ev.degraded.clean, ev.predictions.y_pred, atol=1e-9)
     # The metrics that were there before are all still there: per manipulation only adds keys.
     assert {"roc_auc", "average_precision", "accuracy", "mean_abs_prob_change"} < set(m)
     assert tables["jpeg"].roc_auc.tolist() == [ev.report["robustness"]["jpeg"]["50"]["roc_auc"]]

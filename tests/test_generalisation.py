@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from ffdi import dvc_queue
 from ffdi import generalisation as gen
@@ -241,6 +242,94 @@ def test_a_missing_run_shows_as_na(tmp_path):
 def test_nothing_to_render_is_a_clear_error(tmp_path):
     with pytest.raises(gen_report.GeneralisationError, match="no finished, evaluated run has data.holdout set"):
         gen_report.render([r for r in fake_runs() if r.run_id == "base"], tmp_path)
+
+
+def knob_runs():
+    """Three variants of augment.blur/augment.jpeg, three seeds each, trained on all manipulations,
+    with val and degraded predictions; leave-one-out runs over a, b for two of them. `jpeg` is the
+    most robust but loses clean AUC; `blur` is robust and keeps it; `both` is never held out."""
+    rng = np.random.default_rng(2)
+    groups = np.array(["real"] * 80 + ["a"] * 40 + ["b"] * 40)
+    y = (groups != "real").astype(int)
+    names = [f"{i:03d}.jpg" for i in range(len(y))]
+    # (clean separation, degraded separation) per variant
+    strength = {"null": (1.2, 0.2), "[0.2, 1.5]": (1.2, 0.9), "[30, 95]": (0.6, 1.1), "both": (1.2, 0.5)}
+    runs, preds, degraded = [], {}, {}
+    for variant, (clean_s, degraded_s) in strength.items():
+        blur = "null" if variant in ("null", "[30, 95]") else "[0.2, 1.5]"
+        jpeg = variant if variant == "[30, 95]" else "[30, 95]" if variant == "both" else "null"
+        for seed in "012":
+            for holdout in ([], ["a"], ["b"]):
+                if holdout and variant in ("[30, 95]", "both"):
+                    continue
+                rid = f"{variant}-{seed}-{holdout}"
+                shift = np.where((groups == holdout[0]) if holdout else False, 0.3, 1.0)
+                p = rng.uniform(size=len(y)) + y * clean_s * shift
+                preds[rid] = pd.DataFrame({"img_name": names, "target": y, "group": groups, "y_pred": p})
+                d = {c: rng.uniform(size=len(y)) + y * degraded_s * k for c, k in (("jpeg:50", 1.0), ("blur:1", 0.5))}
+                degraded[rid] = pd.DataFrame({"img_name": names, "target": y, "group": groups, "clean": p, **d})
+                metrics = {"eval_roc_auc": roc_auc_score(y, p),
+                           "eval_degraded_mean_auc": np.mean([roc_auc_score(y, v) for v in d.values()]),
+                           **{f"eval_auc_{g}": 0.9 for g in "ab"}}
+                if holdout:
+                    keep = (groups == "real") | (groups == holdout[0])
+                    metrics["heldout_roc_auc"] = roc_auc_score(y[keep], p[keep])
+                params = {"augment.blur": blur, "augment.jpeg": jpeg, "train.seed": seed,
+                          "data.holdout": str(holdout)}
+                runs.append(Run(rid, rid, params, metrics, ""))
+    return runs, preds, degraded, y, groups
+
+
+def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
+    runs, preds, degraded, y, groups = knob_runs()
+    result = gen_report.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id],
+                               load_degraded=lambda r: degraded[r.run_id], n_boot=200)
+    knob = result["knobs"].set_index(["variant", "column"])
+    ref = "augment.blur=null, augment.jpeg=null"
+    assert knob.variant.iloc[0] if False else result["knobs"].variant.iloc[0] == ref
+
+    def flat(blur, jpeg):
+        return [r for r in runs if r.params["augment.blur"] == blur and r.params["augment.jpeg"] == jpeg
+                and r.params["data.holdout"] == "[]"]
+
+    def mean_auc(rs, column="y_pred", rows=slice(None)):
+        frames = degraded if column != "y_pred" else preds
+        return np.mean([roc_auc_score(y[rows], frames[r.run_id][column].to_numpy()[rows]) for r in rs])
+
+    base = flat("null", "null")
+    for blur, jpeg in (("[0.2, 1.5]", "null"), ("null", "[30, 95]"), ("[0.2, 1.5]", "[30, 95]")):
+        label = f"augment.blur={blur}, augment.jpeg={jpeg}"
+        mine = flat(blur, jpeg)
+        clean, deg = knob.loc[(label, "clean")], knob.loc[(label, "degraded")]
+        assert clean.runs == 3 and clean["mean"] == pytest.approx(np.mean([r.metrics["eval_roc_auc"] for r in mine]))
+        assert clean.difference == pytest.approx(mean_auc(mine) - mean_auc(base))
+        assert deg["mean"] == pytest.approx(np.mean([r.metrics["eval_degraded_mean_auc"] for r in mine]))
+        expected = np.mean([mean_auc(mine, c) - mean_auc(base, c) for c in ("jpeg:50", "blur:1")])
+        assert deg.difference == pytest.approx(expected)
+        assert deg.ci_low < deg.difference < deg.ci_high
+    # held-out: the mean over manipulations of the leave-one-out AUC difference (reference_differences' `mean`)
+    blur = "augment.blur=[0.2, 1.5], augment.jpeg=null"
+    held = knob.loc[(blur, "heldout")]
+    diffs = []
+    for g in "ab":
+        keep = (groups == "real") | (groups == g)
+        loo = lambda b: [r for r in runs if r.params["augment.blur"] == b and r.params["augment.jpeg"] == "null"
+                         and r.params["data.holdout"] == f"['{g}']"]
+        diffs.append(mean_auc(loo("[0.2, 1.5]"), rows=keep) - mean_auc(loo("null"), rows=keep))
+    assert held.difference == pytest.approx(np.mean(diffs)) and held.runs == 3
+    assert knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "heldout")].runs == 0
+    # The rule: jpeg is the most robust but its clean AUC falls by more than 0.01, and `both` was never held out.
+    assert knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "clean")].difference < -0.01
+    assert knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "degraded")]["mean"] > knob.loc[(blur, "degraded")]["mean"]
+    assert result["chosen"] == blur
+    assert re.search(r"^\| augment.blur=\[0.2, 1.5\] \| 3 \|.*\| \*\*chosen\*\* \|$", result["markdown"], re.M)
+    assert "not run" in result["markdown"] and (tmp_path / "knobs.png").stat().st_size > 10_000
+    assert len(pd.read_csv(tmp_path / "knobs.csv")) == 4 * 3
+    from ffdi.report import plot_knobs
+    from ffdi.knobs import TITLES
+
+    plotted = plot_knobs(result["knobs"], tmp_path / "again.png", TITLES, "t")
+    assert len(plotted) == 3 + 3 + 1  # clean and degraded for 3 variants; held-out for blur only
 
 
 # --- the real command on a tiny project -----------------------------------------------------------
