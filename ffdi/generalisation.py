@@ -42,6 +42,9 @@ from ffdi.runs import CompareError, finished_pipeline_runs
 # --- what to run ---------------------------------------------------------------------------------
 
 
+KINDS = ("trained-on-all", "leave-one-out", "train-on-one")
+
+
 def manipulations(params: Params, summary: Path = Path("prepared/summary.json")) -> list[str]:
     """The manipulations named among the train fakes: from prepare's summary when it describes
     data.root, else read from the train label file."""
@@ -60,10 +63,11 @@ def manipulations(params: Params, summary: Path = Path("prepared/summary.json"))
     return groups
 
 
-def holdout_sets(groups: Sequence[str], leave_one_out: bool = True, train_on_one: bool = True) -> list[tuple]:
+def holdout_sets(groups: Sequence[str], leave_one_out: bool = True, train_on_one: bool = True,
+                 trained_on_all: bool = False) -> list[tuple]:
     """The data.holdout of each experiment, without repeats (with two manipulations, leaving one
-    out is training on the other)."""
-    sets = []
+    out is training on the other); () is trained on all, the knob table's clean and degraded columns."""
+    sets = [()] if trained_on_all else []
     if leave_one_out:
         sets += [(g,) for g in groups]
     if train_on_one:
@@ -82,10 +86,11 @@ def exp_run_args(holdout: Sequence[str], seeds: Sequence[int], overrides: Sequen
 
 
 def planned_experiments(groups: Sequence[str], seeds: Sequence[int], overrides: Sequence[str],
-                        leave_one_out: bool = True, train_on_one: bool = True) -> list[tuple[list[str], str]]:
+                        leave_one_out: bool = True, train_on_one: bool = True,
+                        trained_on_all: bool = False) -> list[tuple[list[str], str]]:
     """Each experiment to queue: its `dvc exp run --queue` arguments, and the holdout it sets."""
     return [(exp_run_args(holdout, seeds, overrides), f"{HOLDOUT}={list(holdout)}")
-            for holdout in holdout_sets(groups, leave_one_out, train_on_one)]
+            for holdout in holdout_sets(groups, leave_one_out, train_on_one, trained_on_all)]
 
 
 # --- collecting, rendering and logging ------------------------------------------------------------
@@ -124,7 +129,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="experiments at once (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=480, help="minutes to wait for the queue (default: %(default)s)")
     ap.add_argument("--poll", type=float, default=10, help="seconds between looks at the queue (default: %(default)s)")
-    ap.add_argument("--only", choices=("leave-one-out", "train-on-one"), help="queue one kind of experiment only")
+    ap.add_argument("--only", nargs="+", choices=KINDS, default=list(KINDS[1:]), metavar="KIND",
+                    help=f"the kinds of experiment to queue, of {', '.join(KINDS)} (default: %(default)s); "
+                    "trained-on-all gives the knob table its clean and degraded columns")
     ap.add_argument("--groups", nargs="+", help="the manipulations (default: those named in the train labels)")
     ap.add_argument("--no-run", action="store_true", help="only render from the runs already in MLflow")
     ap.add_argument("--out", type=Path, default=Path("reports/generalisation"))
@@ -147,8 +154,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if len(groups) < 2:
             raise GeneralisationError(f"--groups: name at least two manipulations, got {groups}")
         print(f"manipulations: {', '.join(groups)}", flush=True)
-        experiments = planned_experiments(groups, args.seeds, args.overrides, leave_one_out=args.only != "train-on-one",
-                                          train_on_one=args.only != "leave-one-out")
+        experiments = planned_experiments(groups, args.seeds, args.overrides, "leave-one-out" in args.only,
+                                          "train-on-one" in args.only, "trained-on-all" in args.only)
         status = run_experiments(experiments, args.jobs, args.timeout * 60, poll_s=args.poll)
         failed = report_failures(status)
         unfinished = [n for n, s in status.items() if s not in ("Success", "Failed")]

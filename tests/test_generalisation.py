@@ -30,6 +30,14 @@ def test_holdout_sets_leave_one_out_and_train_on_one():
     assert gen.holdout_sets(["a", "b"]) == [("a",), ("b",)]
 
 
+def test_trained_on_all_is_queued_with_an_empty_holdout_first():
+    planned = gen.planned_experiments(["a", "b", "c"], [0, 1], ["augment.blur=[0.2, 1.5]"], True, False, True)
+    assert [h for _, h in planned] == ["data.holdout=[]", "data.holdout=['a']", "data.holdout=['b']",
+                                       "data.holdout=['c']"]
+    assert planned[0][0] == ["exp", "run", "--queue", "-S", "data.holdout=[]", "-S", "train.seed=0,1",
+                             "-S", "augment.blur=[0.2, 1.5]"]
+
+
 def test_exp_run_args_pass_the_holdout_as_one_list_not_a_sweep():
     args = gen.exp_run_args(("b", "c"), [0, 1], ["model.se=true"])
     assert args == ["exp", "run", "--queue", "-S", 'data.holdout=["b", "c"]', "-S", "train.seed=0,1",
