@@ -1,10 +1,12 @@
 """Leave one manipulation out, as one command: how a detector does on fakes it never saw.
 
     ffdi generalisation [-S model.se=true] [--seeds 0 1 2] [--jobs 1] [--no-run] [--reference TEXT]
-                        [--out reports/generalisation]
+                        [--only trained-on-all leave-one-out train-on-one] [--out reports/generalisation]
 
 1. Reads the manipulations named in the train labels (prepared/summary.json, else the label file).
-2. Queues DVC experiments (`dvc exp run --queue`), for each seed and each `-S` override given:
+2. Queues DVC experiments (`dvc exp run --queue`), for each seed and each `-S` override given
+   (--only picks the kinds; by default the last two):
+   - trained on all: data.holdout=[], for the knob table's clean and degraded columns;
    - leave one out: one per manipulation M, with data.holdout=[M] (trained on all the others);
    - train on one: one per manipulation M, with data.holdout = all the others (trained on M alone).
    With two manipulations the two kinds are the same experiments, queued once.
@@ -18,6 +20,10 @@
    - with several variants, each one's held-out AUC against the reference variant's (--reference;
      default: the one run with params.yaml's values), per manipulation and averaged, with the paired
      bootstrap CI of `ffdi compare` (report.md, differences.csv, differences.png: a forest plot);
+   - with runs trained on all manipulations too (`--only trained-on-all ...`), the knob table
+     (ffdi.knobs): each variant's clean val AUC, mean AUC over eval.degradations and mean held-out
+     AUC against the reference's, with paired bootstrap CIs, and the variant the stated rule picks
+     (knobs.csv, knobs.png: a forest plot per column, and a section of report.md);
    and logs them to an MLflow run tagged ffdi.kind=generalisation.
 --no-run skips 1-3 and renders from the runs already in MLflow.
 """
@@ -163,8 +169,14 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{len(unfinished)} unfinished", flush=True)
     result = generalisation(cfg, args.out, log=not args.no_log, params=params, reference=args.reference)
     print(result["markdown"])
-    print(f"written to {args.out}/ (report.md, heldout.png, train_on_one.png, heldout.csv, train_on_one.csv, runs.csv"
-          f"{', differences.csv, differences.png' if result['differences'] is not None else ''})")
+    written = ["report.md"]
+    if result["tables"]:
+        written += ["heldout.png", "train_on_one.png", "heldout.csv", "train_on_one.csv", "runs.csv"]
+    if result["differences"] is not None:
+        written += ["differences.csv", "differences.png"]
+    if result["knobs"] is not None:
+        written += ["knobs.csv", "knobs.png"]
+    print(f"written to {args.out}/ ({', '.join(written)})")
     if failed or unfinished:
         print(f"error: {len(failed)} experiments failed and {len(unfinished)} did not finish; the tables "
               "leave them out", file=sys.stderr)
