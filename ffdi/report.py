@@ -194,7 +194,7 @@ def plot_knobs(knobs, out: Path, titles: dict[str, str], title: str) -> list[tup
     (variant, column, difference, low, high) plotted."""
     rows = knobs.dropna(subset=["difference"])
     variants = [v for v in dict.fromkeys(knobs.differs) if v != "(reference)"]
-    fig, axes = plt.subplots(1, len(titles), figsize=(5 + 3.2 * len(titles), 1.4 + 0.34 * len(variants)),
+    fig, axes = plt.subplots(1, len(titles), figsize=(5 + 3.2 * len(titles), 1.6 + 0.55 * len(variants)),
                              dpi=100, sharey=True, layout="constrained")
     plotted = []
     for ax, (column, name) in zip(np.atleast_1d(axes), titles.items()):
@@ -207,7 +207,12 @@ def plot_knobs(knobs, out: Path, titles: dict[str, str], title: str) -> list[tup
                 plotted.append((v, column, float(r.difference), float(r.ci_low), float(r.ci_high)))
         ax.axvline(0, color="grey", lw=1)
         ax.set(xlabel="difference from the reference, 95% CI", title=textwrap.fill(name, 34))
-    axes[0].set_yticks([-i for i in range(len(variants))], [textwrap.shorten(v, 45) for v in variants], fontsize=8)
+        for i, v in enumerate(variants):
+            if v not in mine.index:
+                ax.annotate("not run", (0.5, -i), xycoords=("axes fraction", "data"), ha="center", va="center",
+                            fontsize=8, color="grey")
+    axes[0].set_yticks([-i for i in range(len(variants))], [textwrap.fill(v, 38) for v in variants], fontsize=7)
+    axes[0].set_ylim(-len(variants) + 0.5, 0.5)
     fig.suptitle(textwrap.fill(title, 120), fontsize=10)
     save_figure(fig, out)
     return plotted
