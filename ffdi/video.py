@@ -325,6 +325,9 @@ class VideoScore:
     frames: list[FrameScore] = field(default_factory=list)
     score: Optional[float] = None
     error: str = ""
+    # With keep_top=K: the K highest-scoring frames as (p_fake, time, the uint8 pixels the Detector
+    # scored), highest first, for `ffdi explain`.
+    top: list = field(default_factory=list)
 
     @property
     def frames_scored(self) -> int:
@@ -342,7 +345,7 @@ NO_FACE = "no face found"
 
 
 def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: str = "mean",
-                batch_size: int = 64, faces=None, name: Optional[str] = None) -> VideoScore:
+                batch_size: int = 64, faces=None, name: Optional[str] = None, keep_top: int = 0) -> VideoScore:
     """Score the sampled frames of one video, `batch_size` at a time, and aggregate them.
 
     detector: a Detector or an Ensemble (its preprocess and prob_batch), so each frame gets the
@@ -350,16 +353,25 @@ def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: 
     then scored on its largest face, and a frame without one is recorded (error "no face found").
     Never raises for a bad video: the result's error says what was wrong; the frames scored before
     a failure keep their scores (for --per-frame), but the video gets no score.
+    keep_top: keep the pixels of this many highest-scoring frames (result.top); memory stays that
+    of those and one batch.
     """
+    import heapq
+
     name = name or (str(source) if isinstance(source, (str, Path)) else "video")
     parse_aggregate(how)
     result = VideoScore(name, how)
     pending: list[tuple[FrameScore, object]] = []
 
+    heap: list = []  # (p_fake, -time, time, pixels): the lowest of the kept on top
+
     def flush() -> None:
         if pending:
-            for fs, p in zip([f for f, _ in pending], detector.prob_batch([px for _, px in pending])):
+            for (fs, px), p in zip(pending, detector.prob_batch([px for _, px in pending])):
                 fs.p_fake = float(p)
+                if keep_top:
+                    item = (fs.p_fake, -fs.time, fs.time, px)
+                    (heapq.heappush if len(heap) < keep_top else heapq.heappushpop)(heap, item)
             pending.clear()
 
     try:
@@ -391,4 +403,5 @@ def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: 
                         else "no frame could be scored")
         return result
     result.score = aggregate(probs, how)
+    result.top = [(p, t, px) for p, _, t, px in sorted(heap, key=lambda e: (-e[0], e[2]))]
     return result
