@@ -180,10 +180,15 @@ def _scan_end(container, stream) -> Optional[float]:
 def _keyframe_times(stream) -> list[float]:
     """Times of the keyframes the container indexes (MP4 lists every sample, Matroska its cues)."""
     try:
-        entries = stream.index_entries
-        return sorted(float(e.timestamp * stream.time_base) for e in entries if e.is_keyframe)
+        return sorted(float(e.timestamp * stream.time_base) for e in stream.index_entries if e.is_keyframe)
     except (AttributeError, TypeError):
         return []
+
+
+def _variable_rate(stream) -> bool:
+    """Whether the frames come at a variable rate: their mean rate is not the stream's base rate."""
+    mean, base = stream.average_rate, stream.guessed_rate
+    return bool(mean and base) and abs(float(mean) / float(base) - 1) > 0.01
 
 
 def _upright(image: Image.Image, rotation: int, name: str) -> Image.Image:
@@ -221,11 +226,14 @@ def sample_frames(source: Source, sampling: Sampling = Sampling(), name: Optiona
     with container:
         stream.thread_type = "AUTO"  # frame threads: decoding is most of the work on a CPU
         start, end = _extent(container, stream)
-        if end is None:
-            end = _scan_end(container, stream)
+        if end is None or _variable_rate(stream):
+            # No duration, or one that may be wrong: at a variable frame rate an MP4's duration is
+            # the sum of its packets' durations, which encoders may set short. The packets'
+            # timestamps say where the video ends (read, not decoded: a pass over the file's bytes).
+            end = max(filter(None, (end, _scan_end(container, stream))), default=None)
+        keyframes = _keyframe_times(stream)
         if end is None or end <= start:
             raise BadVideo(f"{name}: no video frames")
-        keyframes = _keyframe_times(stream)
         targets = sampling.targets(start, end)
         tb = stream.time_base
         last = None  # the last decoded frame: its time tells where decoding stands
@@ -405,3 +413,38 @@ def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: 
     result.score = aggregate(probs, how)
     result.top = [(p, t, px) for p, _, t, px in sorted(heap, key=lambda e: (-e[0], e[2]))]
     return result
+
+
+# --- writing (test clips, benchmark clips, labelled sets made from images) -----------------------
+
+
+def write_video(path: Union[str, Path], frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", options: Optional[dict] = None, rotation: Optional[int] = None,
+                times: Optional[Sequence[float]] = None) -> Path:
+    """Encode uint8 (H, W, 3) RGB frames into a video file; the container follows the suffix.
+
+    codec "ffv1" (pix_fmt "bgr0") or "libx264rgb" (options {"qp": "0"}) are lossless.
+    rotation: a display matrix turning the frames this many degrees counterclockwise on playback.
+    times: each frame's timestamp in seconds (a variable frame rate), instead of 1/fps apart.
+    """
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+        stream.pix_fmt = pix_fmt
+        if options:
+            stream.options = dict(options)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for n, rgb in enumerate(frames):
+            if n == 0:
+                stream.height, stream.width = rgb.shape[:2]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = round(times[n] * 1000), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
