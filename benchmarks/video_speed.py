@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--clip", default=".ffdi/bench/clip_1080p_60s.mp4")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's, one per core); 1 where other jobs share the cores")
     ap.add_argument("--out", default="benchmarks/results/video_speed.json")
     ap.add_argument("--figure", default="docs/img/video_speed.png")
     args = ap.parse_args(argv)
@@ -100,6 +102,8 @@ def main(argv=None) -> int:
     from ffdi.faces import FaceCropper
     from ffdi.video import Sampling, sample_frames, score_video
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     clip = Path(args.clip)
     if not clip.is_file():
         t0 = time.perf_counter()
