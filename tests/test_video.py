@@ -328,6 +328,14 @@ def test_explain_a_video_draws_its_most_suspicious_frames(clips, model, tmp_path
     assert Image.open(out / "mix.png").size[0] > 3 * 150  # three frames side by side
 
 
+def test_video_labels_are_read_as_multiffdv_writes_them(tmp_path):
+    from ffdi.labels import read_labels
+
+    (tmp_path / "labels.txt").write_text("video_name,target\nclip1.mp4,1\nclip2.mov,0\n")
+    labels = read_labels(tmp_path / "labels.txt")
+    assert labels.img_name.tolist() == ["clip1.mp4", "clip2.mov"] and labels.target.tolist() == [1, 0]
+
+
 def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, tmp_path):
     """A folder in multiFFDV's layout: valset/*.mp4 and `video_name,target` labels."""
     from sklearn.metrics import roc_auc_score
