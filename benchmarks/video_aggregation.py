@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--videos", type=int, default=240)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the differences from mean")
     ap.add_argument("--results", default="benchmarks/results/video_aggregation.json")
     args = ap.parse_args(argv)
 
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
             keep = (videos.target == 0) | (videos.fake_share == share)
             row[f"fake share {share:g}"] = metrics.roc_auc(y[keep], p[keep.to_numpy()])
         if how != "mean":  # paired over videos: AUC(how) - AUC(mean), with its 95% bootstrap interval
-            d = bootstrap_auc_difference(y, scores["mean"][None], p[None], n_boot=2000)
+            d = bootstrap_auc_difference(y, scores["mean"][None], p[None], n_boot=args.boot)
             row["minus mean"] = d["difference"]
             row["95% CI"] = f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
         table[how] = row
