@@ -4,8 +4,9 @@
                                            [--videos 240] [--frames 16] [--seed 11]
 
 Makes a labelled set of videos in multiFFDV's layout (OUT/valset/*.mp4, OUT/valset_label.txt with
-`video_name,target`; usable as an eval.extra_sets folder) from images the model never saw: a fresh
-draw of the built-in sample's generator (ffdi.sample, another seed), 64 px like the sample. Each
+`video_name,target`; usable as an eval.extra_sets folder) from a fresh draw of the built-in sample's
+generator (ffdi.sample, another seed: other crops and manipulations of the same bundled photographs),
+64 px like the sample. Each
 video is --frames frames at 4 fps, H.264 (CRF 23): a real video has real frames only; a fake one has
 a share of fake frames, 1/4, 1/2 or all (the rest real), the fakes of one manipulation. Then each
 video is scored as `ffdi score` does (ffdi.video.score_video, the model's predict.tta views, every
