@@ -336,7 +336,7 @@ def test_video_labels_are_read_as_multiffdv_writes_them(tmp_path):
     assert labels.img_name.tolist() == ["clip1.mp4", "clip2.mov"] and labels.target.tolist() == [1, 0]
 
 
-def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, tmp_path):
+def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, manifests, tmp_path):
     """A folder in multiFFDV's layout: valset/*.mp4 and `video_name,target` labels."""
     from sklearn.metrics import roc_auc_score
 
@@ -362,6 +362,14 @@ def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, tmp_path):
     assert extra["aggregate_auc"]["max"] == pytest.approx(auc)
     assert set(extra["aggregate_auc"]) == {"max", "mean", "topk:2", "topk:4"}
     assert (extra["videos"], extra["frames_scored"], skipped) == (6, 24, [])
+    # Through evaluate, as the evaluate stage calls it: metrics.json's extra_sets.<name>.
+    ev = evaluation.evaluate(det, manifests[1], cfg, extra={"clips": (manifest, digest)})
+    got = ev.report["extra_sets"]["clips"]
+    assert got["roc_auc"] == pytest.approx(auc) and got["aggregate"] == "max" and got["data_hash"] == digest
+    assert (got["videos"], got["frames_scored"], got["frames_per_video"], got["skipped_videos"]) == (6, 24, 4, 0)
+    np.testing.assert_allclose(ev.extra["clips"].y_pred, expected, atol=1e-12)
+    assert any(line.startswith(f"extra set clips: roc_auc {auc:.4f} on 6 videos (max of 4 frames;")
+               for line in evaluation.summary_lines(ev))
 
     (root / "valset" / "real0.mkv").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"real0.mkv: not a video file .*on_bad_image: skip"):
