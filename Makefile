@@ -33,7 +33,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python $(COMPILE) -r requirements.txt
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python $(COMPILE) --no-deps $(NODEPS)
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python $(COMPILE) --no-deps -e .
-	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage, playwright, pytorch_grad_cam, facenet_pytorch"
+	$(VENV)/bin/python -c "import torch, torchvision, timm, mlflow, dvc, sklearn, skimage, playwright, pytorch_grad_cam, facenet_pytorch, av"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup

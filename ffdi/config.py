@@ -62,6 +62,18 @@ def parse_degradation(spec: str) -> tuple[str, float]:
     return kind, severity
 
 
+def parse_aggregate(spec: str, key: str = "--aggregate") -> tuple[str, int]:
+    """How a video's frame scores become its score: 'mean' -> ('mean', 0), 'max' -> ('max', 1),
+    'topk:3' -> ('topk', 3), the mean of the 3 highest."""
+    text = str(spec).strip()
+    if text in ("mean", "max"):
+        return text, 0 if text == "mean" else 1
+    kind, sep, raw = text.partition(":")
+    if kind == "topk" and sep and raw.isdigit() and int(raw) > 0:
+        return "topk", int(raw)
+    raise ConfigError(f"{key}: {spec!r} must be mean, max or topk:K with K a positive integer, e.g. topk:3")
+
+
 def check_views(views: tuple[str, ...], key: str) -> None:
     for v in views:
         if v not in TTA_VIEWS:
@@ -268,6 +280,10 @@ class EvalConfig:
     # A fixed random subset of val for the degradations (null: all of it): each image is decoded in
     # full and degraded several ways, so all of multiFFDI's 147k would outlast a GPU training epoch.
     robustness_images: Optional[Annotated[int, Field(ge=2)]] = 2000
+    # Videos (an extra set of videos, `ffdi score` on videos, the served model): frames sampled per
+    # video, uniformly spread, and how their P(fake)s become the video's (mean | max | topk:K).
+    video_frames: Positive = 16
+    video_aggregate: str = "mean"
 
     @model_validator(mode="after")
     def _names_and_specs(self) -> EvalConfig:
@@ -275,6 +291,7 @@ class EvalConfig:
             if not _SET_NAME.fullmatch(name) or name in ("val", "real"):
                 raise ConfigError(f"eval.extra_sets: name {name!r} must be letters, digits, '_' or '-' "
                                   "(it names metrics and files), and not 'val' or 'real'")
+        parse_aggregate(self.video_aggregate, "eval.video_aggregate")
         if len(set(map(parse_degradation, self.degradations))) != len(self.degradations):
             raise ConfigError(f"eval.degradations: a degradation is listed twice: {list(self.degradations)}")
         return self

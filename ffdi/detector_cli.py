@@ -33,6 +33,11 @@ EXIT_STATUS_HELP = """exit status:
   3  some files could not be scored (unreadable, or no face with --faces): their rows say why
 """
 
+VIDEO_HELP = """videos (.mp4 .mov .mkv .webm .avi) are scored on sampled frames, rotated upright: --frames K
+uniformly spread, or --fps F; a video's p_fake aggregates its frames' (--aggregate). Defaults:
+eval.video_frames and eval.video_aggregate of ./params.yaml (16 frames, mean without one).
+"""
+
 
 class UsageError(FfdiError):
     """Bad command-line arguments."""
@@ -72,21 +77,50 @@ def add_model_arguments(ap: argparse.ArgumentParser, ensemble: bool = False) -> 
                          "./params.yaml, as evaluate and the served model use; 0.5 without a params.yaml)")
 
 
+def add_video_arguments(ap: argparse.ArgumentParser, aggregate: bool = True) -> None:
+    """How videos are sampled (and aggregated); the same for score and explain."""
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--frames", type=int, default=None, metavar="K",
+                       help="frames per video, uniformly spread (default: eval.video_frames of ./params.yaml, 16)")
+    group.add_argument("--fps", type=float, default=None, metavar="F", help="or F frames per second of video")
+    if aggregate:
+        ap.add_argument("--aggregate", default=None, metavar="HOW",
+                        help="a video's p_fake from its frames': mean | max | topk:K, the mean of the K highest "
+                             "(default: eval.video_aggregate of ./params.yaml, mean)")
+
+
+def video_defaults(frames: Optional[int], fps: Optional[float], aggregate: Optional[str] = None):
+    """(Sampling, aggregate) from the options, else ./params.yaml's eval.video_*, as the served model uses."""
+    from ffdi.config import load_params, parse_aggregate
+    from ffdi.video import Sampling
+
+    cfg = load_params(PARAMS_FILE, optional=True).eval
+    if fps is None and frames is None:
+        frames = cfg.video_frames
+    how = aggregate if aggregate is not None else cfg.video_aggregate
+    parse_aggregate(how, "--aggregate" if aggregate is not None else "eval.video_aggregate")
+    try:
+        return Sampling(frames=frames, fps=fps), how
+    except FfdiError as e:
+        raise UsageError(str(e)) from None
+
+
 # --- which files ---------------------------------------------------------------------------------
 
 
 def image_suffixes() -> set[str]:
-    from ffdi.labels import IMAGE_SUFFIXES
+    """What a folder or a glob gives: image files and videos."""
+    from ffdi.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-    return IMAGE_SUFFIXES
+    return IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
 def expand_paths(args: Sequence[str]) -> list[str]:
     """Files named on the command line, in order, each once.
 
-    A file is taken whatever its suffix (the user named it); a folder gives its image files,
-    recursively and sorted; a glob (quoted, so the shell left it alone) gives its matches, image
-    files only, so `'dir/*'` skips the label files beside them. A path that does not exist is
+    A file is taken whatever its suffix (the user named it); a folder gives its image files and
+    videos, recursively and sorted; a glob (quoted, so the shell left it alone) gives its matches,
+    image files and videos only, so `'dir/*'` skips the label files beside them. A path that does not exist is
     kept, so that it gets a row saying so; a folder or glob with no images is a usage error.
     """
     suffixes = image_suffixes()
@@ -95,7 +129,7 @@ def expand_paths(args: Sequence[str]) -> list[str]:
         if os.path.isdir(arg):
             found = _images_under(arg, suffixes)
             if not found:
-                raise UsageError(f"{arg}: folder holds no image files ({', '.join(sorted(suffixes))})")
+                raise UsageError(f"{arg}: folder holds no image files or videos ({', '.join(sorted(suffixes))})")
             out += found
         elif os.path.exists(arg) or not glob.has_magic(arg):
             out.append(arg)
@@ -107,7 +141,7 @@ def expand_paths(args: Sequence[str]) -> list[str]:
                 elif Path(match).suffix.lower() in suffixes:
                     found.append(match)
             if not found:
-                raise UsageError(f"{arg}: no image file matches")
+                raise UsageError(f"{arg}: no image file matches (nor a video)")
             out += found
     return list(dict.fromkeys(out))  # the same file through a folder and a glob: once
 

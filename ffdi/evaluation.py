@@ -5,7 +5,9 @@ stage writes `report` as metrics.json and `tracking.log_evaluation` logs it. The
 - `val`: the overall val metrics; `val_no_tta`: the same without test-time views;
 - `groups`: per manipulation, its fakes against all real images (`group_mean_auc`, `group_worst_auc`);
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
-- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector;
+- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector; a folder of
+  videos (`video_name,target` labels, multiFFDV's) is scored per video (ffdi.video: eval.video_frames
+  frames, aggregated by eval.video_aggregate), with `aggregate_auc`: the AUC of each aggregation;
 - `robustness.<kind>.<severity>`: val under each degradation of eval.degradations, per manipulation too
   (`auc_<manipulation>`); `robustness.clean` is the same images undegraded; `degraded_mean_auc` and
   `degraded_worst_auc`: the mean and the lowest AUC over the degradations;
@@ -29,7 +31,10 @@ from ffdi import degrade, metrics
 from ffdi.config import DataConfig, EvalConfig
 from ffdi.errors import DataError
 from ffdi.io import write_csv
-from ffdi.labels import build_manifest, read_labels
+from ffdi.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, build_manifest, read_labels
+
+# The aggregations whose video-level AUC an extra set of videos reports beside the configured one.
+COMPARED_AGGREGATES = ("mean", "max", "topk:2", "topk:4")
 
 
 @dataclass
@@ -60,11 +65,51 @@ def labelled_folder(name: str, root: str, data: DataConfig) -> tuple[pd.DataFram
     if set(labels.target) != {0, 1}:
         raise DataError(f"{labels_path} ({key}): both real (0) and fake (1) images are needed for ROC-AUC, "
                         f"got only target {sorted(set(labels.target))}")
-    manifest = build_manifest(folder, data.val_dir, labels, labels_path)
+    videos = labels.img_name.map(lambda n: Path(n).suffix.lower() in VIDEO_SUFFIXES)
+    if videos.any() and not videos.all():
+        raise DataError(f"{labels_path} ({key}): names {videos.sum()} videos and {(~videos).sum()} images; "
+                        "a set is one or the other")
+    manifest = build_manifest(folder, data.val_dir, labels, labels_path,
+                              VIDEO_SUFFIXES if videos.any() else IMAGE_SUFFIXES)
     digest = hashlib.sha256(manifest[["img_name", "target", "group"]].to_csv(index=False).encode())
     for path in manifest.path:
         digest.update(f"{os.path.getsize(path)}\n".encode())
     return manifest, digest.hexdigest()[:16]
+
+
+def is_video_set(manifest: pd.DataFrame) -> bool:
+    return len(manifest) > 0 and all(Path(p).suffix.lower() in VIDEO_SUFFIXES for p in manifest.path)
+
+
+def score_video_set(detector, manifest: pd.DataFrame, cfg: EvalConfig, on_bad_image: str = "error",
+                    desc: str = "score") -> tuple[np.ndarray, np.ndarray, list, dict]:
+    """(kept row positions, video P(fake)s, skipped (path, reason), extra metrics) of a set of videos.
+
+    One video at a time through the Detector (ffdi.video), so memory stays that of one batch of
+    frames. The frame scores are kept (a few floats per video) to measure every aggregation."""
+    from tqdm import tqdm
+
+    from ffdi import video
+
+    sampling = video.Sampling(frames=cfg.video_frames)
+    kept, prob, frame_probs, skipped = [], [], [], []
+    for i, path in enumerate(tqdm(manifest.path, desc=desc, unit="video", mininterval=1.0, leave=False)):
+        v = video.score_video(detector, path, sampling, cfg.video_aggregate, cfg.batch_size)
+        if v.error:
+            if on_bad_image == "error":
+                raise DataError(f"{path}: {v.error} (data.on_bad_image: skip scores the others)")
+            tqdm.write(f"skipped: {path}: {v.error}")
+            skipped.append((path, v.error))
+            continue
+        kept.append(i)
+        prob.append(v.score)
+        frame_probs.append(v.probs())
+    y = manifest.target.to_numpy()[kept]
+    extra = {"videos": len(kept), "frames_scored": int(sum(map(len, frame_probs))),
+             "frames_per_video": cfg.video_frames, "aggregate": cfg.video_aggregate,
+             "aggregate_auc": {how: metrics.roc_auc(y, np.array([video.aggregate(f, how) for f in frame_probs]))
+                               for how in dict.fromkeys((cfg.video_aggregate, *COMPARED_AGGREGATES))}}
+    return np.asarray(kept, dtype=int), np.asarray(prob, dtype=np.float64), skipped, extra
 
 
 def scored_metrics(frame: pd.DataFrame, prob: np.ndarray, cfg: EvalConfig) -> dict:
@@ -121,14 +166,19 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
     extra_rows = {}
     for name, (manifest, data_hash) in (extra or {}).items():
         t0 = time.perf_counter()
-        r = detector.score_manifest(manifest, cfg.batch_size, workers, on_bad_image, f"extra {name}")
-        frame = manifest.iloc[r.index].reset_index(drop=True)
-        extra_rows[name] = frame[["img_name", "target", "group"]].assign(y_pred=r.prob)
-        skipped[f"extra_{name}"] = r.skipped
-        out.setdefault("extra_sets", {})[name] = {
-            **scored_metrics(frame, r.prob, cfg),
-            "images": int(len(frame)), "skipped_images": len(r.skipped), "data_hash": data_hash,
-        }
+        if is_video_set(manifest):
+            index, set_prob, set_skipped, counts = score_video_set(detector, manifest, cfg, on_bad_image,
+                                                                   f"extra {name}")
+            counts["skipped_videos"] = len(set_skipped)
+        else:
+            r = detector.score_manifest(manifest, cfg.batch_size, workers, on_bad_image, f"extra {name}")
+            index, set_prob, set_skipped = r.index, r.prob, r.skipped
+            counts = {"images": int(len(index)), "skipped_images": len(r.skipped)}
+        frame = manifest.iloc[index].reset_index(drop=True)
+        extra_rows[name] = frame[["img_name", "target", "group"]].assign(y_pred=set_prob)
+        skipped[f"extra_{name}"] = set_skipped
+        out.setdefault("extra_sets", {})[name] = {**scored_metrics(frame, set_prob, cfg), **counts,
+                                                  "data_hash": data_hash}
         seconds[f"extra_{name}"] = time.perf_counter() - t0
 
     # Robustness: the same images degraded, real and fake alike, before the Detector's preprocessing.
@@ -222,7 +272,12 @@ def summary_lines(ev: Evaluation) -> list[str]:
         lines.append(f"ensemble of {len(r['ensemble']['models'])} (the submission's scorer): "
                      f"roc_auc {r['ensemble']['roc_auc']:.4f}")
     for name, m in r.get("extra_sets", {}).items():
-        lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
+        if "videos" in m:
+            lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['videos']} videos "
+                         f"({m['aggregate']} of {m['frames_per_video']} frames; "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in m["aggregate_auc"].items()) + ")")
+        else:
+            lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
     if ev.robustness:
         lines.append("robustness (AUC): clean {:.4f}; ".format(ev.clean_auc)
                      + ", ".join(f"{d.label} {m['roc_auc']:.4f}{_worst_group(m)}"

@@ -4,7 +4,9 @@
 
 Per image, DIR/<name>.png shows the image as the model sees it (decoded, resized, cropped)
 beside the map of class 1 (fake) laid over it, with its p_fake in the title; DIR/scores.csv
-lists path, p_fake, label, error and overlay. `gallery` draws the most confident mistakes and
+lists path, p_fake, label, error and overlay. A video (ffdi.video) gets DIR/<name>.png: a strip of
+its --top most suspicious sampled frames, each with its map, time and p_fake; its row's p_fake is
+the video's, as `ffdi score` gives it. `gallery` draws the most confident mistakes and
 hits of a scored split on one figure, for evaluate.
 
 Faithful to the score by construction: the map is computed on exactly the tensor the
@@ -162,6 +164,18 @@ def save_overlay(pixels: np.ndarray, cam: np.ndarray, title: str, out: Path, met
     save_figure(fig, out)
 
 
+def save_strip(frames: list, cams: np.ndarray, title: str, out: Path, method: str = "map") -> None:
+    """Frames (p_fake, time, uint8 pixels) side by side, each with its map over it."""
+    plt = _pyplot()
+    n = max(len(frames), 1)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.7), dpi=100, squeeze=False)
+    for ax, (p, t, px), cam in zip(axes[0], frames, cams):
+        _draw(ax, np.asarray(px), cam, f"{t:.2f} s\np_fake {p:.3f}")
+    fig.suptitle(f"{title}\n{method}, class fake", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.82))  # room for the two-line title
+    save_figure(fig, out)
+
+
 def label_of(p: float, threshold: float) -> str:
     return "fake" if p >= threshold else "real"
 
@@ -231,14 +245,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         "Overlays of where the detector sees fake evidence (a class activation map of class fake),\n"
         "one PNG per image, and DIR/scores.csv: path, p_fake, label, error, overlay. The map is\n"
         "taken on the deepest stage whose map is at least 8x8 at the model's image size (or --layer).",
-        detector_cli.EXIT_STATUS_HELP,
+        detector_cli.EXIT_STATUS_HELP + "\n" + detector_cli.VIDEO_HELP,
     )
-    ap.add_argument("paths", nargs="+", metavar="IMG", help="image files, folders, or quoted globs")
+    ap.add_argument("paths", nargs="+", metavar="IMG", help="image files, videos, folders, or quoted globs")
     ap.add_argument("--out-dir", required=True, help="folder for the overlays and scores.csv")
     ap.add_argument("--layer", default=None,
                     help="the module to map, e.g. layer3 (default: the deepest stage with a map of at least 8x8)")
     ap.add_argument("--method", choices=list(METHODS), default="layercam",
                     help="layercam (default: faithful on mid-level stages) or gradcam (classic Grad-CAM)")
+    detector_cli.add_video_arguments(ap)
+    ap.add_argument("--top", type=int, default=4, metavar="K",
+                    help="a video's strip shows its K most suspicious sampled frames (default: %(default)s)")
     detector_cli.add_model_arguments(ap)
     try:
         args = ap.parse_args(argv)
@@ -258,16 +275,33 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise detector_cli.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     args.threshold = detector_cli.default_threshold(args.threshold)
+    if args.top < 1:
+        raise detector_cli.UsageError(f"--top must be at least 1, got {args.top}")
     paths = detector_cli.expand_paths(args.paths)
+    sampling, aggregate = detector_cli.video_defaults(args.frames, args.fps, args.aggregate)
     tta, tta_source = detector_cli.default_tta(args.tta)
     detector = detector_cli.load_detector(args.model, args.device, tta)
     explainer = Explainer(detector, args.layer, args.method)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    from ffdi.video import is_video, score_video
+
     records = []
-    names = iter(zip(paths, overlay_names(paths)))
-    with tqdm(total=len(paths), desc="explain", unit="img", mininterval=1.0, file=sys.stderr, leave=False) as bar:
+    for path, name in zip(paths, overlay_names(paths)):
+        if not is_video(path):
+            continue
+        v = score_video(detector, path, sampling, aggregate, args.batch_size, name=path, keep_top=args.top)
+        if v.error:
+            records.append({"path": path, "p_fake": None, "label": "", "error": v.error, "overlay": ""})
+            continue
+        cams = explainer.cams(torch.stack([px for _, _, px in v.top]))
+        label = label_of(v.score, args.threshold)
+        save_strip(v.top, cams, f"{Path(path).name}: p_fake {v.score:.4f} ({label}, {aggregate} of "
+                   f"{v.frames_scored} frames); the {len(v.top)} most suspicious", out_dir / name, explainer.title)
+        records.append({"path": path, "p_fake": v.score, "label": label, "error": "", "overlay": str(out_dir / name)})
+    names = iter([(p, n) for p, n in zip(paths, overlay_names(paths)) if not is_video(p)])
+    with tqdm(total=sum(not is_video(p) for p in paths), desc="explain", unit="img", mininterval=1.0, file=sys.stderr, leave=False) as bar:
         while chunk := list(islice(names, args.batch_size)):
             pixels, kept = [], []
             for path, name in chunk:
@@ -292,7 +326,7 @@ def run(args) -> int:
                          columns=["path", "p_fake", "label", "error", "overlay"])
     write_csv(out_dir / "scores.csv", frame)
     errors = int(frame.p_fake.isna().sum())
-    print(f"explained {len(frame) - errors} of {len(paths)} images -> {out_dir}/ (scores.csv, one PNG each); "
+    print(f"explained {len(frame) - errors} of {len(paths)} files -> {out_dir}/ (scores.csv, one PNG each); "
           f"{errors} could not be read; {explainer.title} of class fake on {explainer.layer}", file=sys.stderr)
     print(detector_cli.describe_detector(detector, tta_source), file=sys.stderr)
     return detector_cli.EXIT_SOME_FAILED if errors else detector_cli.EXIT_OK

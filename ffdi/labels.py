@@ -1,7 +1,8 @@
 """Label files, split manifests and the listing of the image folders: what the prepare stage checks.
 
-Label files follow multiFFDI: CSV with header `img_name,target` (`img_path` is
-accepted for `img_name`), target 1 = fake, 0 = real. A test split has names only.
+Label files follow multiFFDI: CSV with header `img_name,target` (`img_path` is accepted for
+`img_name`, and multiFFDV's `video_name` for a folder of videos), target 1 = fake, 0 = real.
+A test split has names only.
 An optional extra column (data.group_column) names each image's manipulation or source.
 No torch here: the listing and prepare stages start in a second, not in the five torch takes.
 """
@@ -23,8 +24,9 @@ from ffdi.config import DataConfig
 from ffdi.errors import DataError
 from ffdi.io import write_csv, write_json
 
-NAME_COLUMNS = ("img_name", "img_path")
+NAME_COLUMNS = ("img_name", "img_path", "video_name")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}  # scored by ffdi.video
 MANIFEST_COLUMNS = ["img_name", "target", "group", "path"]
 
 
@@ -55,7 +57,7 @@ def read_labels(path: str | Path, require_target: bool = True, group_column: Opt
         if require_target or len(header) != 1:
             raise DataError(
                 f"{path} line {header_line}: expected a header 'img_name,target' "
-                f"(or 'img_path,target'), got {','.join(header)!r}"
+                f"(or 'img_path,target', or 'video_name,target'), got {','.join(header)!r}"
             )
         body, name_idx, target_idx, group_idx = rows, 0, None, None  # a bare list of names
     else:
@@ -106,19 +108,20 @@ def check_name(name: str, path: Path, line: int) -> None:
         raise DataError(f"{path} line {line}: image name {name!r} escapes the data folder")
 
 
-def list_images(folder: Path) -> set[str]:
-    """Image file names in `folder`, from one directory listing (no stat per file)."""
+def list_images(folder: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> set[str]:
+    """Image file names in `folder` (or those of other `suffixes`), from one directory listing (no stat per file)."""
     try:
         with os.scandir(folder) as it:
-            return {e.name for e in it if Path(e.name).suffix.lower() in IMAGE_SUFFIXES}
+            return {e.name for e in it if Path(e.name).suffix.lower() in suffixes}
     except FileNotFoundError:
         raise DataError(f"{folder}: image folder not found") from None
 
 
-def build_manifest(root: Path, split_dir: str, labels: pd.DataFrame, labels_path: Path) -> pd.DataFrame:
-    """Check every labelled image exists; add the path that loaders open."""
+def build_manifest(root: Path, split_dir: str, labels: pd.DataFrame, labels_path: Path,
+                   suffixes: set[str] = IMAGE_SUFFIXES) -> pd.DataFrame:
+    """Check every labelled image (or file of `suffixes`) exists; add the path that loaders open."""
     folder = root / split_dir
-    present = list_images(folder)
+    present = list_images(folder, suffixes)
     nested = labels.img_name.str.contains("/", regex=False)
     missing = [n for n in labels.img_name[~nested] if n not in present]
     missing += [n for n in labels.img_name[nested] if not (folder / n).is_file()]

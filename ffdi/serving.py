@@ -3,10 +3,16 @@
     request:  POST /invocations  {"inputs": ["<base64 of an image file>", ...]}   JPEG, PNG or WebP
     response: {"predictions": [{"p_fake": 0.93, "label": "fake"}, ...]}           one per image, in order
 
+A video (MP4/MOV, Matroska/WebM or AVI, told from its first bytes) may stand among the inputs:
+its prediction adds frames_scored, frames_without_face, aggregate and frames ([{time, p_fake}]),
+sampled and aggregated as `ffdi score` does with eval.video_frames and eval.video_aggregate
+(ffdi.video), so the numbers are the CLI's. Each file is at most MAX_FILE_BYTES, and a request
+holds at most MAX_VIDEOS videos.
+
 The pyfunc carries the training checkpoint and builds the same Detector as the predict
 stage (decoding, preprocessing, precision, test-time views), so the served P(fake) of an
 image is the submission's. A bad request (not base64, not an image, truncated, a
-decompression bomb, no images, more than MAX_IMAGES) gets HTTP 400 with a message naming
+decompression bomb, no images, more than MAX_IMAGES, a bad or oversized video) gets HTTP 400 with a message naming
 the problem and the image; the server goes on serving.
 
     ffdi serve [--model models:/<id> | runs:/<run id>/detector] [--port 5001] [--host 127.0.0.1]
@@ -37,10 +43,14 @@ MODEL_NAME = "detector"
 # Images per request. The scoring server holds the whole request in memory and answers
 # one request at a time per worker; more images belong in more requests (or the predict stage).
 MAX_IMAGES = 64
+# A video is decoded frame by frame, but its bytes (and their base64) sit in memory whole.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_VIDEOS = 4
 DEFAULT_THRESHOLD = 0.5
 # What ffdi's scoring path imports, recorded with the model (`mlflow models build-docker`
 # installs them); passing them skips MLflow's slow requirement inference.
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "PyYAML", "pydantic", "tqdm")
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "PyYAML", "pydantic", "tqdm",
+                "av")
 FFDI_PACKAGE = Path(__file__).resolve().parent
 
 
@@ -75,20 +85,54 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self.detector = Detector.load(context.artifacts["checkpoint"], device="cpu", tta=config.get("tta", ()))
         self.threshold = float(config.get("threshold", DEFAULT_THRESHOLD))
         self.max_images = int(config.get("max_images", MAX_IMAGES))
+        self.video_frames = int(config.get("video_frames", 16))
+        self.video_aggregate = str(config.get("video_aggregate", "mean"))
 
     def predict(self, context, model_input: list[str], params=None) -> list[dict]:
+        from ffdi.video import sniff_video
+
         if len(model_input) == 0:
             raise RequestError('no images: send {"inputs": ["<base64 of an image file>", ...]}')
         if len(model_input) > self.max_images:
             raise RequestError(f"{len(model_input)} images in one request; at most {self.max_images}: "
                                "split them over several requests")
-        images = [decode_base64(text, i) for i, text in enumerate(model_input)]
-        p_fake = score_images(self.detector, images)
-        return [{"p_fake": float(p), "label": "fake" if p >= self.threshold else "real"} for p in p_fake]
+        files = [decode_base64(text, i) for i, text in enumerate(model_input)]
+        videos = [i for i, data in enumerate(files) if sniff_video(data)]
+        if len(videos) > MAX_VIDEOS:
+            raise RequestError(f"{len(videos)} videos in one request; at most {MAX_VIDEOS}: "
+                               "split them over several requests")
+        out: list[dict] = [{} for _ in files]
+        images = [i for i in range(len(files)) if i not in set(videos)]
+        if images:
+            for i, p in zip(images, score_images(self.detector, [files[i] for i in images], images)):
+                out[i] = {"p_fake": float(p), "label": self.label(p)}
+        for i in videos:
+            out[i] = self.score_video(files[i], i)
+        return out
+
+    def label(self, p: float) -> str:
+        return "fake" if p >= self.threshold else "real"
+
+    def score_video(self, data: bytes, index: int) -> dict:
+        """A video's prediction, as `ffdi score` computes it; a bad one is a RequestError."""
+        import io
+
+        from ffdi.video import Sampling, score_video
+
+        v = score_video(self.detector, io.BytesIO(data), Sampling(frames=self.video_frames), self.video_aggregate,
+                        name=f"inputs[{index}]")
+        if v.error:
+            raise RequestError(f"inputs[{index}]: {v.error}")
+        return {"p_fake": v.score, "label": self.label(v.score), "frames_scored": v.frames_scored,
+                "frames_without_face": v.frames_without_face, "aggregate": v.aggregate,
+                "frames": [{"time": f.time, "p_fake": f.p_fake} for f in v.frames]}
 
 
-def decode_base64(text: str, index: int) -> bytes:
+def decode_base64(text: str, index: int, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """One request item -> the image file's bytes. Line breaks are allowed (`base64` without -w0)."""
+    if isinstance(text, str) and len(text) > (max_bytes + 2) // 3 * 4 * 1.02:  # before decoding it; 2% for line breaks
+        raise RequestError(f"inputs[{index}]: about {len(text) * 3 / 4 / 2**20:.0f} MiB; a file may be at most "
+                           f"{max_bytes / 2**20:.0f} MiB")
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as e:
@@ -99,8 +143,9 @@ def decode_base64(text: str, index: int) -> bytes:
     return data
 
 
-def score_images(detector, images: list[bytes]):
-    """P(fake) of each image file; an unreadable one is a RequestError naming its position."""
+def score_images(detector, images: list[bytes], positions: Optional[list[int]] = None):
+    """P(fake) of each image file; an unreadable one is a RequestError naming its position
+    (in the request: `positions[k]` for images[k], where videos stood among them)."""
     position = -1
 
     def numbered():
@@ -112,10 +157,12 @@ def score_images(detector, images: list[bytes]):
         return detector.score(numbered(), batch_size=len(images))
     except BadImage as e:
         # The Detector names bytes "image bytes"; the client knows them by their position.
-        raise RequestError(f"inputs[{position}]: {str(e).removeprefix('image bytes: ')}") from None
+        where = positions[position] if positions is not None else position
+        raise RequestError(f"inputs[{where}]: {str(e).removeprefix('image bytes: ')}") from None
 
 
-def log_pyfunc(checkpoint_file: Path, tta: list[str], threshold: float = DEFAULT_THRESHOLD) -> str:
+def log_pyfunc(checkpoint_file: Path, tta: list[str], threshold: float = DEFAULT_THRESHOLD,
+               video_frames: int = 16, video_aggregate: str = "mean") -> str:
     """Log the servable detector in the active MLflow run; return its models:/ URI.
 
     It carries the checkpoint (as checkpoint.pt, so `Detector.load("models:/<id>")` finds it
@@ -126,9 +173,10 @@ def log_pyfunc(checkpoint_file: Path, tta: list[str], threshold: float = DEFAULT
     from importlib.metadata import version
 
     from ffdi import checkpoint
-    from ffdi.config import check_views
+    from ffdi.config import check_views, parse_aggregate
 
     check_views(tuple(tta), "predict.tta")  # now, not at the server's start
+    parse_aggregate(video_aggregate, "eval.video_aggregate")
     checkpoint_file = Path(checkpoint_file)
     ckpt = checkpoint.load(checkpoint_file)
     with tempfile.TemporaryDirectory(prefix="ffdi-") as tmp:
@@ -139,13 +187,16 @@ def log_pyfunc(checkpoint_file: Path, tta: list[str], threshold: float = DEFAULT
             name=MODEL_NAME,
             python_model=DetectorModel(),
             artifacts={"checkpoint": str(named)},
-            model_config={"tta": list(tta), "threshold": float(threshold), "max_images": MAX_IMAGES},
+            model_config={"tta": list(tta), "threshold": float(threshold), "max_images": MAX_IMAGES,
+                          "video_frames": int(video_frames), "video_aggregate": video_aggregate},
             code_paths=[str(FFDI_PACKAGE)],
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
             step=int(ckpt.get("epoch", 0)),
             metadata={
-                "input": f"list of base64-encoded image files (JPEG, PNG, WebP), at most {MAX_IMAGES}",
-                "output": "one {p_fake, label} per image; label is fake where p_fake >= threshold",
+                "input": f"list of base64-encoded image files (JPEG, PNG, WebP), at most {MAX_IMAGES}, or videos "
+                         f"(MP4, MOV, MKV, WebM, AVI), at most {MAX_VIDEOS}; each at most {MAX_FILE_BYTES // 2**20} MiB",
+                "output": "one {p_fake, label} per image; label is fake where p_fake >= threshold; a video's adds "
+                          "frames_scored, frames_without_face, aggregate and frames [{time, p_fake}]",
                 "preprocess": ckpt["config"]["augment"],
                 "precision": ckpt.get("precision", "fp32"),
             },

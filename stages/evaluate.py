@@ -37,7 +37,7 @@ def main(params, prepared, model, run_ref, reports, metrics):
     with tracking.run(params.tracking, run_id=tracking.read_run_ref(run_ref)):
         tracking.log_evaluation(ev, reports, metrics, dict(cfg.extra_sets))
         if params.tracking.log_model:
-            serving.log_pyfunc(model, list(params.predict.tta), cfg.threshold)
+            serving.log_pyfunc(model, list(params.predict.tta), cfg.threshold, cfg.video_frames, cfg.video_aggregate)
     ev.seconds["mlflow"] = time.perf_counter() - t0
     print("\n".join(evaluation.summary_lines(ev)))
 

@@ -45,3 +45,30 @@ def test_a_failing_benchmark_child_shows_its_stderr():
 
     with pytest.raises(SystemExit, match="exited 3; the end of its stderr:\n.*the reason it failed"):
         run_child([sys.executable, "-c", "import sys; sys.stderr.write('the reason it failed'); sys.exit(3)"])
+
+
+@pytest.mark.slow
+def test_the_video_aggregation_benchmark_makes_a_labelled_set_and_scores_every_aggregation(tmp_path, monkeypatch):
+    """benchmarks.video_aggregation at a tiny size: a set in multiFFDV's layout, one AUC per aggregation."""
+    import json
+
+    import pandas as pd
+
+    from benchmarks import video_aggregation
+    from ffdi.evaluation import is_video_set, labelled_folder
+    from ffdi.config import DataConfig
+    from tests.test_video import spread_checkpoint
+
+    model = spread_checkpoint(tmp_path / "model.pt", image_size=64)
+    out, results = tmp_path / "videos", tmp_path / "agg.json"
+    assert video_aggregation.main(["--model", str(model), "--out-dir", str(out), "--videos", "12", "--frames", "4",
+                                   "--results", str(results), "--boot", "20"]) == 0
+    labels = pd.read_csv(out / "valset_label.txt")
+    assert list(labels.columns) == ["video_name", "target"] and labels.target.tolist() == [0, 1] * 6
+    shares = pd.read_csv(out / "videos.csv").fake_share
+    assert sorted(set(shares[labels.target == 1])) == [0.25, 0.5, 1.0]
+    manifest, _ = labelled_folder("videos", str(out), DataConfig())  # usable as an eval.extra_sets folder
+    assert is_video_set(manifest) and len(manifest) == 12
+    report = json.loads(results.read_text())
+    assert set(report["auc"]) == set(video_aggregation.AGGREGATES) and report["frames"] == 4
+    assert all(0 <= row["all"] <= 1 for row in report["auc"].values())

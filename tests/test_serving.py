@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import checkpoint, serving
+from ffdi import checkpoint, score, serving
 from ffdi.config import AugmentConfig, DataConfig, Params
 from ffdi.detector import Detector
 from ffdi.errors import ConfigError, TrackingError
@@ -77,6 +77,15 @@ def images(tiny_data, tmp_path_factory):
         Image.open(jpegs[1]).save(path, format=fmt)
         files.append(path)
     return files
+
+
+@pytest.fixture(scope="module")
+def clip(images, tmp_path_factory) -> "Path":
+    """An H.264 MP4 of the val JPEGs, 8 frames at 4 fps."""
+    from ffdi.video import write_video
+
+    frames = [np.asarray(Image.open(f).convert("RGB")) for f in images[:4]] * 2
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, 4)
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +162,17 @@ def test_served_p_fake_is_the_detectors(server, images, expected):
     assert status == 200 and abs(body["predictions"][0]["p_fake"] - expected[0]) < 1e-6
 
 
-def bad_requests(images):
+def bad_requests(images, clip):
     jpeg = images[0].read_bytes()
     good = b64(jpeg)
+    video = clip.read_bytes()
     return {
+        # MP4 keeps its index at the end: half a file starts like a video but cannot be opened.
+        "truncated video": ({"inputs": [good, b64(video[: len(video) // 2])]},
+                            r"inputs\[1\]: truncated or corrupt video: cannot read its header or index"),
+        "audio-only video": ({"inputs": [b64(audio_only_mp4())]}, r"inputs\[0\]: no video stream \(audio only\)"),
+        "too many videos": ({"inputs": [b64(video)] * (serving.MAX_VIDEOS + 1)},
+                            rf"{serving.MAX_VIDEOS + 1} videos in one request; at most {serving.MAX_VIDEOS}"),
         "not base64": ({"inputs": ["this is not base64!"]}, r"inputs\[0\]: not base64"),
         "not an image": ({"inputs": [good, b64(b"GIF? no, plain text")]}, r"inputs\[1\]: cannot decode"),
         # PIL words it "image file is truncated" or "Truncated File Read", depending on where the cut falls.
@@ -173,20 +189,66 @@ def bad_requests(images):
     }
 
 
+def audio_only_mp4() -> bytes:
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    return buf.getvalue()
+
+
 CASES = ["not base64", "not an image", "truncated JPEG", "decompression bomb", "empty string", "no images",
-         "too many images", "not strings", "no inputs key", "not JSON"]
+         "too many images", "not strings", "no inputs key", "not JSON", "truncated video", "audio-only video",
+         "too many videos"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-def test_a_bad_request_gets_a_400_naming_the_problem_and_serving_goes_on(server, images, expected, case):
-    body, problem = bad_requests(images)[case]
+def test_a_bad_request_gets_a_400_naming_the_problem_and_serving_goes_on(server, images, expected, clip, case):
+    body, problem = bad_requests(images, clip)[case]
     status, answer = post(server.url, body)
     assert status == 400, answer
     assert re.search(problem, answer["message"]), answer["message"]
     if case in ("too many images", "truncated JPEG"):  # our errors don't echo the request back
         assert len(answer["message"]) < 300, answer["message"][:300]
     assert_serves(server, images[:2], expected[:2])
+
+
+@pytest.mark.slow
+def test_a_video_is_served_with_the_numbers_of_ffdi_score(server, logged, images, expected, clip, tmp_path,
+                                                          monkeypatch):
+    """A video among images: its p_fake, frames and their scores are the CLI's on the same file (the
+    served model's views, threshold, eval.video_frames and eval.video_aggregate: hflip, 0.5, 16, mean)."""
+    status, body = post(server.url, {"inputs": [b64(images[0].read_bytes()), b64(clip.read_bytes())]})
+    assert status == 200, body
+    image, served = body["predictions"]
+    assert image["p_fake"] == pytest.approx(expected[0], abs=1e-6)
+    monkeypatch.chdir(tmp_path)
+    assert score.main([str(clip), "--model", str(logged.checkpoint), "--tta", *TTA, "--frames", "16",
+                       "--aggregate", "mean", "--out", "s.csv", "--per-frame", "f.csv"]) == 0
+    import pandas as pd
+
+    row, frames = pd.read_csv("s.csv").iloc[0], pd.read_csv("f.csv")
+    assert served["frames_scored"] == row.frames_scored == 8 and served["frames_without_face"] == 0
+    assert served["aggregate"] == "mean" and served["label"] == row.label
+    assert served["p_fake"] == pytest.approx(row.p_fake, abs=1e-6)
+    assert [f["time"] for f in served["frames"]] == pytest.approx(frames.time.tolist(), abs=1e-6)
+    np.testing.assert_allclose([f["p_fake"] for f in served["frames"]], frames.p_fake, atol=1e-6)
+    assert served["p_fake"] == pytest.approx(np.mean([f["p_fake"] for f in served["frames"]]), abs=1e-9)
+
+
+def test_an_oversized_file_is_refused_before_decoding():
+    with pytest.raises(serving.RequestError, match=r"inputs\[2\]: about 1 MiB; a file may be at most 0 MiB"):
+        serving.decode_base64("A" * 1_400_000, 2, max_bytes=1000)
+    assert serving.decode_base64(b64(b"x" * 1000), 0, max_bytes=1000) == b"x" * 1000
 
 
 @pytest.mark.slow
