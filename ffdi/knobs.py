@@ -112,7 +112,7 @@ def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: Optiona
             rows.append(row)
         rows.append({**base, "column": "heldout", **_heldout_row(heldout, label)})
     return pd.DataFrame(rows, columns=["variant", "differs", "column", "runs", "mean", "sd", "difference",
-                                       "ci_low", "ci_high"])
+                                       "ci_low", "ci_high", "held_out"])
 
 
 def _heldout_variants(heldout: Optional[pd.DataFrame]) -> list[str]:
@@ -126,7 +126,8 @@ def _heldout_row(heldout: Optional[pd.DataFrame], label: str) -> dict:
         return {"runs": 0, "mean": float("nan"), "sd": float("nan")}
     mine = heldout[heldout.variant == label]
     per = mine[mine.heldout != "mean"]
-    out = {"runs": int(per.runs.min()), "mean": float(per.heldout_auc.mean()), "sd": float("nan")}
+    out = {"runs": int(per.runs.min()), "mean": float(per.heldout_auc.mean()), "sd": float("nan"),
+           "held_out": ",".join(per.heldout)}
     mean = mine[mine.heldout == "mean"]
     if len(mean):
         out.update({k: float(mean.iloc[0][k]) for k in ("difference", "ci_low", "ci_high")})
@@ -155,6 +156,8 @@ def _cell(r) -> str:
     if not r.runs:
         return "not run"
     value = f"{r['mean']:.3f}" + ("" if pd.isna(r.sd) else f" ± {r.sd:.3f}")
+    if isinstance(r.held_out, str):  # a mean over these manipulations only; the difference, over those both held out
+        value += f" ({len(r.held_out.split(','))} held out)"
     if pd.isna(r.difference):
         return value
     return f"{value}<br>{r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
@@ -162,8 +165,9 @@ def _cell(r) -> str:
 
 def markdown(knobs: pd.DataFrame, chosen: Optional[str]) -> list[str]:
     lines = ["## Knob table: clean, degraded and held-out AUC", "",
-             "Each cell: the variant's mean ± sd over seeds (held-out: over manipulations' means), then its "
-             "difference from the reference with the paired bootstrap 95% CI over the same val images. "
+             "Each cell: the variant's mean ± sd over seeds (held-out: the mean over the manipulations it held "
+             "out), then its difference from the reference with the paired bootstrap 95% CI over the same val "
+             "images (held-out: over the manipulations both held out). "
              f"Rule for the default: {RULE}.", "",
              "| variant (what differs from the reference) | seeds | " + " | ".join(TITLES.values()) + " | rule |",
              "|---|---:|---|---|---|---|"]

@@ -332,6 +332,7 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
     assert result["chosen"] == blur
     assert re.search(r"^\| augment.blur=\[0.2, 1.5\] \| 3 \|.*\| \*\*chosen\*\* \|$", result["markdown"], re.M)
     assert "not run" in result["markdown"] and (tmp_path / "knobs.png").stat().st_size > 10_000
+    assert knob.loc[(blur, "heldout")].held_out == "a,b" and "(2 held out)" in result["markdown"]
     assert len(pd.read_csv(tmp_path / "knobs.csv")) == 4 * 3
     from ffdi.report import plot_knobs
     from ffdi.knobs import TITLES
