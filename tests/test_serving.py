@@ -26,6 +26,7 @@ from ffdi.config import AugmentConfig, DataConfig, Params
 from ffdi.detector import Detector
 from ffdi.errors import ConfigError, TrackingError
 from ffdi.models import build_model
+from tests.test_video import audio_only_mp4
 
 TTA = ["hflip"]
 THRESHOLD = 0.5
@@ -187,22 +188,6 @@ def bad_requests(images, clip):
         "no inputs key": ({"instances": [good]}, r"'inputs' key"),
         "not JSON": (b"{inputs: nope", r"valid JSON"),
     }
-
-
-def audio_only_mp4() -> bytes:
-    import io
-
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=16000)
-        for i in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            c.mux(s.encode(frame))
-        c.mux(s.encode())
-    return buf.getvalue()
 
 
 CASES = ["not base64", "not an image", "truncated JPEG", "decompression bomb", "empty string", "no images",

@@ -221,6 +221,23 @@ def test_faces_crop_each_frame_and_a_frame_without_one_is_recorded(model, tmp_pa
 # --- bad input -----------------------------------------------------------------------------------
 
 
+def audio_only_mp4(packets: int = 4) -> bytes:
+    """An MP4 holding an AAC stream of silence and no video stream (also used by test_serving)."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(packets):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def bad_videos(clips, tmp_path_factory):
     """One file per problem, and good files beside them."""
@@ -234,13 +251,7 @@ def bad_videos(clips, tmp_path_factory):
     long = write_video(out / "long.mkv", real * 4, FPS, **LOSSLESS)  # 8 s
     (out / "truncated.mkv").write_bytes(long.read_bytes()[: long.stat().st_size // 3])
     long.unlink()
-    with av.open(str(out / "audio.mp4"), "w") as c:
-        s = c.add_stream("aac", rate=16000)
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            c.mux(s.encode(frame))
-        c.mux(s.encode())
+    (out / "audio.mp4").write_bytes(audio_only_mp4(8))
     with av.open(str(out / "empty.avi"), "w") as c:  # a video stream with no frames
         s = c.add_stream("mpeg4", rate=FPS)
         s.width = s.height = 32
