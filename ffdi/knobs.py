@@ -13,7 +13,6 @@ variant's runs. `choose` applies the rule the default recipe is chosen by (see R
 
 from __future__ import annotations
 
-import io
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ import pandas as pd
 
 from ffdi.compare import bootstrap_auc_difference, paired_bootstrap
 from ffdi.metrics import rank_aucs
-from ffdi.runs import Run, aligned_frames, val_predictions
+from ffdi.runs import Run, aligned_frames, predictions_csv, val_predictions
 
 COLUMNS = {"clean": "eval_roc_auc", "degraded": "eval_degraded_mean_auc", "heldout": "heldout_roc_auc"}
 TITLES = {"clean": "clean val AUC", "degraded": "mean AUC over the default degradations",
@@ -34,10 +33,7 @@ ROBUSTNESS_PREDICTIONS = "evaluate/robustness_predictions.csv"  # ffdi.evaluatio
 
 
 def robustness_predictions(run: Run) -> pd.DataFrame:
-    import mlflow
-
-    text = mlflow.artifacts.load_text(f"{run.artifact_uri}/{ROBUSTNESS_PREDICTIONS}")
-    return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
+    return predictions_csv(run, ROBUSTNESS_PREDICTIONS)
 
 
 def latest_per_seed(runs: Sequence[Run]) -> list[Run]:
@@ -58,16 +54,13 @@ def _seeds(runs: Sequence[Run], metric: str) -> tuple[float, float, int]:
 
 def degraded_difference(ref: list[pd.DataFrame], mine: list[pd.DataFrame], n_boot: int = 1000) -> dict[str, float]:
     """Mean over degradations of AUC(mine) - AUC(ref), each AUC averaged over a variant's runs; paired
-    bootstrap over the images, one resample for every degradation and both variants."""
+    bootstrap over the images, one resample for every degradation and both variants. The frames are
+    robustness_predictions.csv aligned on the same images (runs.aligned_frames)."""
     frames = ref + mine
-    names = sorted(set.intersection(*(set(f.img_name) for f in frames)))
-    if not names or any(len(f) != len(names) for f in frames):
-        raise ValueError("runs were degraded on different val images (eval.robustness_images differs?)")
-    columns = [c for c in ref[0].columns if c not in ("img_name", "target", "group", "clean")]
+    columns = [c for c in ref[0].columns if c not in ("target", "group", "clean")]
     missing = [c for f in frames for c in columns if c not in f]
     if missing:
         raise ValueError(f"runs were evaluated under different eval.degradations (one lacks {missing[0]})")
-    frames = [f.set_index("img_name").loc[names] for f in frames]
     y = frames[0].target.to_numpy()
     # Rows: (degradation, run); the mean AUC over rows is the mean over degradations of the mean over runs.
     a = np.vstack([f[c].to_numpy() for c in columns for f in frames[:len(ref)]])
@@ -89,8 +82,10 @@ def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: Optiona
     variants = {label: latest_per_seed(rs) for label, rs in trained_on_all.items() if rs}
     rows = []
     names, frames = aligned_frames([r for rs in variants.values() for r in rs], load_val) if variants else ([], {})
-    degraded = {label: [load_degraded(r) for r in rs] for label, rs in variants.items()
-                if all(COLUMNS["degraded"] in r.metrics for r in rs)}
+    robust = {label: rs for label, rs in variants.items() if all(COLUMNS["degraded"] in r.metrics for r in rs)}
+    robust_names, robust_frames = (aligned_frames([r for rs in robust.values() for r in rs], load_degraded)
+                                   if robust else ([], {}))
+    degraded = {label: [robust_frames[r.run_id].loc[robust_names] for r in rs] for label, rs in robust.items()}
     y = frames[next(iter(frames))].loc[names, "target"].to_numpy() if frames else None
 
     def probs(label):

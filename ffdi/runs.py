@@ -83,12 +83,17 @@ def _describe(sets: dict[str, list[Run]]) -> str:
                      for h, rs in sets.items())
 
 
-def val_predictions(run: Run) -> pd.DataFrame:
+def predictions_csv(run: Run, path: str) -> pd.DataFrame:
+    """A per-image CSV the evaluate stage logged to `run` (path under its artefacts)."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not a bar per run
-    text = mlflow.artifacts.load_text(f"{run.artifact_uri}/evaluate/val_predictions.csv")
+    text = mlflow.artifacts.load_text(f"{run.artifact_uri}/{path}")
     return pd.read_csv(io.StringIO(text), dtype={"img_name": str})
+
+
+def val_predictions(run: Run) -> pd.DataFrame:
+    return predictions_csv(run, "evaluate/val_predictions.csv")
 
 
 def aligned_frames(runs: list[Run], load=val_predictions) -> tuple[list[str], dict[str, pd.DataFrame]]:
