@@ -185,11 +185,11 @@ class AugmentConfig:
     # Degradations of training images, real and fake alike: never of one class only, which would
     # teach "degraded means fake". Each is null or a [low, high] range, drawn per image and
     # applied with probability degrade_p.
-    jpeg: Annotated[Optional[Items[int]], _low_high(1, 100)] = None  # JPEG quality, e.g. [30, 95]
-    blur: Annotated[Optional[Items[float]], _low_high(0.0, 50.0)] = None  # Gaussian sigma in px, e.g. [0.2, 1.5]
+    jpeg: Annotated[Optional[Items[int]], _low_high(1, 100)] = (30, 95)  # JPEG quality, e.g. [30, 95]
+    blur: Annotated[Optional[Items[float]], _low_high(0.0, 50.0)] = (0.2, 1.5)  # Gaussian sigma in px, e.g. [0.2, 1.5]
     # Shrink factor, then back up, e.g. [0.5, 0.9].
-    downscale: Annotated[Optional[Items[float]], _low_high(0.0, 1.0, low_open=True)] = None
-    degrade_p: Probability = 0.5
+    downscale: Annotated[Optional[Items[float]], _low_high(0.0, 1.0, low_open=True)] = (0.5, 0.9)
+    degrade_p: Probability = 0.05
     # Self-blending on the fly (SBI, CVPR 2022): a real training image becomes a self-blended
     # fake, label 1, with this probability; ffdi.sample's blending, its jitter scaled by strength.
     self_blend: Probability = 0.0
@@ -252,7 +252,7 @@ class TrainConfig:
     distributed: Literal["auto", "off", "on"] = "auto"
     # Decay of an exponential moving average of the weights (timm ModelEmaV3, with warm-up), or
     # null. The averaged weights are the ones validated, checkpointed, logged and served.
-    ema: Optional[Between0And1] = None
+    ema: Optional[Between0And1] = 0.999
 
 
 @_validated

@@ -14,6 +14,9 @@ import yaml
 
 from tests.conftest import ROOT
 
+# The default recipe's training degradations turned off, for tests that compare images exactly.
+NO_DEGRADATION = {"jpeg": None, "blur": None, "downscale": None}
+
 # The whole pipeline in about 30 s: 32 px images, 2 epochs.
 TINY_PARAMS = {
     "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},

@@ -12,6 +12,7 @@ from ffdi.config import AugmentConfig
 from ffdi.data import make_loader
 from ffdi.errors import ConfigError
 from ffdi.transforms import build_uint8_transform, load_image
+from tests.project import NO_DEGRADATION
 
 SIZE = 32
 
@@ -23,8 +24,8 @@ def loader_items(manifest, aug, seed=1):
 
 def test_self_blend_turns_real_images_into_fakes_labelled_1(manifests):
     train = manifests[0]
-    plain = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0)
-    blended = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, self_blend=1.0)
+    plain = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, **NO_DEGRADATION)
+    blended = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, self_blend=1.0, **NO_DEGRADATION)
     before, after = loader_items(train, plain), loader_items(train, blended)
     real = (train.target == 0).to_numpy()
     assert real.sum() > 10
@@ -34,7 +35,7 @@ def test_self_blend_turns_real_images_into_fakes_labelled_1(manifests):
         assert int(y0) == (0 if is_real else 1)
     # The same seed gives the same blend; p = 0.5 blends about half of the real images, not the fakes.
     assert all(torch.equal(a[0], b[0]) for a, b in zip(after, loader_items(train, blended)))
-    half = loader_items(train, AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, self_blend=0.5))
+    half = loader_items(train, AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, self_blend=0.5, **NO_DEGRADATION))
     flipped = [int(y) for (_, y, *_), r in zip(half, real) if r]
     assert 0.25 < np.mean(flipped) < 0.75
     # Validation never blends.
@@ -49,7 +50,7 @@ def test_self_blend_turns_real_images_into_fakes_labelled_1(manifests):
 ])
 def test_degradations_apply_exactly_to_both_classes(key, value, reference, manifests):
     train = manifests[0].iloc[:8]
-    aug = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=1.0, **{key: value})
+    aug = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=1.0, **{**NO_DEGRADATION, key: value})
     items = loader_items(train, aug)
     for (x, y, *_), path, target in zip(items, train.path, train.target):
         img = load_image(path, SIZE)
@@ -58,7 +59,7 @@ def test_degradations_apply_exactly_to_both_classes(key, value, reference, manif
         assert int(y) == target
     assert set(train.target) == {0, 1}
     # degrade_p = 0: untouched.
-    off = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=0.0, **{key: value})
+    off = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=0.0, **{**NO_DEGRADATION, key: value})
     plain = build_uint8_transform(AugmentConfig(resize=SIZE, image_size=SIZE), train=False)
     assert all(torch.equal(x, plain(load_image(p, SIZE))) for (x, *_), p in zip(loader_items(train, off), train.path))
 

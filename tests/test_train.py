@@ -8,6 +8,7 @@ from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, TrainC
 from ffdi import checkpoint
 from ffdi.detector import Detector
 from ffdi.train import fit
+from tests.project import NO_DEGRADATION
 
 
 def tiny_params(tiny_data, workers=0, **train):
@@ -115,7 +116,7 @@ def test_loader_batches_equal_the_per_image_transform(manifests, train):
     from ffdi.transforms import build_transform, load_image, norm_stats, normalize_batch
 
     # Resize from 32 to 24 and crop to 20; when training, both flips always.
-    aug = AugmentConfig(resize=24, image_size=20, hflip=1.0, vflip=1.0)
+    aug = AugmentConfig(resize=24, image_size=20, hflip=1.0, vflip=1.0, **NO_DEGRADATION)
     val = manifests[1].iloc[:5]
     batch = next(iter(make_loader(val, aug, 5, 0, train=train)))
     assert batch.x.dtype == torch.uint8 and tuple(batch.x.shape) == (5, 20, 20, 3)
