@@ -16,10 +16,10 @@ from sklearn.metrics import roc_auc_score
 from ffdi import dvc_queue
 from ffdi import generalisation as gen
 from ffdi import generalisation_report as gen_report
-from ffdi.config import DataConfig, Params, SampleConfig
+from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
 from ffdi.runs import Run
 from ffdi.sample import generate
-from tests.project import make_project, mlflow_runs
+from tests.project import NO_DEGRADATION, make_project, mlflow_runs
 from tests.test_evaluate import label_with_groups
 
 
@@ -290,7 +290,9 @@ def knob_runs():
 
 def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
     runs, preds, degraded, y, groups = knob_runs()
-    result = gen_report.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id],
+    # The reference is the variant run with these params: the one without degradations.
+    params = Params(augment=AugmentConfig(**NO_DEGRADATION))
+    result = gen_report.render(runs, tmp_path, params=params, load=lambda r: preds[r.run_id],
                                load_degraded=lambda r: degraded[r.run_id], n_boot=200)
     knob = result["knobs"].set_index(["variant", "column"])
     ref = "augment.blur=null, augment.jpeg=null"
