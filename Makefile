@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run test test-fast ui compare generalisation bench bench-prepare efficiency rehearsal clean
+.PHONY: setup browser run test test-fast ui compare generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -82,6 +82,24 @@ rehearsal: setup
 
 bench-prepare: setup
 	python -m benchmarks.prepare_scale
+
+# Five minutes on a lent GPU machine: loader, training step, fit, syncs per step, scoring
+# (benchmarks/gpu_check.py; where there is no GPU, a tiny rehearsal on the CPU in under a minute).
+gpu-check: setup
+	python -m benchmarks.gpu_check $(ARGS)
+
+# The GPU machines have Python 3.12 and torch but no pydantic, which ffdi.config needs, and no network:
+# its wheels, at the versions this venv resolved from requirements.txt, into .whl/ to carry there.
+# The command to run there is in benchmarks/gpu_check.py's docstring.
+GPU_WHEELS := pydantic pydantic-core annotated-types typing-inspection typing-extensions
+gpu-wheels: setup
+	rm -rf .whl
+	python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  $$(python3 -c "import importlib.metadata as m; print(*(f'{p}=={m.version(p)}' for p in '$(GPU_WHEELS)'.split()))") \
+	  2>&1 | { grep -v "^WARNING: Location" || true; }
+	@ls .whl
 
 clean:
 	rm -rf data/sample data/listing.json prepared models reports/mlflow_run.json reports/history.csv reports/evaluate metrics.json submission.csv .ffdi

@@ -42,13 +42,16 @@ from torch import nn
 
 from benchmarks.tree import distinct_images, write_tree
 
-# name -> the params that differ from params.yaml's, the data size, and how long each part is timed.
-# Sizes are chosen so that one configuration takes a few minutes on 2 cores.
+# name -> the params that differ from params.yaml's, the least data, how long each part is timed, and
+# how long fit should last. fit's data is sized from the first round's parts to last `fit_seconds` at
+# their speed, whatever the machine: the same images took 17.6 s in bf16 on an AMX CPU and 90 s in
+# fp32 on an AMD one, and in 17.6 s an epoch's fixed costs (starting the loaders, checkpoints, MLflow)
+# and a round's noise weighed enough to move the efficiency by 0.2.
 CONFIGS = {
     "model-bound": {"arch": "resnet18", "train": 128, "val": 32, "epochs": 2, "rounds": 2,
-                    "seconds": {"train": 40, "val": 20}},
+                    "seconds": {"train": 40, "val": 20}, "fit_seconds": 80},
     "loader-bound": {"arch": "ffdi_patch_probe", "train": 4000, "val": 1000, "epochs": 2, "rounds": 3,
-                     "seconds": {"train": 12, "val": 8}},
+                     "seconds": {"train": 12, "val": 8}, "fit_seconds": 50},
 }
 SIZE = 256  # multiFFDI's 512 px images at the baseline's input size
 IN_MEMORY_BYTES = 256 * 2**20  # the model part's batches: well beyond the CPU's caches
@@ -286,6 +289,18 @@ def parts_side_by_side(config: str, data: Path, args, log, phase: str) -> dict:
     return out
 
 
+def sized(cfg: dict, parts: dict) -> dict:
+    """cfg with train and val images for fit to last about cfg['fit_seconds'] at the parts' speed (val
+    kept in proportion; whole batches; never below cfg's own sizes)."""
+    train_bound = min(parts["loader_train_img_s"], parts["model_train_img_s"])
+    val_bound = min(parts["loader_val_img_s"], parts["model_val_img_s"])
+    ratio = cfg["val"] / cfg["train"]
+    train = cfg["fit_seconds"] / cfg["epochs"] / (1 / train_bound + ratio / val_bound)
+    batch = 32
+    train = max(cfg["train"], int(train // batch) * batch)
+    return {**cfg, "train": train, "val": max(cfg["val"], int(train * ratio // batch) * batch)}
+
+
 def summarise(cfg: dict, r: dict) -> dict:
     """One round's bound and efficiency from its parts and its fit."""
     train_bound = min(r["loader_train_img_s"], r["model_train_img_s"])
@@ -339,6 +354,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=list(CONFIGS), action="append")
     ap.add_argument("--rounds", type=int, help="rounds of (parts, fit) per configuration (default: its own)")
+    ap.add_argument("--fixed-size", action="store_true",
+                    help="fit on each configuration's least data instead of sizing it to last fit_seconds")
+    ap.add_argument("--no-headroom", action="store_true", help="leave out the main process's headroom")
     ap.add_argument("--threads", type=int, default=1, help="the model's torch threads (T)")
     ap.add_argument("--workers", type=int, default=1, help="loader workers (W)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ffdi-efficiency",
@@ -375,6 +393,10 @@ def main() -> None:
                 r = {}
                 for phase in ("train", "val"):
                     r.update(parts_side_by_side(name, data, args, log, phase))
+                if k == 0:  # fit's data, from the first round's parts (the parts run for fixed seconds)
+                    cfg = sized(CONFIGS[name], r) if not args.fixed_size else cfg
+                    data = args.cache / f"tree-{cfg['train']}-{cfg['val']}"
+                    write_tree(data, {"train": cfg["train"], "val": cfg["val"]}, distinct)
                 t1 = time.perf_counter()
                 r.update(result_of(start_part("fit", name, data, args, log), log))
                 r.update(summarise(cfg, r))
@@ -385,6 +407,8 @@ def main() -> None:
                                        "epochs": cfg["epochs"], "precision": rounds[0]["precision"],
                                        "slower_part": rounds[0]["slower_part"], "median": median_of(rounds),
                                        "rounds": rounds}
+        if not args.no_headroom:
+            report["headroom"] = headroom_of(args, log)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
@@ -392,7 +416,28 @@ def main() -> None:
     print(f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {precision}, {m['date']}; {args.threads} thread(s) "
           f"+ {args.workers} loader worker(s), each pinned to its own core; 512 px JPEGs at {SIZE} px")
     print(table(report))
+    if "headroom" in report:
+        from benchmarks import headroom
+
+        h = report["headroom"]
+        print(f"\nThe main process with the model on meta and {h['results'][0]['workers']} loader worker(s) "
+              "(benchmarks.headroom; the model's phases are meta's Python kernels, not a GPU's launches):")
+        print(headroom.table(h["results"]))
+        print("\n".join(headroom.summary_lines(h["results"])))
     print(f"wrote {args.json}")
+
+
+def headroom_of(args, log) -> dict:
+    """benchmarks.headroom in its own process (it patches ffdi.train), on the cores the parts used."""
+    out = args.cache / "headroom.json"
+    cmd = [sys.executable, "-m", "benchmarks.headroom", "--workers", str(args.workers), "--threads",
+           str(args.threads), "--cache", str(args.cache), "--json", str(out)]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    if proc.returncode != 0:
+        log.flush()
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}; the end of its stderr ({log.name}):\n"
+                         + "\n".join(Path(log.name).read_text().splitlines()[-30:]))
+    return json.loads(out.read_text())
 
 
 def machine() -> dict:

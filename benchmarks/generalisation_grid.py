@@ -97,7 +97,7 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
         return {"name": name, "status": "skipped (deadline)"}
     from ffdi import evaluation, tracking
     from ffdi.detector import Detector
-    from ffdi.hardware import resolve_threads, resolve_workers
+    from ffdi.hardware import available_cores, resolve_workers
     from ffdi.labels import drop_groups, read_manifest
     from ffdi.train import fit
 
@@ -116,7 +116,7 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     train_seconds = time.perf_counter() - t0
     # Scored and measured as the evaluate stage does, with the metric names it logs to MLflow.
     detector = Detector.load(state / "best.pt", params.runtime.device, tta=params.predict.tta)
-    workers = resolve_workers(params.runtime.workers, resolve_threads(params.runtime.threads, None), detector.device)
+    workers = resolve_workers(params.runtime.workers, available_cores(), detector.device)
     ev = evaluation.evaluate(detector, val, params.eval, [holdout], workers=workers)
     m = tracking.evaluation_metrics(ev.report, ev.seconds)
     history = result["history"]

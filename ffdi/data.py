@@ -156,7 +156,7 @@ def set_workers(loader: DataLoader, workers: int, persistent: bool) -> DataLoade
     if workers == loader.num_workers:
         return loader
     loader._iterator = None  # a persistent loader's workers stop with their iterator
-    return _loader(loader.dataset, loader.sampler, loader.batch_size, workers, persistent)
+    return _loader(loader.dataset, loader.sampler, loader.batch_size, workers, persistent, loader.drop_last)
 
 
 def make_loader(
@@ -169,12 +169,14 @@ def make_loader(
     shard: bool = False,
     seed: int = 0,
     persistent: bool = False,
+    drop_last: bool = False,
 ) -> DataLoader:
     """Batches of uint8 NHWC images; `transforms.normalize_batch` finishes them on the device.
 
     train: shuffled and augmented, each epoch as `loader.sampler.set_epoch(epoch, seed)` says.
     shard: in a DDP group, each process reads only its 1/world of the rows (shuffled from `seed`
     and the epoch). persistent: the workers live from one epoch to the next (training's loaders).
+    drop_last: leave out the last, smaller batch (on a GPU, so that cuDNN tunes one batch shape).
     """
     dataset = ImageDataset(
         manifest,
@@ -186,16 +188,16 @@ def make_loader(
         blend_strength=aug.self_blend_strength,
         blend_axes=aug.self_blend_mask,
     )
-    return _loader(dataset, EpochSampler(dataset, train, shard, seed), batch_size, workers, persistent)
+    return _loader(dataset, EpochSampler(dataset, train, shard, seed), batch_size, workers, persistent, drop_last)
 
 
 def _loader(dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int,
-            persistent: bool) -> DataLoader:
+            persistent: bool, drop_last: bool) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=False,
+        drop_last=drop_last,
         num_workers=workers,
         collate_fn=skip_collate,
         pin_memory=torch.cuda.is_available(),

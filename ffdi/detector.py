@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ffdi import checkpoint
 from ffdi.config import AugmentConfig, check_views
 from ffdi.data import make_loader
-from ffdi.hardware import autocast_dtype, select_device
+from ffdi.hardware import autocast, autocast_dtype, select_device
 from ffdi.transforms import build_uint8_transform, load_image, norm_stats, normalize_batch, to_rgb, tta_view
 
 ImageInput = Union[str, Path, bytes, Image.Image]
@@ -111,17 +111,21 @@ class Detector:
 
     # --- the forward pass: every score comes from here ---
 
-    @torch.no_grad()
     def view_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) batch, as the loader gives it -> (N, V, 2) log-softmax per view."""
+        return self.view_log_probs_on_device(x).cpu()
+
+    @torch.no_grad()
+    def view_log_probs_on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """As view_log_probs, left on the device: reading it back waits for the device."""
         self.model.eval()
         x = normalize_batch(x.to(self.device, non_blocking=True), norm_stats(self.augment), self.channels_last)
         dtype = autocast_dtype(self.precision)
         out = []
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(self.device, dtype):
             for view in self.views:
                 out.append(self.model(tta_view(x, view)).float().log_softmax(1))
-        return torch.stack(out, 1).cpu()
+        return torch.stack(out, 1)
 
     # --- what to score ---
 
@@ -162,12 +166,14 @@ class Detector:
                     skipped.append((loader.dataset.paths[i], reason))
                 if batch.x is None:
                     continue
-                logp.append(self.view_log_probs(batch.x))
+                # Kept on the device until the end: a read per batch would make the host wait for
+                # the device every batch, so that neither could run ahead of the other.
+                logp.append(self.view_log_probs_on_device(batch.x))
                 targets.append(batch.y)
                 index.append(batch.index)
         if not logp:
             return Scores(torch.zeros(0, len(self.views), 2), np.zeros(0, int), np.zeros(0, int), skipped)
-        return Scores(torch.cat(logp), torch.cat(targets).numpy(), torch.cat(index).numpy(), skipped)
+        return Scores(torch.cat(logp).cpu(), torch.cat(targets).numpy(), torch.cat(index).numpy(), skipped)
 
     def score_manifest(
         self, manifest: pd.DataFrame, batch_size: int = 128, workers: int = 0, on_bad_image: str = "error",

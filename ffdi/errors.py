@@ -31,3 +31,7 @@ class WeightsError(FfdiError):
 
 class TrackingError(FfdiError):
     pass
+
+
+class DeviceError(FfdiError):
+    """A device that runtime.device asks for, or that the machine has, which torch cannot use."""

@@ -220,7 +220,8 @@ def log_epoch(row: dict, logged_steps: set[int]) -> None:
     epoch = int(row["epoch"])
     if epoch in logged_steps:
         return
-    metrics = {k: float(v) for k, v in row.items() if k != "epoch"}
+    # Strings (the device, the precision) are the run's tags already.
+    metrics = {k: float(v) for k, v in row.items() if k != "epoch" and not isinstance(v, str)}
     mlflow.log_metrics(metrics, step=epoch)
     logged_steps.add(epoch)
 

@@ -35,7 +35,10 @@ from ffdi.detector import Detector
 from ffdi.hardware import (
     CpuShare,
     apply_threads,
+    autocast,
     autocast_dtype,
+    core_share,
+    device_label,
     resolve_precision,
     resolve_threads,
     resolve_workers,
@@ -117,7 +120,7 @@ def train_one_epoch(
                 continue
             x = normalize_batch(batch.x.to(device, non_blocking=True), normalize, channels_last)
             y = batch.y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            with autocast(device, amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -245,28 +248,36 @@ def fit(
 
     policy = params.data.on_bad_image
     shard = world > 1
-    threads = resolve_threads(runtime.threads, cpu_share)
-    workers = resolve_workers(runtime.workers, threads, device)
+    cores = core_share(cpu_share)
+    threads = resolve_threads(runtime.threads, cores, device)
+    workers = resolve_workers(runtime.workers, cores, device)
     # Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with
-    # every index, ffdi.data.EpochSampler).
+    # every index, ffdi.data.EpochSampler). On a GPU every training batch has one shape, so that
+    # cuDNN's benchmark tunes its kernels once; on a CPU the last images of an epoch still count.
     train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, workers, True, policy, shard, cfg.seed,
-                               persistent=True)
+                               persistent=True, drop_last=device.type == "cuda")
     # Inference keeps no activations for a backward pass: twice the batch fits where training did.
     val_loader = make_loader(val_manifest, params.augment, 2 * cfg.batch_size, workers, False, policy, shard,
                              persistent=True)
     key, maximise = cfg.best_metric, MAXIMISE[cfg.best_metric]
+    where = device_label(device)
+    if rank == 0:
+        tqdm.write(f"training on {where}, {precision}, batch {cfg.batch_size}, {workers} loader workers, "
+                   f"{threads} torch threads")
 
     for epoch in range(len(history), cfg.epochs):
         # Another pipeline may have started or ended: take this epoch's share of the cores.
-        threads = resolve_threads(runtime.threads, cpu_share)
+        cores = core_share(cpu_share)
+        threads = resolve_threads(runtime.threads, cores, device)
         apply_threads(threads)
-        workers = resolve_workers(runtime.workers, threads, device)
+        workers = resolve_workers(runtime.workers, cores, device)
         train_loader = set_workers(train_loader, workers, persistent=True)
         val_loader = set_workers(val_loader, workers, persistent=True)
         seed_everything(epoch_seed(cfg.seed, epoch, rank))
         train_loader.sampler.set_epoch(epoch, epoch_seed(cfg.seed, epoch, rank))
         t0 = time.perf_counter()
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "device": str(device), "precision": precision,
+               "loader_workers": workers, "torch_threads": threads}
         epoch_skipped: list = []
         row.update(
             train_one_epoch(
@@ -300,8 +311,8 @@ def fit(
             checkpoint.save(last_path, state)
             tqdm.write(
                 f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-                f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s, "
-                f"{threads} threads)"
+                f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s; "
+                f"training {row['train_img_per_s']:.0f} img/s on {device}, {workers} workers, {threads} threads)"
             )
         on_epoch(row)
     distributed.barrier()  # rank 0's last checkpoint is on disk before any process moves on

@@ -6,6 +6,7 @@ on the device. `build_transform` is the per-image reference of what the model se
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -174,10 +175,17 @@ def normalize_batch(x: torch.Tensor, stats: Optional[tuple], channels_last: bool
     """
     x = x.float().div_(255)
     if stats is not None:  # (mean, std): transforms.norm_stats
-        x = x.sub_(torch.tensor(stats[0], device=x.device)).div_(torch.tensor(stats[1], device=x.device))
+        mean, std = stats_on((tuple(stats[0]), tuple(stats[1])), x.device)
+        x = x.sub_(mean).div_(std)
     x = x.permute(0, 3, 1, 2)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
+
+@functools.lru_cache(maxsize=None)
+def stats_on(stats: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) as tensors on `device`, made once: making them per batch copied them from the
+    host each time, and on a GPU such a copy waits for the device, so every step synchronised."""
+    return torch.tensor(stats[0], device=device), torch.tensor(stats[1], device=device)
 
 
 

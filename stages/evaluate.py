@@ -16,8 +16,7 @@ from ffdi.labels import read_manifest
 def main(params, prepared, model, run_ref, reports, metrics):
     cfg = params.eval
     tracking.check_reachable(params.tracking)
-    share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
-    hardware.apply_threads(hardware.resolve_threads(params.runtime.threads, share))
+    _, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
     detector = Detector.load(model, params.runtime.device, tta=params.predict.tta)
     workers = hardware.resolve_workers(params.runtime.workers, share.threads(), detector.device)
     val = read_manifest(prepared / "val.csv")

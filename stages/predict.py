@@ -19,8 +19,7 @@ UNREADABLE_SCORE = 0.5
 def main(params, prepared, model, run_ref):
     cfg = params.predict
     tracking.check_reachable(params.tracking)
-    share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
-    hardware.apply_threads(hardware.resolve_threads(params.runtime.threads, share))
+    _, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
     split = json.loads((prepared / "summary.json").read_text())["predict_split"]
     manifest = read_manifest(prepared / f"{split}.csv")
     detector = Detector.load(model, params.runtime.device, tta=cfg.tta)

@@ -35,7 +35,8 @@ def load_manifests(params, prepared):
 
 def main(params, prepared, model, run_ref, history):
     tracking.check_reachable(params.tracking)  # in seconds, before anything is read or trained
-    share = hardware.CpuShare(project_root() / ".ffdi" / "cpu")
+    # Fails here, in seconds, where the machine has a GPU that torch cannot use.
+    device, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
     data_hash = json.loads((prepared / "summary.json").read_text())["data_hash"]
     train_rows, val_rows = load_manifests(params, prepared)
     state_dir = checkpoint.resume_dir(params, data_hash)
@@ -52,9 +53,10 @@ def main(params, prepared, model, run_ref, history):
             if prior_run is None:
                 tracking.log_params(params)
                 mlflow.set_tags(tracking.start_tags(params, data_hash))
-                device = hardware.select_device(params.runtime.device)
-                mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device),
-                                                  hardware.resolve_threads(params.runtime.threads, share)))
+                cores = share.threads()
+                threads = hardware.resolve_threads(params.runtime.threads, cores, device)
+                mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device), threads))
+                mlflow.set_tag("hw.loader_workers", hardware.resolve_workers(params.runtime.workers, cores, device))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
                 tracking.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
             steps = tracking.logged_steps(run.info.run_id)

@@ -72,3 +72,28 @@ def test_the_video_aggregation_benchmark_makes_a_labelled_set_and_scores_every_a
     report = json.loads(results.read_text())
     assert set(report["auc"]) == set(video_aggregation.AGGREGATES) and report["frames"] == 4
     assert all(0 <= row["all"] <= 1 for row in report["auc"].values())
+
+
+@pytest.mark.slow
+def test_the_host_headroom_measures_every_phase_of_the_main_process_and_a_worker(manifests):
+    """benchmarks.headroom at a tiny size: fit's training pass with the model on meta and one real
+    loader worker; every phase of the main process timed, the rest (backward) what getrusage adds."""
+    import ffdi.train
+    from benchmarks import headroom
+    from ffdi.config import AugmentConfig, ModelConfig, Params, TrainConfig
+
+    params = Params(augment=AugmentConfig(resize=32, image_size=32), model=ModelConfig(arch="resnet18"),
+                    train=TrainConfig(ema=0.999))
+    normalize = ffdi.train.normalize_batch
+    r = headroom.measure(params, manifests[0], batch=8, workers=1)
+    assert ffdi.train.normalize_batch is normalize  # put back
+    assert r["images"] == len(manifests[0]) // 8 * 8 and r["batch"] == 8
+    phases = r["phases_us_per_img"]
+    assert set(phases) == set(headroom.FEEDING) | set(headroom.MODEL) and all(v > 0 for v in phases.values())
+    assert r["main_us_per_img"] == pytest.approx(sum(phases.values()))
+    assert r["feeding_us_per_img"] == pytest.approx(sum(phases[k] for k in headroom.FEEDING))
+    assert r["feeding_us_per_img"] < r["main_us_per_img"]
+    assert r["ceiling_img_s"] == pytest.approx(1e6 / r["main_us_per_img"]) and r["worker_us_per_img"] > 0
+    lines = headroom.summary_lines([r])
+    assert lines[0].startswith("main process: ") and "at batch 8" in lines[0] and "-> ceiling" in lines[0]
+    assert "| normalise |" in headroom.table([r])
