@@ -1,5 +1,5 @@
 """What each degradation of eval.degradations costs per image: CPU milliseconds of the degradation
-itself and of decoding its result as the Detector would (ffdi.degrade), at the sample's 64 px and at
+itself and of decoding its result as the Detector would (ffdi.evaluation.degrade), at the sample's 64 px and at
 multiFFDI's 512 px. CPU time (time.process_time), not wall time, so other work on the machine
 does not inflate it; one thread.
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ffdi.config import EvalConfig
-from ffdi.degrade import Degradation
-from ffdi.photos import bundled_photos, real_crop
-from ffdi.transforms import load_image
+from ffdi.evaluation.degrade import Degradation
+from ffdi.sample.photos import bundled_photos, real_crop
+from ffdi.data.transforms import load_image
 
 
 def cost_ms(images, d: Degradation, repeats: int = 3) -> float:

@@ -5,7 +5,7 @@ On multiFFDI-shaped data (512 px JPEGs: hard links to a few hundred generated on
   - model: ffdi's training step (then validation's scoring, with its test-time views) with T threads,
     on uint8 batches already in memory (more than the CPU caches hold, as fresh batches are);
     the loader and the model are timed at the same time, side by side, each on its own cores;
-  - fit: ffdi.train.fit with the same W and T, as the train stage runs it: every epoch with
+  - fit: ffdi.engine.train.fit with the same W and T, as the train stage runs it: every epoch with
     validation, checkpoints, MLflow logging (a temporary SQLite store) and progress bars;
   - efficiency: the time the parts need for fit's work over fit's time, where the parts need, per
     epoch, train images / min(train loader, training step) + val images / min(val loader, scoring).
@@ -115,7 +115,7 @@ def params_for(cfg: dict, data: Path, threads: int, workers: int, state: Path):
 
 
 def manifests(data: Path):
-    from ffdi.labels import prepare, read_manifest
+    from ffdi.data.labels import prepare, read_manifest
 
     prepared = data.parent / (data.name + "-prepared")
     if not (prepared / "summary.json").is_file():
@@ -134,7 +134,7 @@ def wait_for_go() -> None:
 def part_loader(params, phase: str, manifest, worker_cores, seconds: float) -> dict:
     """img/s out of the training (or validation) loader for `seconds`, from its first batch on,
     epoch after epoch through the same persistent workers, as fit uses them."""
-    from ffdi.data import make_loader
+    from ffdi.data.dataset import make_loader
 
     train = phase == "train"
     batch_size = params.train.batch_size * (1 if train else 2)
@@ -176,11 +176,11 @@ class InMemory:
 def part_model(params, phase: str, manifest, seconds: float) -> dict:
     """ffdi's training step (or validation's scoring, with its test-time views) for `seconds` on
     uint8 batches already in memory (256 MiB of them, out of the caches), after one warm-up step."""
-    from ffdi.data import make_loader
-    from ffdi.detector import Detector
+    from ffdi.data.dataset import make_loader
+    from ffdi.inference.detector import Detector
     from ffdi.hardware import autocast_dtype, resolve_precision, select_device
-    from ffdi.models import build_model
-    from ffdi.train import build_optimizer, train_one_epoch
+    from ffdi.model.networks import build_model
+    from ffdi.engine.train import build_optimizer, train_one_epoch
 
     device = select_device(params.runtime.device)
     precision = resolve_precision(params.train.amp, device)
@@ -214,22 +214,22 @@ def part_model(params, phase: str, manifest, seconds: float) -> dict:
 
 
 def part_fit(params, train_m, val_m, worker_cores, state: Path) -> dict:
-    """ffdi.train.fit as the train stage calls it, each epoch logged to MLflow as it ends (where
+    """ffdi.engine.train.fit as the train stage calls it, each epoch logged to MLflow as it ends (where
     MLflow is installed: the lent GPU machines have none)."""
     import contextlib
     import importlib.util
 
-    import ffdi.train
-    from ffdi import tracking
+    import ffdi.engine.train
+    from ffdi.tracking import mlflow_run
 
-    make_loader = ffdi.train.make_loader
-    ffdi.train.make_loader = lambda *a, **k: pin_workers(make_loader(*a, **k), worker_cores)
+    make_loader = ffdi.engine.train.make_loader
+    ffdi.engine.train.make_loader = lambda *a, **k: pin_workers(make_loader(*a, **k), worker_cores)
     logged = importlib.util.find_spec("mlflow") is not None
-    with tracking.run(params.tracking, run_name="efficiency") if logged else contextlib.nullcontext() as run:
-        steps = tracking.logged_steps(run.info.run_id) if logged else set()
+    with mlflow_run.run(params.tracking, run_name="efficiency") if logged else contextlib.nullcontext() as run:
+        steps = mlflow_run.logged_steps(run.info.run_id) if logged else set()
         t0 = time.perf_counter()
-        result = ffdi.train.fit(params, train_m, val_m, state / "ckpt",
-                                on_epoch=lambda row: tracking.log_epoch(row, steps) if logged else None)
+        result = ffdi.engine.train.fit(params, train_m, val_m, state / "ckpt",
+                                on_epoch=lambda row: mlflow_run.log_epoch(row, steps) if logged else None)
         seconds = time.perf_counter() - t0
     history = result["history"]
     return {"fit_seconds": seconds, "epoch_seconds": [h["epoch_seconds"] for h in history],
@@ -428,7 +428,7 @@ def main() -> None:
 
 
 def headroom_of(args, log) -> dict:
-    """benchmarks.headroom in its own process (it patches ffdi.train), on the cores the parts used."""
+    """benchmarks.headroom in its own process (it patches ffdi.engine.train), on the cores the parts used."""
     out = args.cache / "headroom.json"
     cmd = [sys.executable, "-m", "benchmarks.headroom", "--workers", str(args.workers), "--threads",
            str(args.threads), "--cache", str(args.cache), "--json", str(out)]

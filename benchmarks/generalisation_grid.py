@@ -2,9 +2,9 @@
 
 The lent GPU machine has torch and timm but no DVC, no MLflow and no network, so `ffdi
 generalisation` cannot run there. This runs the same experiments from the pipeline's own pieces:
-ffdi.sample.generate -> ffdi.labels.prepare -> ffdi.train.fit (the held-out fakes dropped from train
+ffdi.sample.generate -> ffdi.data.labels.prepare -> ffdi.engine.train.fit (the held-out fakes dropped from train
 and val, as stages/train.py does) -> the best checkpoint evaluated on all of val by
-ffdi.evaluation.evaluate, as the evaluate stage does, with the metric names it logs to MLflow.
+ffdi.evaluation.evaluate.evaluate, as the evaluate stage does, with the metric names it logs to MLflow.
 Several experiments run at once, one process each.
 
     python -m benchmarks.generalisation_grid run --out DIR [--work DIR] --variant baseline --variant ema:train.ema=0.999 \\
@@ -74,14 +74,15 @@ def params_with(overrides: dict):
 
 
 def make_data(work: Path, sample_overrides: dict, workers: int) -> dict:
-    from ffdi import labels, sample
+    from ffdi.data import labels
+    from ffdi.sample.generate import generate
 
     root, prepared = work / "data", work / "prepared"
     params = params_with({**sample_overrides, "data.root": str(root)})
     if not (prepared / "summary.json").is_file():
         shutil.rmtree(root, ignore_errors=True)
         t0 = time.perf_counter()
-        counts = sample.generate(params.sample, root, workers=workers)
+        counts = generate(params.sample, root, workers=workers)
         seconds = time.perf_counter() - t0
         summary = labels.prepare(params.data, prepared)
         summary["generate_seconds"] = seconds
@@ -95,11 +96,12 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     """One experiment in this process: train without `holdout`'s fakes, score all of val."""
     if time.time() > deadline:
         return {"name": name, "status": "skipped (deadline)"}
-    from ffdi import evaluation, tracking
-    from ffdi.detector import Detector
+    from ffdi.evaluation.evaluate import evaluate
+    from ffdi.tracking.evaluation import evaluation_metrics
+    from ffdi.inference.detector import Detector
     from ffdi.hardware import available_cores, resolve_workers
-    from ffdi.labels import drop_groups, read_manifest
-    from ffdi.train import fit
+    from ffdi.data.labels import drop_groups, read_manifest
+    from ffdi.engine.train import fit
 
     out_dir, work_dir = Path(out), Path(work)
     result_path = out_dir / f"{name}.json"
@@ -117,8 +119,8 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     # Scored and measured as the evaluate stage does, with the metric names it logs to MLflow.
     detector = Detector.load(state / "best.pt", params.runtime.device, tta=params.predict.tta)
     workers = resolve_workers(params.runtime.workers, available_cores(), detector.device)
-    ev = evaluation.evaluate(detector, val, params.eval, [holdout], workers=workers)
-    m = tracking.evaluation_metrics(ev.report, ev.seconds)
+    ev = evaluate(detector, val, params.eval, [holdout], workers=workers)
+    m = evaluation_metrics(ev.report, ev.seconds)
     history = result["history"]
     ev.predictions[["img_name", "target", "group", "y_pred"]].to_csv(out_dir / f"{name}.csv", index=False)
     flat = {"model.arch": params.model.arch, "model.input": params.model.input, "model.tune": params.model.tune,
@@ -206,8 +208,8 @@ def cmd_run(args) -> int:
 
 
 def load_runs(out: Path):
-    """The finished experiments as ffdi.runs Runs (artifact_uri: the predictions file)."""
-    from ffdi.runs import Run
+    """The finished experiments as ffdi.analysis.runs Runs (artifact_uri: the predictions file)."""
+    from ffdi.analysis.runs import Run
 
     runs = []
     for path in sorted(out.glob("*__seed*.json")):
@@ -218,7 +220,7 @@ def load_runs(out: Path):
 
 
 def cmd_render(args) -> int:
-    from ffdi import generalisation_report
+    from ffdi.analysis import generalisation_report
 
     runs = load_runs(args.out)
     if not runs:

@@ -10,7 +10,7 @@ One process, seven steps, each cut at its own deadline so that the whole stays u
   4. model: ffdi's training step alone (train_one_epoch) on batches already on the device: ResNet-18
      at 256 px, channels_last, train.amp's precision, batch 32 and 64, EMA off and on, torch.compile
      off and on;
-  5. fit: ffdi.train.fit end to end (params.yaml at 256 px, batch 64, 2 epochs): each epoch's training
+  5. fit: ffdi.engine.train.fit end to end (params.yaml at 256 px, batch 64, 2 epochs): each epoch's training
      and validation img/s, and the efficiency as benchmarks.efficiency defines it: the training pass
      over min(loader, step at batch 64 with fit's EMA setting); the whole fit as the parts' time for
      its work (validation at step 7's img/s) over fit's time;
@@ -221,8 +221,8 @@ class Check:
             torch.cuda.synchronize()
 
     def _model(self):
-        from ffdi.models import build_model
-        from ffdi.train import build_optimizer
+        from ffdi.model.networks import build_model
+        from ffdi.engine.train import build_optimizer
 
         model = build_model(self.params.model, self.plan.size).to(self.device).to(memory_format=torch.channels_last)
         return model, build_optimizer(model, self.params.train)
@@ -233,8 +233,8 @@ class Check:
         from timm.utils import ModelEmaV3
 
         from ffdi.hardware import autocast_dtype
-        from ffdi.train import train_one_epoch
-        from ffdi.transforms import norm_stats
+        from ffdi.engine.train import train_one_epoch
+        from ffdi.data.transforms import norm_stats
 
         average = ModelEmaV3(model, decay=self.params.train.ema or 0.999, use_warmup=True) if ema else None
         clock = itertools.count(1)
@@ -250,7 +250,7 @@ class Check:
     def tree(self):
         from benchmarks.tree import distinct_images, write_tree
         from ffdi.config import DataConfig
-        from ffdi.labels import prepare, read_manifest
+        from ffdi.data.labels import prepare, read_manifest
 
         p = self.plan
         root = self.work / f"tree-{p.train}-{p.val}-{p.jpeg_px}px"
@@ -264,7 +264,7 @@ class Check:
                       tree_jpeg_px=p.jpeg_px)
 
     def loader(self):
-        from ffdi.data import make_loader
+        from ffdi.data.dataset import make_loader
 
         train_m = self._manifests()[0]
         loader = make_loader(train_m, self.params.augment, self.plan.batch, self.workers, True, persistent=True)
@@ -304,7 +304,7 @@ class Check:
             self.r["loader_train_pass_img_s"] = sum(passes) / len(passes)
 
     def model(self):
-        from ffdi.data import Batch
+        from ffdi.data.dataset import Batch
 
         s, cuda = self.plan.size, self.device.type == "cuda"
         torch.backends.cudnn.benchmark = True  # as fit sets it
@@ -340,7 +340,7 @@ class Check:
                 self.r[key] = images / (time.perf_counter() - t0)
 
     def fit(self):
-        from ffdi.train import fit
+        from ffdi.engine.train import fit
 
         train_m, val_m = self._manifests()
         state = self.work / "fit-state"
@@ -368,7 +368,7 @@ class Check:
             return
         from torch.profiler import ProfilerActivity, profile
 
-        from ffdi.data import Batch
+        from ffdi.data.dataset import Batch
 
         bs, s = self.plan.batch, self.plan.size
         model, optimizer = self._model()
@@ -409,7 +409,7 @@ class Check:
                       profile_top_cpu_ops=", ".join(f"{e.key} {e.self_cpu_time_total / 20e3:.2f} ms" for e in top))
 
     def detector(self):
-        from ffdi.detector import Detector
+        from ffdi.inference.detector import Detector
 
         val_m, tta = self._manifests()[1], self.params.predict.tta
         if self.checkpoint is not None and self.checkpoint.is_file():

@@ -1,6 +1,6 @@
 """Can ffdi's main process feed a GPU and 15 loader workers? Its CPU time per image, without a GPU.
 
-`fit`'s training pass (ffdi.train.train_one_epoch, with EMA and the optimiser of params.yaml) runs
+`fit`'s training pass (ffdi.engine.train.train_one_epoch, with EMA and the optimiser of params.yaml) runs
 with the model on PyTorch's `meta` device: the main process does what it does on a GPU machine
 (receives the workers' batches, copies them, normalises, dispatches the model's operators, steps
 the optimiser and the EMA, keeps its books and the progress bar) except the GPU's own work. A real
@@ -103,10 +103,10 @@ class Fed:
 
 def measure(params, manifest, batch: int, workers: int) -> dict:
     """One warm-up epoch (workers started, queues filled), then one measured epoch."""
-    import ffdi.train as train
-    from ffdi.data import make_loader
-    from ffdi.models import build_model
-    from ffdi.sync_audit import SyncAudit, on_meta
+    import ffdi.engine.train as train
+    from ffdi.data.dataset import make_loader
+    from ffdi.model.networks import build_model
+    from ffdi.engine.sync_audit import SyncAudit, on_meta
     from timm.utils import ModelEmaV3
 
     meta = torch.device("meta")

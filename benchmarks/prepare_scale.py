@@ -1,7 +1,7 @@
 """How long `prepare` takes on a multiFFDI-sized data set, and how much memory it needs.
 
 Generates label files and image folders of the real size (524,429 train and 147,363 val images)
-made of tiny files, then times ffdi.labels.prepare on them. Prints a table and writes a JSON.
+made of tiny files, then times ffdi.data.labels.prepare on them. Prints a table and writes a JSON.
 
     python -m benchmarks.prepare_scale [--train N] [--val N] [--keep DIR]
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ffdi.config import DataConfig
-from ffdi.labels import prepare
+from ffdi.data.labels import prepare
 
 
 def make_split(root: Path, folder: str, labels: str, n: int, real_share: float, salt: str) -> None:

@@ -70,10 +70,12 @@ def step_model() -> dict:
 
     import mlflow
 
-    from ffdi import checkpoint, tracking
+    from ffdi.model import checkpoint
+    from ffdi.tracking import mlflow_run
+    from ffdi.tracking.pytorch_model import log_model
     from ffdi.config import load_params
-    from ffdi.labels import read_manifest
-    from ffdi.train import fit
+    from ffdi.data.labels import read_manifest
+    from ffdi.engine.train import fit
 
     paths = stage_paths("train")
     params = load_params()
@@ -82,20 +84,20 @@ def step_model() -> dict:
     val = read_manifest(paths["prepared"] / "val.csv").sample(SUBSET // 4, random_state=0)
     state = Path(".ffdi/rehearsal")
     seconds = {}
-    with tracking.run(params.tracking, run_name="rehearsal") as run:
+    with mlflow_run.run(params.tracking, run_name="rehearsal") as run:
         t0 = time.perf_counter()
-        tracking.log_params(params)
+        mlflow_run.log_params(params)
         seconds["log_params"] = time.perf_counter() - t0
         steps: set = set()
-        fit(params, train, val, state, on_epoch=lambda row: tracking.log_epoch(row, steps))
+        fit(params, train, val, state, on_epoch=lambda row: mlflow_run.log_epoch(row, steps))
         ckpt = checkpoint.load(state / "best.pt")
         t0 = time.perf_counter()
         named = state / checkpoint.CHECKPOINT_NAME
         shutil.copyfile(state / "best.pt", named)
-        tracking.log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
+        log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
         seconds["log_model"] = time.perf_counter() - t0
         checkpoint.finish(state, paths["model"])
-        tracking.write_run_ref(paths["run_ref"], run.info.run_id, params.tracking.experiment)
+        mlflow_run.write_run_ref(paths["run_ref"], run.info.run_id, params.tracking.experiment)
         mlflow.set_tag("rehearsal", "true")
     return seconds
 
@@ -104,8 +106,8 @@ def step_loader() -> dict:
     import torch
 
     from ffdi.config import load_params
-    from ffdi.data import make_loader
-    from ffdi.labels import read_manifest
+    from ffdi.data.dataset import make_loader
+    from ffdi.data.labels import read_manifest
 
     params = load_params()
     manifest = read_manifest(stage_paths("train")["prepared"] / "train.csv")
@@ -121,11 +123,11 @@ def step_loader() -> dict:
 def step_validate() -> dict:
     """fit's validation pass: the val loader with 2x the training batch, scored by the Detector."""
     from ffdi.config import load_params
-    from ffdi.data import make_loader
-    from ffdi.labels import read_manifest
-    from ffdi.detector import Detector
+    from ffdi.data.dataset import make_loader
+    from ffdi.data.labels import read_manifest
+    from ffdi.inference.detector import Detector
     from ffdi.hardware import available_cores, resolve_workers
-    from ffdi.train import validate
+    from ffdi.engine.train import validate
 
     params, paths = load_params(), stage_paths("evaluate")
     detector = Detector.load(paths["model"], params.runtime.device, tta=params.predict.tta)
@@ -139,7 +141,7 @@ def step_validate() -> dict:
 
 def stage_paths(stage: str) -> dict[str, Path]:
     """The paths dvc.yaml's cmd gives a stage: {"prepared": Path("prepared"), ...}."""
-    from ffdi.cli import _cmd_args
+    from ffdi.stage import _cmd_args
 
     args = _cmd_args(stage)
     return {k.removeprefix("--").replace("-", "_"): Path(v) for k, v in zip(args[::2], args[1::2])}
@@ -170,7 +172,7 @@ def measured(name: str, cmd: list[str], cwd: Path, env: dict, log) -> dict:
 
 
 def _cmd_args(stage: str, project: Path) -> list[str]:
-    """The arguments of the stage's cmd in the project's dvc.yaml (read without importing ffdi.cli,
+    """The arguments of the stage's cmd in the project's dvc.yaml (read without importing ffdi.cli.main,
     which would pull nothing heavy, but keep the driver's imports to the standard library and yaml)."""
     import shlex
 

@@ -1,7 +1,7 @@
 """Training speed: ffdi's loop against a reference copy of the original FFDI baseline loop.
 
 Generates multiFFDI-shaped data (512x512 JPEGs, quality 90, real photographs and self-blended
-fakes from ffdi.sample), then measures, for both loops, with the same model (ResNet-18), image
+fakes from ffdi.sample.generate), then measures, for both loops, with the same model (ResNet-18), image
 size (256) and batch size (40):
   - data loading alone: images/s out of the DataLoader (ffdi's are uint8), and images/s ready
     for the model (ffdi's normalised to float on the device); steady state, after the first
@@ -40,14 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from ffdi.config import AugmentConfig, DataConfig, ModelConfig, SampleConfig, TrainConfig
-from ffdi.data import make_loader
-from ffdi.labels import prepare, read_manifest
-from ffdi.detector import Detector
+from ffdi.data.dataset import make_loader
+from ffdi.data.labels import prepare, read_manifest
+from ffdi.inference.detector import Detector
 from ffdi.hardware import autocast_dtype, resolve_precision, select_device
-from ffdi.models import build_model
-from ffdi.sample import generate
-from ffdi.train import build_optimizer, train_one_epoch
-from ffdi.transforms import IMAGENET_MEAN, IMAGENET_STD, norm_stats, normalize_batch
+from ffdi.model.networks import build_model
+from ffdi.sample.generate import generate
+from ffdi.engine.train import build_optimizer, train_one_epoch
+from ffdi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, norm_stats, normalize_batch
 
 IMPLS = ("reference", "ffdi-fp32", "ffdi")
 RATIOS = ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")

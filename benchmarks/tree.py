@@ -3,7 +3,7 @@
     root/trainset/<md5>.jpg  root/trainset_label.txt   (img_name,target; 19% real)
     root/valset/<md5>.jpg    root/valset_label.txt     (img_path,target; 40% real; no final newline)
 
-The distinct images come from ffdi.sample (crops of real photographs and self-blended, resampled,
+The distinct images come from ffdi.sample.generate (crops of real photographs and self-blended, resampled,
 spliced or regenerated fakes, JPEG quality 90), so every file decodes like a multiFFDI image. Each
 name is an md5, as in multiFFDI (of the split and index: the linked copies share their bytes).
 Both headers of the real label files appear, and the val file lacks its final newline, as the
@@ -30,7 +30,7 @@ def distinct_images(cache: Path, n: int = 400, size: int = 512, workers: int | N
     labels = folder / "trainset_label.txt"
     if not labels.is_file():
         from ffdi.config import SampleConfig
-        from ffdi.sample import generate
+        from ffdi.sample.generate import generate
 
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
@@ -38,7 +38,7 @@ def distinct_images(cache: Path, n: int = 400, size: int = 512, workers: int | N
         generate(SampleConfig(n_train=n, n_val=1, n_test=0, size=size, jpeg_quality=90, fake_fraction=0.5),
                  folder, workers=workers or len(os.sched_getaffinity(0)))
         print(f"generated {n} distinct {size} px JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    # csv, not ffdi.data: the rehearsal's driver stays free of torch, so that its children's peak
+    # csv, not ffdi.data.dataset: the rehearsal's driver stays free of torch, so that its children's peak
     # memory (which starts from the parent's at the fork) is their own.
     with open(labels, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ffdi import generalisation_report as gen_report
-from ffdi import metrics, tracking
+from ffdi.analysis import generalisation_report as gen_report
+from ffdi.evaluation import metrics
+from ffdi.tracking import mlflow_run
 from ffdi.config import flatten, load_params
-from ffdi.labels import read_manifest
-from ffdi.detector import Detector
-from ffdi.runs import Run, finished_pipeline_runs, val_predictions
+from ffdi.data.labels import read_manifest
+from ffdi.inference.detector import Detector
+from ffdi.analysis.runs import Run, finished_pipeline_runs, val_predictions
 
 # Params that differ between the runs of one variant, or that never change a model's scores.
 IGNORED = ("data.holdout", "train.seed", "runtime.threads", "runtime.workers")
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--boot", type=int, default=1000)
     args = ap.parse_args(argv)
     params = load_params()
-    tracking.setup(params.tracking)
+    mlflow_run.setup(params.tracking)
     experiment_id = mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
     defaults = {k: gen_report.logged(v) for k, v in flatten(params.to_dict()).items()}
     runs = [r for r in gen_report.holdout_runs(finished_pipeline_runs(params.tracking.experiment))

@@ -5,11 +5,11 @@
 
 Makes a labelled set of videos in multiFFDV's layout (OUT/valset/*.mp4, OUT/valset_label.txt with
 `video_name,target`; usable as an eval.extra_sets folder) from a fresh draw of the built-in sample's
-generator (ffdi.sample, another seed: other crops and manipulations of the same bundled photographs),
+generator (ffdi.sample.generate, another seed: other crops and manipulations of the same bundled photographs),
 64 px like the sample. Each
 video is --frames frames at 4 fps, H.264 (CRF 23): a real video has real frames only; a fake one has
 a share of fake frames, 1/4, 1/2 or all (the rest real), the fakes of one manipulation. Then each
-video is scored as `ffdi score` does (ffdi.video.score_video, the model's predict.tta views, every
+video is scored as `ffdi score` does (ffdi.inference.video.score_video, the model's predict.tta views, every
 frame sampled) and the video-level ROC-AUC of each aggregation is printed: over all videos, and
 for each share of fake frames against all the real videos.
 
@@ -36,8 +36,8 @@ def make_set(out: Path, videos: int, frames: int, seed: int) -> pd.DataFrame:
     from PIL import Image
 
     from ffdi.config import SampleConfig
-    from ffdi.sample import generate
-    from ffdi.video import write_video
+    from ffdi.sample.generate import generate
+    from ffdi.inference.video import write_video
 
     images = out / "images"
     n_images = videos * frames * 2  # enough real and fake frames for every video, each image used once
@@ -80,12 +80,12 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from ffdi import metrics
-    from ffdi.compare import bootstrap_auc_difference
+    from ffdi.evaluation import metrics
+    from ffdi.analysis.compare import bootstrap_auc_difference
     from ffdi.config import load_params
-    from ffdi.detector import Detector
-    from ffdi.io import write_json
-    from ffdi.video import Sampling, aggregate, score_video
+    from ffdi.inference.detector import Detector
+    from ffdi.files import write_json
+    from ffdi.inference.video import Sampling, aggregate, score_video
 
     out = Path(args.out_dir)
     videos = (pd.read_csv(out / "videos.csv") if (out / "videos.csv").is_file()

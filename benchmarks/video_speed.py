@@ -8,7 +8,7 @@ CABAC and B-frames as a camera or an upload service writes them) with a keyframe
 a face (scikit-image's astronaut) that moves over a photo, so --faces finds one in every frame.
 
 Each setting (--frames 16 or --fps 2, with and without --faces) scores the whole clip through
-`ffdi.video.score_video`, the path of `ffdi score`, twice; the faster run counts. Also timed: the
+`ffdi.inference.video.score_video`, the path of `ffdi score`, twice; the faster run counts. Also timed: the
 sampling alone (seek + decode + RGB, no model) and, for reference, decoding every frame. Without
 --model, an untrained model of params.yaml's architecture and image size: the speed is the same.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffdi.io import write_json
+from ffdi.files import write_json
 
 SIDE = (1920, 1080)
 FPS = 30
@@ -37,7 +37,7 @@ def make_clip(path: Path) -> Path:
     from PIL import Image
     from skimage import data
 
-    from ffdi.video import write_video
+    from ffdi.inference.video import write_video
 
     background = np.asarray(Image.fromarray(data.coffee()).resize(SIDE))
     face = np.asarray(Image.fromarray(data.astronaut()).resize((360, 360)))
@@ -61,10 +61,10 @@ def make_clip(path: Path) -> Path:
 def detector_for(model: str | None):
     import torch
 
-    from ffdi import checkpoint
+    from ffdi.model import checkpoint
     from ffdi.config import load_params
-    from ffdi.detector import Detector
-    from ffdi.models import build_model
+    from ffdi.inference.detector import Detector
+    from ffdi.model.networks import build_model
 
     if model:
         return Detector.load(model, "cpu"), model
@@ -99,8 +99,8 @@ def main(argv=None) -> int:
     import av
     import torch
 
-    from ffdi.faces import FaceCropper
-    from ffdi.video import Sampling, sample_frames, score_video
+    from ffdi.inference.faces import FaceCropper
+    from ffdi.inference.video import Sampling, sample_frames, score_video
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,7 +161,7 @@ def figure(rows: list[dict], result: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ffdi.io import save_figure
+    from ffdi.files import save_figure
 
     scored = [r for r in rows if "(no model)" not in r["setting"]]
     fig, ax = plt.subplots(figsize=(6.4, 2.8), dpi=100)

@@ -27,7 +27,7 @@ from ffdi.errors import ConfigError
 # Test-time views the Detector can average over; the image itself is always one of them.
 TTA_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
 
-# Degradations evaluate can apply to val images (ffdi.degrade), written `kind:severity` in
+# Degradations evaluate can apply to val images (ffdi.evaluation.degrade), written `kind:severity` in
 # eval.degradations: kind -> (what the severity is, lowest, highest, whether the bounds are open).
 DEGRADATIONS = {
     "jpeg": ("JPEG quality", 1, 100, False),
@@ -131,7 +131,7 @@ def _validated(cls: type) -> type:
 
 @_validated
 class SampleConfig:
-    """The built-in, generated sample data set (see ffdi.sample)."""
+    """The built-in, generated sample data set (see ffdi.sample.generate)."""
 
     out: str = "data/sample"
     n_train: Positive = 3000
@@ -191,7 +191,7 @@ class AugmentConfig:
     downscale: Annotated[Optional[Items[float]], _low_high(0.0, 1.0, low_open=True)] = (0.5, 0.9)
     degrade_p: Probability = 0.05
     # Self-blending on the fly (SBI, CVPR 2022): a real training image becomes a self-blended
-    # fake, label 1, with this probability; ffdi.sample's blending, its jitter scaled by strength.
+    # fake, label 1, with this probability; the sample's blending (ffdi.sample.manipulations.self_blend), its jitter scaled by strength.
     self_blend: Probability = 0.0
     self_blend_strength: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0
     # The blended ellipse's half-axes, fraction of the side.

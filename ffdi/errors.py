@@ -1,7 +1,7 @@
 """The errors a user can cause, each with a message that names the file, line, key or value.
 
 One light module, so the command-line layer can catch them all without importing
-torch, timm or MLflow.
+torch, timm or MLflow; `user_error_message` is the one line a user is shown for one.
 """
 
 
@@ -35,3 +35,10 @@ class TrackingError(FfdiError):
 
 class DeviceError(FfdiError):
     """A device that runtime.device asks for, or that the machine has, which torch cannot use."""
+
+
+def user_error_message(e: BaseException) -> str:
+    message = str(e).strip()
+    if "Original Traceback" in message:  # raised in a DataLoader worker: keep its own last line
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message

@@ -110,7 +110,7 @@ def autocast_dtype(precision: str) -> Optional[torch.dtype]:
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     """torch.autocast in `dtype`; in fp32 (None) no context at all, which is the same computation
-    and also runs where autocast has no backend (the meta device of ffdi.sync_audit)."""
+    and also runs where autocast has no backend (the meta device of ffdi.engine.sync_audit)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 

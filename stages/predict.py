@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pandas as pd
 
-from ffdi import hardware, tracking
-from ffdi.cli import stage_main
-from ffdi.labels import read_manifest
-from ffdi.detector import Detector, Ensemble
-from ffdi.io import project_root, write_csv
+from ffdi import hardware
+from ffdi.tracking import mlflow_run
+from ffdi.stage import stage_main
+from ffdi.data.labels import read_manifest
+from ffdi.inference.detector import Detector, Ensemble
+from ffdi.files import project_root, write_csv
 
 # What an unreadable test image scores under on_bad_image=skip: a submission needs every row,
 # and 0.5 claims nothing either way.
@@ -18,13 +19,13 @@ UNREADABLE_SCORE = 0.5
 
 def main(params, prepared, model, run_ref):
     cfg = params.predict
-    tracking.check_reachable(params.tracking)
+    mlflow_run.check_reachable(params.tracking)
     _, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
     split = json.loads((prepared / "summary.json").read_text())["predict_split"]
     manifest = read_manifest(prepared / f"{split}.csv")
     detector = Detector.load(model, params.runtime.device, tta=cfg.tta)
     if cfg.ensemble:
-        tracking.setup(params.tracking)  # where models:/ and runs:/ URIs are found
+        mlflow_run.setup(params.tracking)  # where models:/ and runs:/ URIs are found
         detector = Ensemble.extend(detector, cfg.ensemble, params.runtime.device)
     workers = hardware.resolve_workers(params.runtime.workers, share.threads(), detector.device)
     res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
@@ -33,12 +34,12 @@ def main(params, prepared, model, run_ref):
     submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
-    with tracking.run(params.tracking, run_id=tracking.read_run_ref(run_ref)):
+    with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):
         import mlflow
 
         mlflow.set_tags({"predict.split": split, "predict.models": detector.source})
         mlflow.log_metric("predict_images", len(submission))
-        tracking.log_skipped(res.skipped, "predict")
+        mlflow_run.log_skipped(res.skipped, "predict")
         mlflow.log_artifact(cfg.out, artifact_path="predict")
     print(f"{len(submission)} predictions -> {cfg.out}")
 

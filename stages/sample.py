@@ -4,8 +4,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ffdi.cli import stage_main
-from ffdi.sample import generate
+from ffdi.stage import stage_main
+from ffdi.sample.generate import generate
 
 
 def main(params):

@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from ffdi import checkpoint, distributed, hardware, manipulations, tracking
-from ffdi.cli import stage_main
-from ffdi.labels import drop_groups, fake_groups, read_manifest
+from ffdi.model import checkpoint
+from ffdi.engine import distributed
+from ffdi import hardware
+from ffdi.tracking import mlflow_run
+from ffdi.tracking.pytorch_model import log_model
+from ffdi.sample import manipulations
+from ffdi.stage import stage_main
+from ffdi.data.labels import drop_groups, fake_groups, read_manifest
 from ffdi.errors import ConfigError, DataError
-from ffdi.io import project_root, write_csv
-from ffdi.train import fit
+from ffdi.files import project_root, write_csv
+from ffdi.engine.train import fit
 
 
 def load_manifests(params, prepared):
@@ -34,7 +39,7 @@ def load_manifests(params, prepared):
 
 
 def main(params, prepared, model, run_ref, history):
-    tracking.check_reachable(params.tracking)  # in seconds, before anything is read or trained
+    mlflow_run.check_reachable(params.tracking)  # in seconds, before anything is read or trained
     # Fails here, in seconds, where the machine has a GPU that torch cannot use.
     device, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
     data_hash = json.loads((prepared / "summary.json").read_text())["data_hash"]
@@ -47,30 +52,30 @@ def main(params, prepared, model, run_ref, history):
         state_dir.mkdir(parents=True, exist_ok=True)
         run_file = state_dir / "run.json"
         prior_run = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
-        with tracking.run(params.tracking, run_id=prior_run, run_name=tracking.run_name(params)) as run:
+        with mlflow_run.run(params.tracking, run_id=prior_run, run_name=mlflow_run.run_name(params)) as run:
             import mlflow
 
             if prior_run is None:
-                tracking.log_params(params)
-                mlflow.set_tags(tracking.start_tags(params, data_hash))
+                mlflow_run.log_params(params)
+                mlflow.set_tags(mlflow_run.start_tags(params, data_hash))
                 cores = share.threads()
                 threads = hardware.resolve_threads(params.runtime.threads, cores, device)
                 mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device), threads))
                 mlflow.set_tag("hw.loader_workers", hardware.resolve_workers(params.runtime.workers, cores, device))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
-                tracking.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
-            steps = tracking.logged_steps(run.info.run_id)
+                mlflow_run.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
+            steps = mlflow_run.logged_steps(run.info.run_id)
             epochs: list[dict] = []
 
             def on_epoch(row):
                 epochs.append(row)
                 write_csv(history, pd.DataFrame(epochs))
-                tracking.log_epoch(row, steps)
+                mlflow_run.log_epoch(row, steps)
 
             def on_resume(rows):
                 epochs.extend(rows)
                 for row in rows:  # an epoch saved but killed before it was logged
-                    tracking.log_epoch(row, steps)
+                    mlflow_run.log_epoch(row, steps)
 
             result = fit(params, train_rows, val_rows, state_dir, on_epoch, on_resume, cpu_share=share)
             # Again after fit: a resumed run with no epochs left wrote no history, and DVC deleted it.
@@ -78,14 +83,14 @@ def main(params, prepared, model, run_ref, history):
             best = result["best"]
             mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"],
                                 "trainable_params": result["trainable_params"]})
-            tracking.log_skipped(result["skipped"], "train")
+            mlflow_run.log_skipped(result["skipped"], "train")
             if params.tracking.log_model:
                 ckpt = checkpoint.load(state_dir / "best.pt")
                 with tempfile.TemporaryDirectory() as tmp:
                     named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / checkpoint.CHECKPOINT_NAME))
-                    tracking.log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
+                    log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
             checkpoint.finish(state_dir, model)
-            tracking.write_run_ref(run_ref, run.info.run_id, params.tracking.experiment)
+            mlflow_run.write_run_ref(run_ref, run.info.run_id, params.tracking.experiment)
     print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {model}")
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ffdi.config import SampleConfig
-from ffdi.sample import generate
+from ffdi.sample.generate import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def manifests(tiny_data, tmp_path_factory):
     """The tiny data set's train and val manifests (the prepare stage's output)."""
     from ffdi.config import DataConfig
-    from ffdi.labels import prepare, read_manifest
+    from ffdi.data.labels import prepare, read_manifest
 
     out = tmp_path_factory.mktemp("prepared")
     prepare(DataConfig(root=str(tiny_data)), out)

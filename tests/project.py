@@ -71,7 +71,7 @@ class Project:
 
     def start_queue(self, jobs: int) -> None:
         """`dvc queue start -j N` on every core, returning once the workers are up."""
-        from ffdi.dvc_queue import start_workers
+        from ffdi.analysis.dvc_queue import start_workers
 
         start_workers(jobs, cwd=self.repo, env=self.env, preexec_fn=every_core)
 

@@ -9,9 +9,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ffdi.config import AugmentConfig
-from ffdi.data import make_loader
+from ffdi.data.dataset import make_loader
 from ffdi.errors import ConfigError
-from ffdi.transforms import build_uint8_transform, load_image
+from ffdi.data.transforms import build_uint8_transform, load_image
 from tests.project import NO_DEGRADATION
 
 SIZE = 32
@@ -88,7 +88,7 @@ def test_normalisation_runs_on_the_batch_as_stored():
     mean over a strided axis: 2.3x the CPU time, the main process's largest per-image cost at 256 px."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ffdi.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
+    from ffdi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
 
     seen = []
 

@@ -55,7 +55,7 @@ def test_the_video_aggregation_benchmark_makes_a_labelled_set_and_scores_every_a
     import pandas as pd
 
     from benchmarks import video_aggregation
-    from ffdi.evaluation import is_video_set, labelled_folder
+    from ffdi.evaluation.evaluate import is_video_set, labelled_folder
     from ffdi.config import DataConfig
     from tests.test_video import spread_checkpoint
 
@@ -78,15 +78,15 @@ def test_the_video_aggregation_benchmark_makes_a_labelled_set_and_scores_every_a
 def test_the_host_headroom_measures_every_phase_of_the_main_process_and_a_worker(manifests):
     """benchmarks.headroom at a tiny size: fit's training pass with the model on meta and one real
     loader worker; every phase of the main process timed, the rest (backward) what getrusage adds."""
-    import ffdi.train
+    import ffdi.engine.train
     from benchmarks import headroom
     from ffdi.config import AugmentConfig, ModelConfig, Params, TrainConfig
 
     params = Params(augment=AugmentConfig(resize=32, image_size=32), model=ModelConfig(arch="resnet18"),
                     train=TrainConfig(ema=0.999))
-    normalize = ffdi.train.normalize_batch
+    normalize = ffdi.engine.train.normalize_batch
     r = headroom.measure(params, manifests[0], batch=8, workers=1)
-    assert ffdi.train.normalize_batch is normalize  # put back
+    assert ffdi.engine.train.normalize_batch is normalize  # put back
     assert r["images"] == len(manifests[0]) // 8 * 8 and r["batch"] == 8
     phases = r["phases_us_per_img"]
     assert set(phases) == set(headroom.FEEDING) | set(headroom.MODEL) and all(v > 0 for v in phases.values())

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ffdi.compare import Run, bootstrap_auc_difference, group_runs, varying_keys
+from ffdi.analysis.compare import Run, bootstrap_auc_difference, group_runs, varying_keys
 
 
 def scores(rng, y, signal, runs=3):
@@ -36,7 +36,7 @@ def test_grouping_ignores_seed():
 
 
 def test_mixed_precision_or_hardware_is_warned():
-    from ffdi.compare import hardware_warnings
+    from ffdi.analysis.compare import hardware_warnings
 
     def run(i, se, precision, cpu):
         return Run(str(i), f"r{i}", {"model.se": se}, {}, "", {"hw.precision": precision, "hw.device_name": cpu})
@@ -53,7 +53,7 @@ def test_mixed_precision_or_hardware_is_warned():
 def test_runs_on_several_data_sets_are_compared_one_data_set_at_a_time():
     """A store with runs on the sample and on real data: `make compare` took them all and refused
     ("different val images"). It compares the latest run's data set and names the others and the fix."""
-    from ffdi.runs import CompareError, one_data_set
+    from ffdi.analysis.runs import CompareError, one_data_set
 
     def run(i, data, root):
         return Run(str(i), f"r{i}", {"model.se": "False"}, {}, "", {"data.hash": data, "data.root": root})

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from ffdi.config import DataConfig
-from ffdi.labels import prepare, read_labels, read_manifest
+from ffdi.data.labels import prepare, read_labels, read_manifest
 from ffdi.errors import DataError
-from ffdi.transforms import build_transform, load_image
+from ffdi.data.transforms import build_transform, load_image
 from ffdi.config import AugmentConfig
 
 
@@ -127,7 +127,7 @@ def test_batches_are_pinned_when_the_loader_pins(manifests, monkeypatch):
     import torch
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    from ffdi.data import Batch, make_loader
+    from ffdi.data.dataset import Batch, make_loader
 
     pinned = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(self) or self.clone())
@@ -144,7 +144,7 @@ def test_epoch_order_is_the_order_a_shuffling_dataloader_gave():
     import torch
     from torch.utils.data import DataLoader
 
-    from ffdi.data import EpochSampler
+    from ffdi.data.dataset import EpochSampler
 
     rows = list(range(50))
     for seed in (0, 3001, 7):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import checkpoint
+from ffdi.model import checkpoint
 from ffdi.config import AugmentConfig, DataConfig, Params
-from ffdi.labels import prepare, read_manifest
-from ffdi.detector import Detector
+from ffdi.data.labels import prepare, read_manifest
+from ffdi.inference.detector import Detector
 from ffdi.errors import BadImage
-from ffdi.models import build_model
-from ffdi.transforms import load_image, norm_stats, normalize_batch
+from ffdi.model.networks import build_model
+from ffdi.data.transforms import load_image, norm_stats, normalize_batch
 
 
 @pytest.fixture(scope="module")

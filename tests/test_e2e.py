@@ -148,8 +148,8 @@ def test_metrics_match_sklearn_and_the_model(project, runs):
 
     # The metrics really come from the trained model: re-score the saved checkpoint here, with
     # the scorer predict uses (same views, same precision): the same AUC to 1e-9.
-    from ffdi.labels import read_manifest
-    from ffdi.detector import Detector
+    from ffdi.data.labels import read_manifest
+    from ffdi.inference.detector import Detector
 
     detector = Detector.load(b["model"], "cpu", tta=["hflip"])
     manifest = read_manifest(project["repo"] / "prepared" / "val.csv")
@@ -182,8 +182,8 @@ def test_submission_rows(project):
 def test_artifacts_and_logged_models(project, runs):
     import mlflow
 
-    from ffdi.detector import Detector
-    from ffdi.models import count_se_modules
+    from ffdi.inference.detector import Detector
+    from ffdi.model.networks import count_se_modules
 
     client, exp, (base, se, _) = runs
     arts = {a.path for a in client.list_artifacts(se.info.run_id, "evaluate")}

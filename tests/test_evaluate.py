@@ -19,13 +19,16 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from ffdi import checkpoint, degrade, evaluation, tracking
+from ffdi.model import checkpoint
+from ffdi.evaluation import degrade
+from ffdi.evaluation.evaluate import evaluate, robustness_tables, summary_lines
+from ffdi.tracking.evaluation import evaluation_metrics
 from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig
-from ffdi.labels import prepare, read_manifest
-from ffdi.detector import Detector
+from ffdi.data.labels import prepare, read_manifest
+from ffdi.inference.detector import Detector
 from ffdi.errors import ConfigError
-from ffdi.models import build_model
-from ffdi.sample import generate
+from ffdi.model.networks import build_model
+from ffdi.sample.generate import generate
 from tests.project import make_project, mlflow_runs
 
 GROUPS = ("a", "b", "c")
@@ -135,12 +138,12 @@ def test_robustness_per_manipulation_equals_sklearn_on_its_fakes_and_all_real(ra
     fake_rank = (val.target == 1).cumsum() - 1
     val = val.assign(group=[GROUPS[r % 3] if t == 1 else "real" for t, r in zip(val.target, fake_rank)])
     cfg = EvalConfig(batch_size=64, degradations=["jpeg:50", "social:70"], robustness_images=None)
-    ev = evaluation.evaluate(det, val, cfg)
+    ev = evaluate(det, val, cfg)
     y = val.target.to_numpy()
     degradations = degrade.parse_all(cfg.degradations)
     probs = degrade.score_degraded(det, val, degradations, batch_size=64)
-    names = tracking.evaluation_metrics(ev.report)
-    tables = evaluation.robustness_tables(ev)
+    names = evaluation_metrics(ev.report)
+    tables = robustness_tables(ev)
     clean = ev.report["robustness"]["clean"]
     for g in GROUPS:
         rows = ((val.target == 0) | (val.group == g)).to_numpy()
@@ -166,7 +169,7 @@ def test_robustness_per_manipulation_equals_sklearn_on_its_fakes_and_all_real(ra
     # The metrics that were there before are all still there: per manipulation only adds keys.
     assert {"roc_auc", "average_precision", "accuracy", "mean_abs_prob_change"} < set(m)
     assert tables["jpeg"].roc_auc.tolist() == [ev.report["robustness"]["jpeg"]["50"]["roc_auc"]]
-    assert "(worst " in evaluation.summary_lines(ev)[-2]
+    assert "(worst " in summary_lines(ev)[-2]
 
 
 def test_robustness_subset_keeps_both_classes_and_is_fixed(random_detector):
@@ -177,21 +180,21 @@ def test_robustness_subset_keeps_both_classes_and_is_fixed(random_detector):
 
 
 def test_plots_are_written(tmp_path):
-    from ffdi import report
+    from ffdi.evaluation import plots
 
     per_group = {"a": {"roc_auc": 0.9}, "b": {"roc_auc": 0.7}, "c": {"roc_auc": 0.95}}
-    report.plot_groups(per_group, tmp_path / "groups.png", heldout=("b",))
+    plots.plot_groups(per_group, tmp_path / "groups.png", heldout=("b",))
     table = pd.DataFrame({"kind": ["jpeg", "jpeg", "blur"], "severity": [90, 50, 1.0], "level": [1, 2, 1],
                           "roc_auc": [0.9, 0.8, 0.85]})
-    report.plot_robustness(table, 0.92, tmp_path / "robustness.png")
-    report.plot_robustness(table.iloc[:0], 0.92, tmp_path / "empty.png")
+    plots.plot_robustness(table, 0.92, tmp_path / "robustness.png")
+    plots.plot_robustness(table.iloc[:0], 0.92, tmp_path / "empty.png")
     for name in ("groups.png", "robustness.png", "empty.png"):
         assert (tmp_path / name).stat().st_size > 5_000
 
 
 def test_extra_set_folder_is_checked_and_fingerprinted(tiny_data, tmp_path):
     from ffdi.errors import DataError
-    from ffdi.evaluation import labelled_folder
+    from ffdi.evaluation.evaluate import labelled_folder
 
     data = DataConfig()
     manifest, fingerprint = labelled_folder("other", str(tiny_data), data)

@@ -9,11 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import explain
-from ffdi.detector import Detector
-from ffdi.models import build_model
+from ffdi.cli import explain
+from ffdi.evaluation.gallery import gallery
+from ffdi.inference import cams
+from ffdi.inference.detector import Detector
+from ffdi.model.networks import build_model
 from ffdi.config import ModelConfig
-from ffdi.transforms import tta_view
+from ffdi.data.transforms import tta_view
 from tests.project import NO_DEGRADATION, make_project
 from tests.test_score import random_checkpoint
 
@@ -25,14 +27,14 @@ def model(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("size, layer", [(32, "layer1"), (64, "layer2"), (128, "layer3"), (256, "layer4")])
 def test_the_deepest_stage_with_an_8x8_map(size, layer):
-    assert explain.pick_layer(build_model(ModelConfig()), size) == layer
+    assert cams.pick_layer(build_model(ModelConfig()), size) == layer
 
 
 @pytest.mark.parametrize("view", ["", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose"])
 def test_a_views_map_goes_back_onto_the_image(view):
     x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
     seen = tta_view(x, view)[:, 0].numpy()  # a "map" that is the view's pixels
-    np.testing.assert_array_equal(explain._undo_view(seen, view), x[:, 0].numpy())
+    np.testing.assert_array_equal(cams._undo_view(seen, view), x[:, 0].numpy())
 
 
 def test_explain_writes_overlays_and_the_detectors_scores(model, tiny_data, tmp_path, monkeypatch, capsys):
@@ -64,13 +66,13 @@ def test_explain_writes_overlays_and_the_detectors_scores(model, tiny_data, tmp_
 def test_maps_are_in_0_1_at_the_input_size_and_layer_can_be_chosen(model, tiny_data):
     det = Detector.load(model, "cpu", tta=["hflip", "rot90"])
     pixels = torch.stack([det.preprocess(p) for p in sorted((tiny_data / "valset").glob("*.jpg"))[:3]])
-    maps = explain.Explainer(det).cams(pixels)
+    maps = cams.Explainer(det).cams(pixels)
     assert maps.shape == (3, 32, 32) and maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1)
-    assert explain.Explainer(det, "layer3").cams(pixels).shape == (3, 32, 32)
-    classic = explain.Explainer(det, method="gradcam").cams(pixels)
+    assert cams.Explainer(det, "layer3").cams(pixels).shape == (3, 32, 32)
+    classic = cams.Explainer(det, method="gradcam").cams(pixels)
     assert classic.shape == (3, 32, 32) and classic.min() >= 0
-    with pytest.raises(explain.ExplainError, match="no such module"):
-        explain.Explainer(det, "layer9")
+    with pytest.raises(cams.ExplainError, match="no such module"):
+        cams.Explainer(det, "layer9")
     # No gradient is left behind on the model: scoring after explaining is unchanged.
     assert all(p.grad is None for p in det.model.parameters())
 
@@ -80,13 +82,13 @@ def test_gallery_shows_the_confident_mistakes_and_hits(model, tiny_data, tmp_pat
     files = sorted(str(p) for p in (tiny_data / "valset").glob("*.jpg"))[:10]
     rows = pd.DataFrame({"path": files, "target": [0, 0, 0, 1, 1, 1, 1, 1, 0, 1],
                          "y_pred": [0.9, 0.6, 0.1, 0.2, 0.45, 0.99, 0.7, 0.8, 0.55, 0.51]})
-    shown = explain.gallery(det, rows, tmp_path / "gallery.png", n=2)
+    shown = gallery(det, rows, tmp_path / "gallery.png", n=2)
     assert list(shown.values()) == [[files[0], files[1]], [files[3], files[4]], [files[5], files[7]]]
     with Image.open(tmp_path / "gallery.png") as im:
         assert im.format == "PNG"
     # Nothing to show in a row (here: no mistakes at all) still draws the grid.
     perfect = rows.assign(y_pred=rows.target.astype(float))
-    shown = explain.gallery(det, perfect, tmp_path / "perfect.png", n=3)
+    shown = gallery(det, perfect, tmp_path / "perfect.png", n=3)
     assert shown["false positives (real called fake)"] == [] and len(shown["true positives (fake called fake)"]) == 3
 
 
@@ -111,8 +113,8 @@ TRAINED = {
 @pytest.mark.slow
 def test_the_map_lies_on_the_manipulated_region(tmp_path):
     from ffdi.config import load_params
-    from ffdi.photos import load_photos
-    from ffdi.sample import make_image
+    from ffdi.sample.photos import load_photos
+    from ffdi.sample.generate import make_image
 
     project = make_project(tmp_path / "repo", TRAINED)
     project.sh("dvc", "repro", "train")
@@ -132,7 +134,7 @@ def test_the_map_lies_on_the_manipulated_region(tmp_path):
 
     shares = {}
     for method in ("layercam", "gradcam"):
-        explainer = explain.Explainer(det, method=method)
+        explainer = cams.Explainer(det, method=method)
         assert explainer.layer == "layer2"
         p_fake, maps = explainer.explain(pixels)
         np.testing.assert_allclose(p_fake, det.score(images), atol=1e-6)

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from ffdi import score
-from ffdi.detector import Detector
-from ffdi.faces import MARGIN, FaceCropper
+from ffdi.cli import score
+from ffdi.inference.detector import Detector
+from ffdi.inference.faces import MARGIN, FaceCropper
 from tests.test_score import random_checkpoint
 
 # scikit-image's astronaut(): MTCNN's box for her face, in the 512 px photo.

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ffdi import dvc_queue
-from ffdi import generalisation as gen
-from ffdi import generalisation_report as gen_report
+from ffdi.analysis import dvc_queue
+from ffdi.analysis import generalisation as gen
+from ffdi.analysis import generalisation_report as gen_report
 from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
-from ffdi.runs import Run
-from ffdi.sample import generate
+from ffdi.analysis.runs import Run
+from ffdi.sample.generate import generate
 from tests.project import NO_DEGRADATION, make_project, mlflow_runs
 from tests.test_evaluate import label_with_groups
 
@@ -226,7 +226,7 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     assert re.search(r"^\| \(reference\) \| a \| 2 \|", result["markdown"], re.M)
     assert len(pd.read_csv(tmp_path / "differences.csv")) == 3 + 4
     assert (tmp_path / "differences.png").stat().st_size > 10_000
-    from ffdi.report import plot_differences
+    from ffdi.analysis.plots import plot_differences
 
     plotted = plot_differences(result["differences"], tmp_path / "again.png", "t")
     assert [(v, h) for v, h, *_ in plotted] == [("model.se=True", g) for g in ("a", "b", "c", "mean")]
@@ -336,8 +336,8 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
     assert "not run" in result["markdown"] and (tmp_path / "knobs.png").stat().st_size > 10_000
     assert knob.loc[(blur, "heldout")].held_out == "a,b" and "(2 held out)" in result["markdown"]
     assert len(pd.read_csv(tmp_path / "knobs.csv")) == 4 * 3
-    from ffdi.report import plot_knobs
-    from ffdi.knobs import TITLES
+    from ffdi.analysis.plots import plot_knobs
+    from ffdi.analysis.knob_table import TITLES
 
     plotted = plot_knobs(result["knobs"], tmp_path / "again.png", TITLES, "t")
     assert len(plotted) == 3 + 3 + 1  # clean and degraded for 3 variants; held-out for blur only
@@ -362,7 +362,7 @@ def test_generalisation_end_to_end(tmp_path):
     generate(SampleConfig(n_train=64, n_val=32, n_test=4, size=32, seed=7), p.repo / "data" / "labelled")
     label_with_groups(p.repo / "data" / "labelled", ("a", "b"))
     p.commit("labelled data")
-    proc = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--jobs", "2", "--poll", "2", "--timeout", "15",
+    proc = p.sh(sys.executable, "-m", "ffdi.cli.main", "generalisation", "--jobs", "2", "--poll", "2", "--timeout", "15",
                 all_cores=True)
     assert "manipulations: a, b" in proc.stdout and "2 succeeded, 0 failed, 0 unfinished" in proc.stdout
 
@@ -390,9 +390,9 @@ def test_generalisation_end_to_end(tmp_path):
     assert f"| a | {heldout_a:.4f} |" in report
 
     # `ffdi compare` leaves the report run out; --no-run renders again from MLflow alone.
-    from ffdi.runs import finished_pipeline_runs
+    from ffdi.analysis.runs import finished_pipeline_runs
 
     assert {r.run_id for r in finished_pipeline_runs("ffdi")} == {r.info.run_id for r in pipeline.values()}
-    again = p.sh(sys.executable, "-m", "ffdi.cli", "generalisation", "--no-run", "--no-log", "--out", "reports/again")
+    again = p.sh(sys.executable, "-m", "ffdi.cli.main", "generalisation", "--no-run", "--no-log", "--out", "reports/again")
     assert "| a |" in again.stdout
     assert (p.repo / "reports" / "again" / "report.md").read_text() == report

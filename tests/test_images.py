@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from ffdi.config import AugmentConfig
-from ffdi.data import ImageDataset, skip_collate
+from ffdi.data.dataset import ImageDataset, skip_collate
 from ffdi.errors import BadImage
-from ffdi.transforms import build_transform, load_image
+from ffdi.data.transforms import build_transform, load_image
 
 
 def rgb_array(size=(40, 30)):

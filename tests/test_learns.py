@@ -4,10 +4,10 @@ import pytest
 from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, SampleConfig, TrainConfig
-from ffdi.labels import prepare, read_manifest
-from ffdi.detector import Detector
-from ffdi.sample import generate
-from ffdi.train import fit
+from ffdi.data.labels import prepare, read_manifest
+from ffdi.inference.detector import Detector
+from ffdi.sample.generate import generate
+from ffdi.engine.train import fit
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
-"""The data listing that prepare depends on instead of every image's bytes (ffdi.labels.listing)."""
+"""The data listing that prepare depends on instead of every image's bytes (ffdi.data.labels.listing)."""
 
 import shutil
 
 import pytest
 
 from ffdi.config import DataConfig
-from ffdi.labels import listing, prepare
+from ffdi.data.labels import listing, prepare
 
 
 @pytest.fixture

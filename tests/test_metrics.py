@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ffdi.metrics import MetricError, binary_metrics, confusion, eer, heldout_metrics, tpr_at_fpr
+from ffdi.evaluation.metrics import MetricError, binary_metrics, confusion, eer, heldout_metrics, tpr_at_fpr
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_nan_probabilities_are_an_error():
 
 
 def test_rank_aucs_equal_sklearn_with_ties():
-    from ffdi.metrics import rank_aucs
+    from ffdi.evaluation.metrics import rank_aucs
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)

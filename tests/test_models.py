@@ -5,7 +5,7 @@ import torch
 from timm.layers import SEModule
 
 from ffdi.config import ModelConfig
-from ffdi.models import WeightsError, build_model, count_se_modules, read_state_dict
+from ffdi.model.networks import WeightsError, build_model, count_se_modules, read_state_dict
 
 
 def test_plain_and_se_variants():

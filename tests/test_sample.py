@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from ffdi.config import SampleConfig
-from ffdi.manipulations import KINDS, manipulate, self_blend
-from ffdi.photos import load_photos, real_crop
-from ffdi.sample import generate, make_image, worker_pool
+from ffdi.sample.manipulations import KINDS, manipulate, self_blend
+from ffdi.sample.photos import load_photos, real_crop
+from ffdi.sample.generate import generate, make_image, worker_pool
 from tests.conftest import TINY
 
 
@@ -31,7 +31,7 @@ def test_deterministic_whatever_the_workers(tiny_data, tmp_path):
 def test_pool_workers_die_on_sigterm_whatever_the_stage_handles():
     # Stages raise on SIGTERM from a Python handler; forked workers that kept it could ignore
     # Pool.terminate's SIGTERM while asleep on a lock, and the sample stage hung.
-    from ffdi.cli import _terminate
+    from ffdi.stage import _terminate
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:

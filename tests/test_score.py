@@ -13,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import checkpoint, detector_cli, score
+from ffdi.model import checkpoint
+from ffdi.cli import detector_kit
+from ffdi.cli import score
 from ffdi.config import AugmentConfig, Params
-from ffdi.detector import Detector
-from ffdi.models import build_model
+from ffdi.inference.detector import Detector
+from ffdi.model.networks import build_model
 from tests.project import TINY_PARAMS, make_project
 
 
@@ -52,19 +54,19 @@ def images(tiny_data, tmp_path, monkeypatch) -> Path:
 
 
 def test_paths_folders_and_globs_expand_in_order_once(images):
-    found = detector_cli.expand_paths([str(images)])
+    found = detector_kit.expand_paths([str(images)])
     names = [Path(p).name for p in found]
     assert names == sorted(names[:-1]) + ["nested.jpg"]  # the folder's files sorted, then its subfolder
     assert "labels.txt" not in names and len(found) == 8
-    globbed = detector_cli.expand_paths([f"{images}/*.png", f"{images}/**/*.jpg", str(images / "photo.png")])
+    globbed = detector_kit.expand_paths([f"{images}/*.png", f"{images}/**/*.jpg", str(images / "photo.png")])
     assert Path(globbed[0]).name == "photo.png" and sorted(globbed) == sorted(found)
     # A file named outright is taken whatever its suffix; a missing one is kept, to get its row.
-    assert detector_cli.expand_paths([str(images / "labels.txt"), "gone.jpg"]) == [str(images / "labels.txt"), "gone.jpg"]
-    with pytest.raises(detector_cli.UsageError, match="no image file matches"):
-        detector_cli.expand_paths([f"{images}/*.gif"])
+    assert detector_kit.expand_paths([str(images / "labels.txt"), "gone.jpg"]) == [str(images / "labels.txt"), "gone.jpg"]
+    with pytest.raises(detector_kit.UsageError, match="no image file matches"):
+        detector_kit.expand_paths([f"{images}/*.gif"])
     (images / "none").mkdir()
-    with pytest.raises(detector_cli.UsageError, match="none: folder holds no image files"):
-        detector_cli.expand_paths([str(images / "none")])
+    with pytest.raises(detector_kit.UsageError, match="none: folder holds no image files"):
+        detector_kit.expand_paths([str(images / "none")])
 
 
 def test_a_row_per_file_bad_ones_explained_and_exit_3(images, model, capsys):
@@ -120,9 +122,9 @@ def test_an_ensemble_scores_the_exact_mean_of_its_models(images, model, tiny_dat
     np.testing.assert_allclose(good.p_fake.astype(float), (a + b) / 2, atol=1e-12)
     assert "an ensemble of 2" in capsys.readouterr().err
     # A manifest through Ensemble.score_manifest: the same mean, and per-view figures averaged alike.
-    from ffdi.labels import prepare, read_manifest
+    from ffdi.data.labels import prepare, read_manifest
     from ffdi.config import DataConfig
-    from ffdi.detector import Ensemble
+    from ffdi.inference.detector import Ensemble
 
     prepare(DataConfig(root=str(tiny_data)), tmp_path / "prepared")
     val = read_manifest(tmp_path / "prepared" / "val.csv")
@@ -177,7 +179,7 @@ def test_rows_stream_a_batch_at_a_time(images, model):
 
 
 def test_the_ffdi_command_has_score_and_explain(images, model, capsys):
-    from ffdi.cli import main
+    from ffdi.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["--help"])

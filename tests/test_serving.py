@@ -21,11 +21,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import checkpoint, score, serving
+from ffdi.model import checkpoint
+from ffdi.cli import score
+from ffdi.cli import serve
+from ffdi.inference import served_model
+from ffdi.tracking.pyfunc_model import log_pyfunc
 from ffdi.config import AugmentConfig, DataConfig, Params
-from ffdi.detector import Detector
+from ffdi.inference.detector import Detector
 from ffdi.errors import ConfigError, TrackingError
-from ffdi.models import build_model
+from ffdi.model.networks import build_model
 from tests.test_video import audio_only_mp4
 
 TTA = ["hflip"]
@@ -83,7 +87,7 @@ def images(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def clip(images, tmp_path_factory) -> "Path":
     """An H.264 MP4 of the val JPEGs, 8 frames at 4 fps."""
-    from ffdi.video import write_video
+    from ffdi.inference.video import write_video
 
     frames = [np.asarray(Image.open(f).convert("RGB")) for f in images[:4]] * 2
     return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", frames, 4)
@@ -100,7 +104,7 @@ def logged(tmp_path_factory):
     mlflow.set_tracking_uri(store)
     experiment = mlflow.create_experiment("ffdi", artifact_location=(out / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        uri = serving.log_pyfunc(out / "model.pt", TTA, THRESHOLD)
+        uri = log_pyfunc(out / "model.pt", TTA, THRESHOLD)
     return SimpleNamespace(checkpoint=out / "model.pt", uri=uri, store=store, dir=out)
 
 
@@ -110,7 +114,7 @@ def server(logged):
     port = free_port()
     log = logged.dir / "server.log"
     proc = subprocess.Popen(
-        serving.serve_command(logged.uri, "127.0.0.1", port), env=serving.serve_env(logged.store),
+        serve.serve_command(logged.uri, "127.0.0.1", port), env=serve.serve_env(logged.store),
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -172,8 +176,8 @@ def bad_requests(images, clip):
         "truncated video": ({"inputs": [good, b64(video[: len(video) // 2])]},
                             r"inputs\[1\]: truncated or corrupt video: cannot read its header or index"),
         "audio-only video": ({"inputs": [b64(audio_only_mp4())]}, r"inputs\[0\]: no video stream \(audio only\)"),
-        "too many videos": ({"inputs": [b64(video)] * (serving.MAX_VIDEOS + 1)},
-                            rf"{serving.MAX_VIDEOS + 1} videos in one request; at most {serving.MAX_VIDEOS}"),
+        "too many videos": ({"inputs": [b64(video)] * (served_model.MAX_VIDEOS + 1)},
+                            rf"{served_model.MAX_VIDEOS + 1} videos in one request; at most {served_model.MAX_VIDEOS}"),
         "not base64": ({"inputs": ["this is not base64!"]}, r"inputs\[0\]: not base64"),
         "not an image": ({"inputs": [good, b64(b"GIF? no, plain text")]}, r"inputs\[1\]: cannot decode"),
         # PIL words it "image file is truncated" or "Truncated File Read", depending on where the cut falls.
@@ -182,8 +186,8 @@ def bad_requests(images, clip):
         "decompression bomb": ({"inputs": [b64(png_bomb())]}, r"inputs\[0\]: refused as a possible decompression bomb"),
         "empty string": ({"inputs": [""]}, r"inputs\[0\]: empty"),
         "no images": ({"inputs": []}, r"no images"),
-        "too many images": ({"inputs": [good] * (serving.MAX_IMAGES + 1)},
-                            rf"{serving.MAX_IMAGES + 1} images in one request; at most {serving.MAX_IMAGES}"),
+        "too many images": ({"inputs": [good] * (served_model.MAX_IMAGES + 1)},
+                            rf"{served_model.MAX_IMAGES + 1} images in one request; at most {served_model.MAX_IMAGES}"),
         "not strings": ({"inputs": [1, 2]}, r"Expected type str"),  # MLflow's check of the type hint
         "no inputs key": ({"instances": [good]}, r"'inputs' key"),
         "not JSON": (b"{inputs: nope", r"valid JSON"),
@@ -231,9 +235,9 @@ def test_a_video_is_served_with_the_numbers_of_ffdi_score(server, logged, images
 
 
 def test_an_oversized_file_is_refused_before_decoding():
-    with pytest.raises(serving.RequestError, match=r"inputs\[2\]: about 1 MiB; a file may be at most 0 MiB"):
-        serving.decode_base64("A" * 1_400_000, 2, max_bytes=1000)
-    assert serving.decode_base64(b64(b"x" * 1000), 0, max_bytes=1000) == b"x" * 1000
+    with pytest.raises(served_model.RequestError, match=r"inputs\[2\]: about 1 MiB; a file may be at most 0 MiB"):
+        served_model.decode_base64("A" * 1_400_000, 2, max_bytes=1000)
+    assert served_model.decode_base64(b64(b"x" * 1000), 0, max_bytes=1000) == b"x" * 1000
 
 
 @pytest.mark.slow
@@ -242,10 +246,10 @@ def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(logged, 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the default experiment, the store from the env
     monkeypatch.setenv("MLFLOW_TRACKING_URI", logged.store)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("ffdi").experiment_id):
-        newer = serving.log_pyfunc(logged.checkpoint, [], 0.9)
+        newer = log_pyfunc(logged.checkpoint, [], 0.9)
     execs = []
     monkeypatch.setattr(os, "execve", lambda path, args, env: execs.append((path, args, env)))
-    assert serving.main(["--port", str(server.port)]) == 0
+    assert serve.main(["--port", str(server.port)]) == 0
     (path, args, env), = execs
     assert args[args.index("-m", 2) + 1] == newer != logged.uri
     assert args[-4:] == ["-h", "127.0.0.1", "-p", str(server.port)]
@@ -266,13 +270,13 @@ def test_no_store_or_no_detector_is_a_named_error(logged, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(TrackingError, match="no MLflow store at .*mlflow.db; run ffdi serve from the project root"):
-        serving.main([])
+        serve.main([])
     assert not (tmp_path / "mlflow.db").exists()  # and none was created
     mlflow.set_tracking_uri(logged.store)
     with pytest.raises(TrackingError, match="no MLflow experiment 'elsewhere'"):
-        serving.latest_detector("elsewhere")
+        serve.latest_detector("elsewhere")
 
 
 def test_an_unknown_view_is_refused_at_log_time(logged):
     with pytest.raises(ConfigError, match="predict.tta: unknown view 'spin'"):
-        serving.log_pyfunc(logged.checkpoint, ["spin"], 0.5)
+        log_pyfunc(logged.checkpoint, ["spin"], 0.5)

@@ -4,14 +4,14 @@ import sys
 
 import pytest
 
-from ffdi import tracking
+from ffdi.tracking import mlflow_run
 from ffdi.config import TrackingConfig
 from tests.conftest import ROOT
 
 
 def run_stage(stage, cwd, params_text):
     """The stage as dvc.yaml's cmd runs it (with the paths it gives), in cwd."""
-    from ffdi.cli import _cmd_args
+    from ffdi.stage import _cmd_args
 
     (cwd / "params.yaml").write_text(params_text)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(cwd)}
@@ -63,11 +63,11 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
 def test_skipped_images_are_listed_and_counted(tmp_path, monkeypatch):
     import mlflow
 
-    from ffdi.tracking import log_skipped
+    from ffdi.tracking.mlflow_run import log_skipped
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with tracking.run(TrackingConfig(experiment="s")) as run:
+    with mlflow_run.run(TrackingConfig(experiment="s")) as run:
         log_skipped([("/d/b.jpg", "/d/b.jpg: empty file"), ("/d/a.jpg", "/d/a.jpg: cannot decode")], "train")
     client = mlflow.MlflowClient()
     assert client.get_run(run.info.run_id).data.metrics["skipped_images_train"] == 2
@@ -82,9 +82,9 @@ def test_failed_run_is_marked_failed_with_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = TrackingConfig(experiment="t")
     with pytest.raises(RuntimeError):
-        with tracking.run(cfg, run_name="boom"):
+        with mlflow_run.run(cfg, run_name="boom"):
             raise RuntimeError("disk on fire")
-    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert mlflow_run.tracking_uri(cfg) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     (run,) = mlflow.search_runs(experiment_names=["t"], output_format="list")
     assert run.info.status == "FAILED"
     assert run.data.tags["ffdi.error"] == "RuntimeError: disk on fire"

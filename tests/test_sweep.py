@@ -25,7 +25,7 @@ SWEEP_PARAMS = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from ffdi import dvc_queue
+    from ffdi.analysis import dvc_queue
 
     p = make_project(tmp_path_factory.mktemp("sweep") / "repo", SWEEP_PARAMS)
     p.sh("dvc", "exp", "run", "--queue", "-S", "model.se=false,true", "-S", "train.seed=1,2")
@@ -69,7 +69,7 @@ def test_queue_sweep_lands_all_four_runs(sweep):
 
 def test_compare_report(sweep):
     p, _ = sweep
-    proc = p.sh(sys.executable, "-m", "ffdi.compare", "--boot", "200")
+    proc = p.sh(sys.executable, "-m", "ffdi.cli.compare", "--boot", "200")
     client, _, runs = mlflow_runs(p.repo)
     pipeline = [r for r in runs if r.data.tags.get("ffdi.kind") == "pipeline"]
     (report_run,) = [r for r in runs if r.data.tags.get("ffdi.kind") == "compare"]

@@ -1,7 +1,7 @@
 """No host-device synchronisation per step, in training or in scoring, proven on the meta device.
 
 On a GPU each synchronisation makes the host wait for the device, so the GPU idles while the host
-prepares the next step. ffdi.sync_audit counts them without a GPU; a loop may have some once (its
+prepares the next step. ffdi.engine.sync_audit counts them without a GPU; a loop may have some once (its
 totals at the end), never once a step: the counts for 2 steps and for 60 must be equal.
 """
 
@@ -13,11 +13,11 @@ import torch
 from timm.utils import ModelEmaV3
 
 from ffdi.config import AugmentConfig, ModelConfig, TrainConfig
-from ffdi.data import make_loader
-from ffdi.detector import Detector
-from ffdi.models import build_model
-from ffdi.sync_audit import SyncAudit, count_syncs, on_meta
-from ffdi.train import build_optimizer, train_one_epoch
+from ffdi.data.dataset import make_loader
+from ffdi.inference.detector import Detector
+from ffdi.model.networks import build_model
+from ffdi.engine.sync_audit import SyncAudit, count_syncs, on_meta
+from ffdi.engine.train import build_optimizer, train_one_epoch
 
 AUG = AugmentConfig(resize=32, image_size=32)
 META = torch.device("meta")

@@ -5,9 +5,9 @@ import torch
 from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, TrainConfig
-from ffdi import checkpoint
-from ffdi.detector import Detector
-from ffdi.train import fit
+from ffdi.model import checkpoint
+from ffdi.inference.detector import Detector
+from ffdi.engine.train import fit
 from tests.project import NO_DEGRADATION
 
 
@@ -122,8 +122,8 @@ def test_error_policy_names_the_bad_file(tiny_data, manifests, tmp_path):
 @pytest.mark.parametrize("train", [False, True])
 def test_loader_batches_equal_the_per_image_transform(manifests, train):
     """Workers hand over uint8 NHWC; normalised on the device it is what ToTensor + Normalize give."""
-    from ffdi.data import make_loader
-    from ffdi.transforms import build_transform, load_image, norm_stats, normalize_batch
+    from ffdi.data.dataset import make_loader
+    from ffdi.data.transforms import build_transform, load_image, norm_stats, normalize_batch
 
     # Resize from 32 to 24 and crop to 20; when training, both flips always.
     aug = AugmentConfig(resize=24, image_size=20, hflip=1.0, vflip=1.0, **NO_DEGRADATION)
@@ -138,7 +138,7 @@ def test_loader_batches_equal_the_per_image_transform(manifests, train):
 
 def test_amp_and_distributed_switches(monkeypatch):
     from ffdi import hardware
-    from ffdi.distributed import use_distributed
+    from ffdi.engine.distributed import use_distributed
     from ffdi.hardware import resolve_precision
 
     cpu = torch.device("cpu")
@@ -195,7 +195,7 @@ def test_loader_workers_live_through_the_epochs_with_the_numbers_of_none(tiny_da
     numbers are those of a run without workers, and a resumed run's are an uninterrupted one's."""
     import os
 
-    from ffdi.data import ImageDataset
+    from ffdi.data.dataset import ImageDataset
 
     log = tmp_path / "loaded_by"
     item = ImageDataset._item

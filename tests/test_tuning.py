@@ -4,11 +4,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from ffdi import checkpoint
+from ffdi.model import checkpoint
 from ffdi.config import ModelConfig, Params
-from ffdi.detector import Detector
-from ffdi.models import build_model, is_norm, set_tuning
-from ffdi.train import fit, seed_everything
+from ffdi.inference.detector import Detector
+from ffdi.model.networks import build_model, is_norm, set_tuning
+from ffdi.engine.train import fit, seed_everything
 from tests.test_train import tiny_params
 
 
@@ -149,8 +149,8 @@ def test_unset_size_and_normalisation_come_from_the_model(tiny_data, manifests, 
     import numpy as np
 
     from ffdi.config import AugmentConfig
-    from ffdi.models import resolve_augment
-    from ffdi.transforms import norm_stats, normalize_batch
+    from ffdi.model.networks import resolve_augment
+    from ffdi.data.transforms import norm_stats, normalize_batch
 
     vit = build_model(ModelConfig(arch="vit_tiny_patch16_224"))
     resolved = resolve_augment(AugmentConfig(resize=None, image_size=None, normalize=None), vit)

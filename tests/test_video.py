@@ -12,12 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi import checkpoint, evaluation, explain, score, video
+from ffdi.model import checkpoint
+from ffdi.cli import explain
+from ffdi.evaluation.evaluate import evaluate, is_video_set, labelled_folder, score_video_set, summary_lines
+from ffdi.cli import score
+from ffdi.inference import video
 from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params
-from ffdi.detector import Detector
+from ffdi.inference.detector import Detector
 from ffdi.errors import ConfigError, DataError
-from ffdi.models import build_model
-from ffdi.video import BadVideo, Sampling, sample_frames, score_video, write_video
+from ffdi.model.networks import build_model
+from ffdi.inference.video import BadVideo, Sampling, sample_frames, score_video, write_video
 
 LOSSLESS = {"codec": "ffv1", "pix_fmt": "bgr0"}  # Matroska: decoded frames are the pixels encoded
 FPS = 4
@@ -195,7 +199,7 @@ def test_frames_stream_through_the_detector_a_batch_at_a_time(clips, model):
 def test_faces_crop_each_frame_and_a_frame_without_one_is_recorded(model, tmp_path, monkeypatch):
     from skimage import data as skdata
 
-    from ffdi.faces import FaceCropper
+    from ffdi.inference.faces import FaceCropper
 
     monkeypatch.chdir(tmp_path)
     face = np.asarray(Image.fromarray(skdata.astronaut()).resize((128, 128)))
@@ -340,7 +344,7 @@ def test_explain_a_video_draws_its_most_suspicious_frames(clips, model, tmp_path
 
 
 def test_video_labels_are_read_as_multiffdv_writes_them(tmp_path):
-    from ffdi.labels import read_labels
+    from ffdi.data.labels import read_labels
 
     (tmp_path / "labels.txt").write_text("video_name,target\nclip1.mp4,1\nclip2.mov,0\n")
     labels = read_labels(tmp_path / "labels.txt")
@@ -361,12 +365,12 @@ def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, manifests,
             write_video(root / "valset" / f"{kind}{k}.mkv", frames[kind][k:k + 5], FPS, **LOSSLESS)
             lines.append(f"{kind}{k}.mkv,{target}")
     (root / "valset_label.txt").write_text("\n".join(lines) + "\n")
-    manifest, digest = evaluation.labelled_folder("clips", str(root), DataConfig())
-    assert evaluation.is_video_set(manifest) and len(manifest) == 6 and len(digest) == 16
+    manifest, digest = labelled_folder("clips", str(root), DataConfig())
+    assert is_video_set(manifest) and len(manifest) == 6 and len(digest) == 16
 
     det = Detector.load(model, "cpu")
     cfg = EvalConfig(video_frames=4, video_aggregate="max", degradations=())
-    index, prob, skipped, extra = evaluation.score_video_set(det, manifest, cfg)
+    index, prob, skipped, extra = score_video_set(det, manifest, cfg)
     expected = [score_video(det, p, Sampling(frames=4), "max").score for p in manifest.path]
     np.testing.assert_allclose(prob, expected, atol=1e-12)
     auc = roc_auc_score(manifest.target, expected)
@@ -374,16 +378,16 @@ def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, manifests,
     assert set(extra["aggregate_auc"]) == {"max", "mean", "topk:2", "topk:4"}
     assert (extra["videos"], extra["frames_scored"], skipped) == (6, 24, [])
     # Through evaluate, as the evaluate stage calls it: metrics.json's extra_sets.<name>.
-    ev = evaluation.evaluate(det, manifests[1], cfg, extra={"clips": (manifest, digest)})
+    ev = evaluate(det, manifests[1], cfg, extra={"clips": (manifest, digest)})
     got = ev.report["extra_sets"]["clips"]
     assert got["roc_auc"] == pytest.approx(auc) and got["aggregate"] == "max" and got["data_hash"] == digest
     assert (got["videos"], got["frames_scored"], got["frames_per_video"], got["skipped_videos"]) == (6, 24, 4, 0)
     np.testing.assert_allclose(ev.extra["clips"].y_pred, expected, atol=1e-12)
     assert any(line.startswith(f"extra set clips: roc_auc {auc:.4f} on 6 videos (max of 4 frames;")
-               for line in evaluation.summary_lines(ev))
+               for line in summary_lines(ev))
 
     (root / "valset" / "real0.mkv").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"real0.mkv: not a video file .*on_bad_image: skip"):
-        evaluation.score_video_set(det, manifest, cfg)
-    index, prob, skipped, extra = evaluation.score_video_set(det, manifest, cfg, on_bad_image="skip")
+        score_video_set(det, manifest, cfg)
+    index, prob, skipped, extra = score_video_set(det, manifest, cfg, on_bad_image="skip")
     assert list(index) == [1, 2, 3, 4, 5] and skipped[0][0].endswith("real0.mkv")

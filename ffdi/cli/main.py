@@ -1,0 +1,44 @@
+"""The `ffdi` command: picks the subcommand, whose module (ffdi.cli.<command>) parses its own arguments.
+
+User errors (bad params, data, weights, tracking address) print one clear line and exit 1,
+not a traceback. The subcommand's module is imported only once it is chosen, so `ffdi --help`
+loads neither torch nor MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from ffdi.errors import FfdiError, user_error_message
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`ffdi <command> ...`; each command's module parses its own arguments."""
+    commands = {
+        "compare": ("ffdi.cli.compare", "compare the runs of an MLflow experiment"),
+        "generalisation": ("ffdi.cli.generalisation", "leave-one-manipulation-out experiments and their tables"),
+        "serve": ("ffdi.cli.serve", "serve a logged detector over HTTP (mlflow models serve)"),
+        "score": ("ffdi.cli.score", "P(fake) for image files, folders and globs, to CSV or JSON"),
+        "explain": ("ffdi.cli.explain", "overlays of where a detector sees fake evidence (LayerCAM or Grad-CAM)"),
+    }
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+        ap = argparse.ArgumentParser(prog="ffdi", description="Deepfake image detection: train with `dvc repro`, "
+                                     "then use the trained detector with these commands.")
+        ap.add_argument("command", choices=list(commands), help="; ".join(f"{k}: {v[1]}" for k, v in commands.items()))
+        ap.parse_args(argv[:1])
+        return 2
+    import importlib
+
+    module = importlib.import_module(commands[argv[0]][0])
+    try:
+        return module.main(argv[1:])
+    except FfdiError as e:
+        print(f"error: {user_error_message(e)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""An evaluation in MLflow: the metric names of what metrics.json holds (`evaluation_metrics`), read
+back by compare, generalisation and the benchmarks, and `log_evaluation`, which the evaluate stage
+logs into the pipeline's run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ffdi.evaluation.metrics import GROUP_AUC as GROUP_KEY
+from ffdi.tracking.mlflow_run import log_skipped
+
+GROUP_AUC = "eval_auc_"  # + manipulation: its fakes against all real images
+
+
+HELDOUT, SEEN = "heldout_", "seen_"  # + metric: the held-out manipulations' fakes (or the others') vs real
+
+
+def evaluation_metrics(report: dict, seconds: Optional[dict] = None) -> dict[str, float]:
+    """The MLflow metrics of an evaluation report (what metrics.json holds), by name. Everything that
+    reads runs back (compare, generalisation, the benchmarks without MLflow) uses these names."""
+    m = {f"eval_{k}": v for k, v in report["val"].items()}
+    m["eval_roc_auc_no_tta"] = report["val_no_tta"]["roc_auc"]
+    m.update({f"{GROUP_AUC}{g}": gm["roc_auc"] for g, gm in report.get("groups", {}).items()})
+    m.update({f"eval_{k}": report[k] for k in ("group_mean_auc", "group_worst_auc", "degraded_mean_auc",
+                                                 "degraded_worst_auc") if k in report})
+    for prefix, key in ((HELDOUT, "heldout"), (SEEN, "seen")):
+        m.update({f"{prefix}{k}": v for k, v in report.get(key, {}).items()})
+    m.update({f"ensemble_{k}": v for k, v in report.get("ensemble", {}).items() if _number(v)})
+    for name, e in report.get("extra_sets", {}).items():
+        m.update({f"extra_{name}_{k}": v for k, v in e.items() if _number(v)})
+        m.update({f"extra_{name}_auc_{g}": gm["roc_auc"] for g, gm in e.get("groups", {}).items()})
+    for kind, severities in report.get("robustness", {}).items():
+        if kind != "clean":
+            for key, r in severities.items():
+                m.update({f"robust_{kind}_{key}_auc": r["roc_auc"], f"robust_{kind}_{key}_accuracy": r["accuracy"]})
+                # + manipulation: robust_jpeg_70_auc_splice, beside eval_auc_splice
+                m.update({f"robust_{kind}_{key}_{k}": v for k, v in r.items() if k.startswith(GROUP_KEY)})
+    m.update({f"eval_seconds_{k}": v for k, v in (seconds or {}).items()})
+    return m
+
+
+def group_aucs(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's per-manipulation AUCs, from its metrics: {manipulation: AUC}."""
+    return {k.removeprefix(GROUP_AUC): v for k, v in metrics.items() if k.startswith(GROUP_AUC)}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str, str]) -> None:
+    """Log an ffdi.evaluation.evaluate.Evaluation into the active run: its metrics, the files that
+    write_reports wrote under `reports`, metrics.json, each extra set's predictions and path."""
+    import mlflow
+
+    mlflow.log_metrics(evaluation_metrics(ev.report, ev.seconds))
+    if "ensemble" in ev.report:
+        mlflow.set_tag("predict.ensemble", " + ".join(ev.report["ensemble"]["models"]))
+    for name, e in ev.report.get("extra_sets", {}).items():
+        mlflow.set_tags({f"extra.{name}.data_hash": e["data_hash"], f"extra.{name}.path": extra_paths[name]})
+        mlflow.log_text(ev.extra[name].to_csv(index=False), f"evaluate/extra_sets/{name}_predictions.csv")
+    for stage, skipped in ev.skipped.items():
+        log_skipped(skipped, stage)
+    for name in ("roc.png", "confusion.png", "roc.csv", "val_predictions.csv", "groups.png", "groups.csv",
+                 "robustness.png", "explain.png"):
+        mlflow.log_artifact(str(reports / name), artifact_path="evaluate")
+    if "robustness" in ev.report:
+        mlflow.log_artifacts(str(reports / "robustness"), artifact_path="evaluate/robustness")
+        mlflow.log_artifact(str(reports / "robustness_predictions.csv"), artifact_path="evaluate")
+    mlflow.log_artifact(str(metrics_file), artifact_path="evaluate")
