@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run test test-fast ui compare generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
+.PHONY: setup browser run lint test test-fast ui compare generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -50,11 +50,15 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
-test: setup browser
+# The layer contract of ffdi/ (pyproject.toml's [tool.importlinter]), in seconds: before the tests.
+lint: setup
+	$(VENV)/bin/lint-imports
+
+test: setup browser lint
 	$(VENV)/bin/python -m pytest -m "not smoke"
 
 # The inner loop: the unit tests and one tiny pipeline (tests/test_smoke.py), under 3 minutes on 2 cores.
-test-fast: setup
+test-fast: setup lint
 	$(VENV)/bin/python -m pytest -m "not slow" --durations=5
 
 ui: setup
