@@ -50,9 +50,11 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
-# The layer contract of ffdi/ (pyproject.toml's [tool.importlinter]), in seconds: before the tests.
+# In seconds, before the tests: the layer contract of ffdi/ (pyproject.toml's [tool.importlinter]) and
+# ruff's lint rules ([tool.ruff]). `$(VENV)/bin/ruff format` formats.
 lint: setup
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check
 
 test: setup browser lint
 	$(VENV)/bin/python -m pytest -m "not smoke"

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ffdi.config import EvalConfig
+from ffdi.data.transforms import load_image
 from ffdi.evaluation.degrade import Degradation
 from ffdi.sample.photos import bundled_photos, real_crop
-from ffdi.data.transforms import load_image
 
 
 def cost_ms(images, d: Degradation, repeats: int = 3) -> float:
@@ -49,7 +49,13 @@ def main(argv=None) -> int:
     for size in (64, 512):
         images = [real_crop(photos[i % len(photos)], size, rng) for i in range(args.images)]
         for spec in EvalConfig().degradations:
-            rows.append({"degradation": spec, "size_px": size, "cpu_ms_per_image": round(cost_ms(images, Degradation.parse(spec)), 3)})
+            rows.append(
+                {
+                    "degradation": spec,
+                    "size_px": size,
+                    "cpu_ms_per_image": round(cost_ms(images, Degradation.parse(spec)), 3),
+                }
+            )
     result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "images": args.images, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -177,10 +177,10 @@ def part_model(params, phase: str, manifest, seconds: float) -> dict:
     """ffdi's training step (or validation's scoring, with its test-time views) for `seconds` on
     uint8 batches already in memory (256 MiB of them, out of the caches), after one warm-up step."""
     from ffdi.data.dataset import make_loader
-    from ffdi.inference.detector import Detector
-    from ffdi.hardware import autocast_dtype, resolve_precision, select_device
-    from ffdi.model.networks import build_model
     from ffdi.engine.train import build_optimizer, train_one_epoch
+    from ffdi.hardware import autocast_dtype, resolve_precision, select_device
+    from ffdi.inference.detector import Detector
+    from ffdi.model.networks import build_model
 
     device = select_device(params.runtime.device)
     precision = resolve_precision(params.train.amp, device)

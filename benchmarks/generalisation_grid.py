@@ -7,13 +7,15 @@ and val, as stages/train.py does) -> the best checkpoint evaluated on all of val
 ffdi.evaluation.evaluate.evaluate, as the evaluate stage does, with the metric names it logs to MLflow.
 Several experiments run at once, one process each.
 
-    python -m benchmarks.generalisation_grid run --out DIR [--work DIR] --variant baseline --variant ema:train.ema=0.999 \\
+    python -m benchmarks.generalisation_grid run --out DIR [--work DIR] --variant baseline \\
+        --variant ema:train.ema=0.999 \\
         [--holdouts self_blend resample ...] [--seeds 0 1 2] [--jobs 6] [--set train.amp=off] \\
         [--sample sample.size=512 ...] [--deadline-min 6]
     python -m benchmarks.generalisation_grid render --out DIR [--reference baseline]
 
 `run` writes DIR/<variant>__<holdout>__seed<k>.{json,csv} (results, val predictions) as each
-experiment finishes (flat: the device tool returns no deeper files) (nothing is lost if the machine goes away) and DIR/environment.json.
+experiment finishes (flat: the device tool returns no deeper files) (nothing is lost if the machine goes away)
+and DIR/environment.json.
 `render` builds ffdi generalisation's report from them in DIR/report (report.md with each variant's
 held-out AUC against the reference variant and its paired bootstrap CI, heatmaps, CSVs).
 """
@@ -96,12 +98,12 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     """One experiment in this process: train without `holdout`'s fakes, score all of val."""
     if time.time() > deadline:
         return {"name": name, "status": "skipped (deadline)"}
-    from ffdi.evaluation.evaluate import evaluate
-    from ffdi.tracking.evaluation import evaluation_metrics
-    from ffdi.inference.detector import Detector
-    from ffdi.hardware import available_cores, resolve_workers
     from ffdi.data.labels import drop_groups, read_manifest
     from ffdi.engine.train import fit
+    from ffdi.evaluation.evaluate import evaluate
+    from ffdi.hardware import available_cores, resolve_workers
+    from ffdi.inference.detector import Detector
+    from ffdi.tracking.evaluation import evaluation_metrics
 
     out_dir, work_dir = Path(out), Path(work)
     result_path = out_dir / f"{name}.json"
@@ -127,12 +129,21 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
             "augment.self_blend": params.augment.self_blend, "train.ema": params.train.ema,
             "predict.tta": list(params.predict.tta), "data.holdout": [holdout], "train.seed": seed}
     record = {
-        "name": name, "status": "done", "variant": name.split("__")[0], "holdout": holdout, "seed": seed,
-        "overrides": overrides, "params": {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flat.items()},
+        "name": name,
+        "status": "done",
+        "variant": name.split("__")[0],
+        "holdout": holdout,
+        "seed": seed,
+        "overrides": overrides,
+        "params": {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in flat.items()},
         "metrics": {k: float(v) for k, v in m.items()},
-        "best_epoch": result["best"]["epoch"], "precision": result["precision"], "device": str(result["device"]),
-        "trainable_params": result["trainable_params"], "train_seconds": train_seconds,
-        "train_img_per_s": [h["train_img_per_s"] for h in history], "history": history,
+        "best_epoch": result["best"]["epoch"],
+        "precision": result["precision"],
+        "device": str(result["device"]),
+        "trainable_params": result["trainable_params"],
+        "train_seconds": train_seconds,
+        "train_img_per_s": [h["train_img_per_s"] for h in history],
+        "history": history,
         "train_images": int(len(drop_groups(train, [holdout]))),
     }
     result_path.write_text(json.dumps(record, indent=1, default=str))

@@ -27,7 +27,8 @@ The GPU machines have Python 3.12 and torch but no pydantic (ffdi.config needs i
 and no network. Here: `make gpu-wheels` (pydantic's wheels into .whl/, to carry with the working
 tree); there:
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site python3 -m benchmarks.gpu_check --out DIR
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
+        PYTHONPATH=/tmp/site python3 -m benchmarks.gpu_check --out DIR
 
 Elsewhere: `make gpu-check ARGS="--out DIR"`. Options: --work DIR (generated images, kept between
 runs), --rehearsal (the CPU rehearsal even where a GPU works). Nothing here imports MLflow or DVC.
@@ -221,8 +222,8 @@ class Check:
             torch.cuda.synchronize()
 
     def _model(self):
-        from ffdi.model.networks import build_model
         from ffdi.engine.train import build_optimizer
+        from ffdi.model.networks import build_model
 
         model = build_model(self.params.model, self.plan.size).to(self.device).to(memory_format=torch.channels_last)
         return model, build_optimizer(model, self.params.train)
@@ -232,9 +233,9 @@ class Check:
         after each step as fit makes it."""
         from timm.utils import ModelEmaV3
 
-        from ffdi.hardware import autocast_dtype
-        from ffdi.engine.train import train_one_epoch
         from ffdi.data.transforms import norm_stats
+        from ffdi.engine.train import train_one_epoch
+        from ffdi.hardware import autocast_dtype
 
         average = ModelEmaV3(model, decay=self.params.train.ema or 0.999, use_warmup=True) if ema else None
         clock = itertools.count(1)

@@ -103,11 +103,12 @@ class Fed:
 
 def measure(params, manifest, batch: int, workers: int) -> dict:
     """One warm-up epoch (workers started, queues filled), then one measured epoch."""
+    from timm.utils import ModelEmaV3
+
     import ffdi.engine.train as train
     from ffdi.data.dataset import make_loader
-    from ffdi.model.networks import build_model
     from ffdi.engine.sync_audit import SyncAudit, on_meta
-    from timm.utils import ModelEmaV3
+    from ffdi.model.networks import build_model
 
     meta = torch.device("meta")
     torch.manual_seed(0)

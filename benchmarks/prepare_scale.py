@@ -75,7 +75,10 @@ def main() -> None:
     }
     print("\n| rows | seconds | rows/s | peak RSS (MiB) | RSS growth in prepare (MiB) |")
     print("|---:|---:|---:|---:|---:|")
-    print(f"| {rows:,} | {seconds:.1f} | {result['rows_per_second']:,} | {result['peak_rss_mib']} | {result['peak_rss_growth_mib']} |")
+    print(
+        f"| {rows:,} | {seconds:.1f} | {result['rows_per_second']:,} | {result['peak_rss_mib']} "
+        f"| {result['peak_rss_growth_mib']} |"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {args.json}")

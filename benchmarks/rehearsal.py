@@ -70,12 +70,12 @@ def step_model() -> dict:
 
     import mlflow
 
-    from ffdi.model import checkpoint
-    from ffdi.tracking import mlflow_run
-    from ffdi.tracking.pytorch_model import log_model
     from ffdi.config import load_params
     from ffdi.data.labels import read_manifest
     from ffdi.engine.train import fit
+    from ffdi.model import checkpoint
+    from ffdi.tracking import mlflow_run
+    from ffdi.tracking.pytorch_model import log_model
 
     paths = stage_paths("train")
     params = load_params()
@@ -125,9 +125,9 @@ def step_validate() -> dict:
     from ffdi.config import load_params
     from ffdi.data.dataset import make_loader
     from ffdi.data.labels import read_manifest
-    from ffdi.inference.detector import Detector
-    from ffdi.hardware import available_cores, resolve_workers
     from ffdi.engine.train import validate
+    from ffdi.hardware import available_cores, resolve_workers
+    from ffdi.inference.detector import Detector
 
     params, paths = load_params(), stage_paths("evaluate")
     detector = Detector.load(paths["model"], params.runtime.device, tta=params.predict.tta)
@@ -167,7 +167,9 @@ def measured(name: str, cmd: list[str], cwd: Path, env: dict, log) -> dict:
     if code != 0:
         log.flush()
         tail = "\n".join(Path(log.name).read_text().splitlines()[-25:])
-        raise SystemExit(f"{name}: `{' '.join(cmd)}` in {cwd} exited {code}; the end of its output ({log.name}):\n{tail}")
+        raise SystemExit(
+            f"{name}: `{' '.join(cmd)}` in {cwd} exited {code}; the end of its output ({log.name}):\n{tail}"
+        )
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": stdout}
 
 

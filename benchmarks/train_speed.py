@@ -42,12 +42,12 @@ from torchvision import transforms as T
 from ffdi.config import AugmentConfig, DataConfig, ModelConfig, SampleConfig, TrainConfig
 from ffdi.data.dataset import make_loader
 from ffdi.data.labels import prepare, read_manifest
-from ffdi.inference.detector import Detector
+from ffdi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, norm_stats, normalize_batch
+from ffdi.engine.train import build_optimizer, train_one_epoch
 from ffdi.hardware import autocast_dtype, resolve_precision, select_device
+from ffdi.inference.detector import Detector
 from ffdi.model.networks import build_model
 from ffdi.sample.generate import generate
-from ffdi.engine.train import build_optimizer, train_one_epoch
-from ffdi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, norm_stats, normalize_batch
 
 IMPLS = ("reference", "ffdi-fp32", "ffdi")
 RATIOS = ("loader_img_s", "load_img_s", "train_img_s", "predict_img_s")
@@ -282,12 +282,15 @@ def main() -> None:
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
-        "settings": {"model": "resnet18", "image_size": args.size, "batch_size": args.batch_size, "workers": args.workers},
+        "settings": {
+            "model": "resnet18",
+            "image_size": args.size,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+        },
         "data": data,
         "results": results,
-        "ratio": {
-            impl: {k: results[impl][k] / results["reference"][k] for k in RATIOS} for impl in IMPLS[1:]
-        },
+        "ratio": {impl: {k: results[impl][k] / results["reference"][k] for k in RATIOS} for impl in IMPLS[1:]},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

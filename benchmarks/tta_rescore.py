@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 
 from ffdi.analysis import generalisation_report as gen_report
-from ffdi.evaluation import metrics
-from ffdi.tracking import mlflow_run
+from ffdi.analysis.runs import Run, finished_pipeline_runs, val_predictions
 from ffdi.config import flatten, load_params
 from ffdi.data.labels import read_manifest
+from ffdi.evaluation import metrics
 from ffdi.inference.detector import Detector
-from ffdi.analysis.runs import Run, finished_pipeline_runs, val_predictions
+from ffdi.tracking import mlflow_run
 
 # Params that differ between the runs of one variant, or that never change a model's scores.
 IGNORED = ("data.holdout", "train.seed", "runtime.threads", "runtime.workers")
@@ -99,9 +99,16 @@ def main(argv=None) -> int:
                 logged = val_predictions(r).set_index("img_name").loc[frame.img_name, "y_pred"].to_numpy()
                 assert np.allclose(logged, frame.y_pred, atol=1e-6), f"{r.name}: rescoring differs from evaluate"
             frame.to_csv(path, index=False)
-            rescored.append(Run(f"{r.run_id}-{len(tta)}", r.name, {"views": label, "data.holdout": r.params["data.holdout"],
-                                                                 "train.seed": r.params["train.seed"]},
-                                heldout_metrics(frame, holdout), str(path), {"git.commit": r.tags.get("git.commit", "")}))
+            rescored.append(
+                Run(
+                    f"{r.run_id}-{len(tta)}",
+                    r.name,
+                    {"views": label, "data.holdout": r.params["data.holdout"], "train.seed": r.params["train.seed"]},
+                    heldout_metrics(frame, holdout),
+                    str(path),
+                    {"git.commit": r.tags.get("git.commit", "")},
+                )
+            )
         print(f"{r.name} (held out {holdout}, seed {r.params['train.seed']}): held-out AUC "
               f"{rescored[-2].metrics['heldout_roc_auc']:.4f} -> {rescored[-1].metrics['heldout_roc_auc']:.4f}",
               flush=True)

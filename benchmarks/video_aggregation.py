@@ -20,7 +20,6 @@ aggregation copes with some frames being fake and some not, not with motion or i
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,8 @@ def make_set(out: Path, videos: int, frames: int, seed: int) -> pd.DataFrame:
     from PIL import Image
 
     from ffdi.config import SampleConfig
-    from ffdi.sample.generate import generate
     from ffdi.inference.video import write_video
+    from ffdi.sample.generate import generate
 
     images = out / "images"
     n_images = videos * frames * 2  # enough real and fake frames for every video, each image used once
@@ -80,11 +79,11 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from ffdi.evaluation import metrics
     from ffdi.analysis.compare import bootstrap_auc_difference
     from ffdi.config import load_params
-    from ffdi.inference.detector import Detector
+    from ffdi.evaluation import metrics
     from ffdi.files import write_json
+    from ffdi.inference.detector import Detector
     from ffdi.inference.video import Sampling, aggregate, score_video
 
     out = Path(args.out_dir)

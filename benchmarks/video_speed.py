@@ -16,7 +16,6 @@ sampling alone (seek + decode + RGB, no model) and, for reference, decoding ever
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -61,9 +60,9 @@ def make_clip(path: Path) -> Path:
 def detector_for(model: str | None):
     import torch
 
-    from ffdi.model import checkpoint
     from ffdi.config import load_params
     from ffdi.inference.detector import Detector
+    from ffdi.model import checkpoint
     from ffdi.model.networks import build_model
 
     if model:
@@ -144,7 +143,7 @@ def main(argv=None) -> int:
               "amx_bf16": bool(caps.get("amx_bf16", False)), "threads": torch.get_num_threads(),
               "load_average_1m": os.getloadavg()[0], "rows": rows}
     print()
-    print(f"| setting | frames | seconds | frames/s |\n|---|---:|---:|---:|")
+    print("| setting | frames | seconds | frames/s |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['setting']} | {r['frames']} | {r['seconds']:.2f} | {r['frames_per_s']:.1f} |")
     print(f"\n{cpu}, {result['cores']} cores, amx_bf16 {result['amx_bf16']}, torch {torch.__version__}, "

@@ -16,7 +16,7 @@ import re
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic.dataclasses
 import yaml
@@ -155,7 +155,7 @@ class DataConfig:
     val_labels: NonEmpty = "valset_label.txt"
     test_labels: str = "testset_label.txt"
     on_bad_image: Literal["error", "skip"] = "error"
-    group_column: Optional[str] = "method"  # label-file column naming each fake's manipulation
+    group_column: str | None = "method"  # label-file column naming each fake's manipulation
     holdout: Items[str] = ()  # manipulations kept out of training and model selection
 
     @model_validator(mode="after")
@@ -171,27 +171,28 @@ class AugmentConfig:
 
     # null: from the model's own pretrained config (timm's resolve_data_config): its input size,
     # and the resize its crop_pct implies.
-    resize: Optional[Positive] = 64
-    image_size: Optional[Positive] = 64
+    resize: Positive | None = 64
+    image_size: Positive | None = 64
     hflip: Probability = 0.5
     vflip: Probability = 0.0
     rotation: Annotated[float, Field(ge=0.0, le=180.0)] = 0.0
     grayscale: Probability = 0.0
     # imagenet | none | model (or null): the model's pretrained mean and std, which training
     # writes into mean/std below and the checkpoint keeps.
-    normalize: Optional[Literal["imagenet", "none", "model"]] = "imagenet"
-    mean: Optional[Items[float]] = None
-    std: Optional[Items[float]] = None
+    normalize: Literal["imagenet", "none", "model"] | None = "imagenet"
+    mean: Items[float] | None = None
+    std: Items[float] | None = None
     # Degradations of training images, real and fake alike: never of one class only, which would
     # teach "degraded means fake". Each is null or a [low, high] range, drawn per image and
     # applied with probability degrade_p.
-    jpeg: Annotated[Optional[Items[int]], _low_high(1, 100)] = (30, 95)  # JPEG quality, e.g. [30, 95]
-    blur: Annotated[Optional[Items[float]], _low_high(0.0, 50.0)] = (0.2, 1.5)  # Gaussian sigma in px, e.g. [0.2, 1.5]
+    jpeg: Annotated[Items[int] | None, _low_high(1, 100)] = (30, 95)  # JPEG quality, e.g. [30, 95]
+    blur: Annotated[Items[float] | None, _low_high(0.0, 50.0)] = (0.2, 1.5)  # Gaussian sigma in px, e.g. [0.2, 1.5]
     # Shrink factor, then back up, e.g. [0.5, 0.9].
-    downscale: Annotated[Optional[Items[float]], _low_high(0.0, 1.0, low_open=True)] = (0.5, 0.9)
+    downscale: Annotated[Items[float] | None, _low_high(0.0, 1.0, low_open=True)] = (0.5, 0.9)
     degrade_p: Probability = 0.05
     # Self-blending on the fly (SBI, CVPR 2022): a real training image becomes a self-blended
-    # fake, label 1, with this probability; the sample's blending (ffdi.sample.manipulations.self_blend), its jitter scaled by strength.
+    # fake, label 1, with this probability; the sample's blending (ffdi.sample.manipulations.self_blend),
+    # its jitter scaled by strength.
     self_blend: Probability = 0.0
     self_blend_strength: Annotated[float, Field(ge=0.0, le=5.0)] = 1.0
     # The blended ellipse's half-axes, fraction of the side.
@@ -203,8 +204,10 @@ class AugmentConfig:
             value = getattr(self, key)
             if value is not None and (self.normalize != "model" or len(value) != 3
                                       or (key == "std" and min(value) <= 0)):
-                raise ConfigError(f"augment.{key} is the model's (normalize: model), three numbers"
-                                  f"{' > 0' if key == 'std' else ''}; got {list(value)} with normalize: {self.normalize}")
+                raise ConfigError(
+                    f"augment.{key} is the model's (normalize: model), three numbers"
+                    f"{' > 0' if key == 'std' else ''}; got {list(value)} with normalize: {self.normalize}"
+                )
         if self.image_size is not None and self.resize is not None and self.image_size > self.resize:
             raise ConfigError(f"augment.image_size ({self.image_size}) must not exceed augment.resize "
                               f"({self.resize}): the centre crop is taken from the resized image")
@@ -217,7 +220,7 @@ class ModelConfig:
     se: bool = False
     se_reduction: Positive = 32
     pretrained: bool = False
-    weights: Optional[str] = None
+    weights: str | None = None
     num_classes: Literal[2] = 2  # real/fake
     # full: train everything; linear: the head only (a probe on frozen features); norm: the
     # normalisation layers and the head (as GenD tunes foundation models).
@@ -252,7 +255,7 @@ class TrainConfig:
     distributed: Literal["auto", "off", "on"] = "auto"
     # Decay of an exponential moving average of the weights (timm ModelEmaV3, with warm-up), or
     # null. The averaged weights are the ones validated, checkpointed, logged and served.
-    ema: Optional[Between0And1] = 0.999
+    ema: Between0And1 | None = 0.999
 
 
 @_validated
@@ -262,8 +265,8 @@ class RuntimeConfig:
     bits; every run records what it used (the hw.* tags)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: Union[Annotated[int, Field(ge=0)], Literal["auto"]] = "auto"  # loader processes
-    threads: Union[Positive, Literal["auto"]] = "auto"  # torch threads
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"  # loader processes
+    threads: Positive | Literal["auto"] = "auto"  # torch threads
 
 
 @_validated
@@ -279,7 +282,7 @@ class EvalConfig:
                                 "downscale:0.5")
     # A fixed random subset of val for the degradations (null: all of it): each image is decoded in
     # full and degraded several ways, so all of multiFFDI's 147k would outlast a GPU training epoch.
-    robustness_images: Optional[Annotated[int, Field(ge=2)]] = 2000
+    robustness_images: Annotated[int, Field(ge=2)] | None = 2000
     # Videos (an extra set of videos, `ffdi score` on videos, the served model): frames sampled per
     # video, uniformly spread, and how their P(fake)s become the video's (mean | max | topk:K).
     video_frames: Positive = 16
@@ -317,7 +320,7 @@ class TrackingConfig:
     """MLflow. An empty uri means the SQLite store `mlflow.db` at the project root."""
 
     experiment: NonEmpty = "ffdi"
-    uri: Optional[str] = None
+    uri: str | None = None
     log_model: bool = True
 
 
@@ -349,7 +352,9 @@ class Params:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         # Lists, not tuples: YAML, JSON and MLflow take them as written in params.yaml.
-        return dataclasses.asdict(self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv})
+        return dataclasses.asdict(
+            self, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv}
+        )
 
 
 def load_params(path: str | Path = "params.yaml", optional: bool = False) -> Params:

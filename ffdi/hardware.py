@@ -13,7 +13,6 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -104,11 +103,11 @@ def resolve_precision(mode: str, device: torch.device) -> str:
     return mode
 
 
-def autocast_dtype(precision: str) -> Optional[torch.dtype]:
+def autocast_dtype(precision: str) -> torch.dtype | None:
     return PRECISIONS[precision]
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     """torch.autocast in `dtype`; in fp32 (None) no context at all, which is the same computation
     and also runs where autocast has no backend (the meta device of ffdi.engine.sync_audit)."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
@@ -140,7 +139,7 @@ def device_label(device: torch.device) -> str:
     return f"{device} ({device_name(device)})"
 
 
-def describe(device: torch.device, precision: str, threads: Optional[int] = None) -> dict[str, str]:
+def describe(device: torch.device, precision: str, threads: int | None = None) -> dict[str, str]:
     """How a run computed: MLflow tags that explain why identical params gave other numbers.
 
     threads: the torch threads training starts with (its CPU share); default: the current setting.
@@ -215,7 +214,7 @@ class CpuShare:
     one starts.
     """
 
-    def __init__(self, lock_dir: Path, cores: Optional[int] = None):
+    def __init__(self, lock_dir: Path, cores: int | None = None):
         self.cores = cores or available_cores()
         self.lock_dir = Path(lock_dir)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +256,7 @@ class GpuShare:
 _gpu_shares: dict[Path, GpuShare] = {}  # held for the process's lifetime
 
 
-def claim_gpu(setting: str, lock_dir: Path) -> Optional[int]:
+def claim_gpu(setting: str, lock_dir: Path) -> int | None:
     """On a machine with several GPUs, make the least used one this process's current device.
 
     Only where the choice is ffdi's: runtime.device auto or cuda (not cuda:K), and not under
@@ -284,7 +283,7 @@ def claim_hardware(device: str, threads: int | str, state_dir: Path) -> tuple[to
     return chosen, share
 
 
-def core_share(share: Optional[CpuShare]) -> int:
+def core_share(share: CpuShare | None) -> int:
     """The cores this process may use now: its share among the pipelines running, or all of them."""
     return share.threads() if share else available_cores()
 

@@ -13,7 +13,7 @@ import argparse
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ffdi.errors import FfdiError, user_error_message
 
@@ -70,6 +70,6 @@ def _cmd_args(stage: str, dvc_yaml: str = "dvc.yaml") -> list[str]:
         cmd = yaml.safe_load(open(dvc_yaml))["stages"][stage]["cmd"]
     except (OSError, KeyError, TypeError) as e:
         raise FileNotFoundError(f"{dvc_yaml}: no cmd for stage {stage!r} to take the paths from ({e}); "
-                                f"run it from the project folder, or give them: python -m stages.{stage} --help")
+                                f"run it from the project folder, or give them: python -m stages.{stage} --help") from e
     words = shlex.split(cmd)
     return words[words.index(f"stages.{stage}") + 1:]

@@ -7,14 +7,14 @@ it carries eval.threshold and predict.tta: changing those must not retrain.
 import time
 
 from ffdi import hardware
+from ffdi.data.labels import read_manifest
 from ffdi.evaluation.evaluate import evaluate, labelled_folder, summary_lines, write_reports
+from ffdi.files import project_root, write_json
+from ffdi.inference.detector import Detector, Ensemble
+from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 from ffdi.tracking.evaluation import log_evaluation
 from ffdi.tracking.pyfunc_model import log_pyfunc
-from ffdi.stage import stage_main
-from ffdi.inference.detector import Detector, Ensemble
-from ffdi.files import project_root, write_json
-from ffdi.data.labels import read_manifest
 
 
 def main(params, prepared, model, run_ref, reports, metrics):

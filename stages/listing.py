@@ -1,9 +1,9 @@
 """Stage `listing`: a fingerprint of the images and label files under data.root, which prepare
 depends on instead of on every image's bytes (ffdi.data.labels.listing). It runs every time, in seconds."""
 
-from ffdi.stage import stage_main
-from ffdi.files import write_json
 from ffdi.data.labels import listing
+from ffdi.files import write_json
+from ffdi.stage import stage_main
 
 
 def main(params, out):

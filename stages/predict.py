@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 
 from ffdi import hardware
-from ffdi.tracking import mlflow_run
-from ffdi.stage import stage_main
 from ffdi.data.labels import read_manifest
-from ffdi.inference.detector import Detector, Ensemble
 from ffdi.files import project_root, write_csv
+from ffdi.inference.detector import Detector, Ensemble
+from ffdi.stage import stage_main
+from ffdi.tracking import mlflow_run
 
 # What an unreadable test image scores under on_bad_image=skip: a submission needs every row,
 # and 0.5 claims nothing either way.

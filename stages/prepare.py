@@ -2,8 +2,8 @@
 
 import json
 
-from ffdi.stage import stage_main
 from ffdi.data.labels import listing, prepare
+from ffdi.stage import stage_main
 
 
 def main(params, listing_file, out):

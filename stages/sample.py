@@ -4,8 +4,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ffdi.stage import stage_main
 from ffdi.sample.generate import generate
+from ffdi.stage import stage_main
 
 
 def main(params):

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from ffdi.model import checkpoint
-from ffdi.engine import distributed
 from ffdi import hardware
-from ffdi.tracking import mlflow_run
-from ffdi.tracking.pytorch_model import log_model
-from ffdi.sample import manipulations
-from ffdi.stage import stage_main
 from ffdi.data.labels import drop_groups, fake_groups, read_manifest
+from ffdi.engine import distributed
+from ffdi.engine.train import fit
 from ffdi.errors import ConfigError, DataError
 from ffdi.files import project_root, write_csv
-from ffdi.engine.train import fit
+from ffdi.model import checkpoint
+from ffdi.sample import manipulations
+from ffdi.stage import stage_main
+from ffdi.tracking import mlflow_run
+from ffdi.tracking.pytorch_model import log_model
 
 
 def load_manifests(params, prepared):
@@ -33,8 +33,10 @@ def load_manifests(params, prepared):
         raise DataError(f"data.holdout names {unknown}, which no fake in the label files has in column "
                         f"{params.data.group_column!r}; known: {fake_groups(train) or 'none'}")
     if params.augment.self_blend and manipulations.KINDS[0] in params.data.holdout:
-        raise ConfigError(f"data.holdout holds out {manipulations.KINDS[0]!r} while augment.self_blend makes such fakes "
-                          "during training: the held-out AUC would not be held out; set one of them off")
+        raise ConfigError(
+            f"data.holdout holds out {manipulations.KINDS[0]!r} while augment.self_blend makes such fakes "
+            "during training: the held-out AUC would not be held out; set one of them off"
+        )
     return drop_groups(train, params.data.holdout), drop_groups(val, params.data.holdout)
 
 
@@ -60,7 +62,9 @@ def main(params, prepared, model, run_ref, history):
                 mlflow.set_tags(mlflow_run.start_tags(params, data_hash))
                 cores = share.threads()
                 threads = hardware.resolve_threads(params.runtime.threads, cores, device)
-                mlflow.set_tags(hardware.describe(device, hardware.resolve_precision(params.train.amp, device), threads))
+                mlflow.set_tags(
+                    hardware.describe(device, hardware.resolve_precision(params.train.amp, device), threads)
+                )
                 mlflow.set_tag("hw.loader_workers", hardware.resolve_workers(params.runtime.workers, cores, device))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
                 mlflow_run.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)

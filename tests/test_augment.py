@@ -10,8 +10,8 @@ from torchvision import transforms as T
 
 from ffdi.config import AugmentConfig
 from ffdi.data.dataset import make_loader
-from ffdi.errors import ConfigError
 from ffdi.data.transforms import build_uint8_transform, load_image
+from ffdi.errors import ConfigError
 from tests.project import NO_DEGRADATION
 
 SIZE = 32
@@ -43,11 +43,18 @@ def test_self_blend_turns_real_images_into_fakes_labelled_1(manifests):
     assert [int(val.dataset[i][1]) for i in range(len(train))] == train.target.tolist()
 
 
-@pytest.mark.parametrize("key, value, reference", [
-    ("jpeg", (5, 5), lambda img: Image.open(io.BytesIO(_jpeg(img, 5))).convert("RGB")),
-    ("blur", (1.0, 1.0), lambda img: T.GaussianBlur(7, 1.0)(img)),
-    ("downscale", (0.5, 0.5), lambda img: img.resize((SIZE // 2,) * 2, Image.BICUBIC).resize((SIZE,) * 2, Image.BICUBIC)),
-])
+@pytest.mark.parametrize(
+    "key, value, reference",
+    [
+        ("jpeg", (5, 5), lambda img: Image.open(io.BytesIO(_jpeg(img, 5))).convert("RGB")),
+        ("blur", (1.0, 1.0), lambda img: T.GaussianBlur(7, 1.0)(img)),
+        (
+            "downscale",
+            (0.5, 0.5),
+            lambda img: img.resize((SIZE // 2,) * 2, Image.BICUBIC).resize((SIZE,) * 2, Image.BICUBIC),
+        ),
+    ],
+)
 def test_degradations_apply_exactly_to_both_classes(key, value, reference, manifests):
     train = manifests[0].iloc[:8]
     aug = AugmentConfig(resize=SIZE, image_size=SIZE, hflip=0.0, degrade_p=1.0, **{**NO_DEGRADATION, key: value})

@@ -55,8 +55,8 @@ def test_the_video_aggregation_benchmark_makes_a_labelled_set_and_scores_every_a
     import pandas as pd
 
     from benchmarks import video_aggregation
-    from ffdi.evaluation.evaluate import is_video_set, labelled_folder
     from ffdi.config import DataConfig
+    from ffdi.evaluation.evaluate import is_video_set, labelled_folder
     from tests.test_video import spread_checkpoint
 
     model = spread_checkpoint(tmp_path / "model.pt", image_size=64)

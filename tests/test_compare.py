@@ -32,7 +32,10 @@ def test_grouping_ignores_seed():
     runs[0].params["data.on_bad_image"] = "error"  # a param only newer runs log
     assert varying_keys(runs) == ["model.se"]
     groups = group_runs(runs, ["model.se"])
-    assert {k: [r.run_id for r in v] for k, v in groups.items()} == {"model.se=False": ["0", "1"], "model.se=True": ["2", "3"]}
+    assert {k: [r.run_id for r in v] for k, v in groups.items()} == {
+        "model.se=False": ["0", "1"],
+        "model.se=True": ["2", "3"],
+    }
 
 
 def test_mixed_precision_or_hardware_is_warned():

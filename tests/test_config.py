@@ -29,7 +29,10 @@ def test_missing_groups_take_defaults(tmp_path):
     [
         ("train:\n  lrr: 0.1\n", "unknown key train.lrr"),
         ("augment:\n  mean: [0.5, 0.5, 0.5]\n", "got [0.5, 0.5, 0.5] with normalize: imagenet"),
-        ("augment:\n  normalize: model\n  std: [0.5, 0, 0.5]\n", "augment.std is the model's (normalize: model), three numbers > 0"),
+        (
+            "augment:\n  normalize: model\n  std: [0.5, 0, 0.5]\n",
+            "augment.std is the model's (normalize: model), three numbers > 0",
+        ),
         ("trian:\n  lr: 0.1\n", "unknown key trian"),
         ("train:\n  batch_size: 32.5\n", "train.batch_size must be an integer, got 32.5"),
         ("train:\n  epochs: true\n", "train.epochs must be an integer, got True"),
@@ -74,7 +77,9 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         with pytest.raises(ConfigError) as e:
             load_params(p)
         assert message in str(e.value), (text, str(e.value))
-    p.write_text("runtime:\n  workers: 3\n  threads: auto\npredict:\n  tta: [vflip, hflip]\ndata:\n  holdout: [splice]\n")
+    p.write_text(
+        "runtime:\n  workers: 3\n  threads: auto\npredict:\n  tta: [vflip, hflip]\ndata:\n  holdout: [splice]\n"
+    )
     params = load_params(p)
     assert params.runtime.workers == 3 and params.runtime.threads == "auto"
     assert params.predict.tta == ("vflip", "hflip") and params.data.holdout == ("splice",)
@@ -85,12 +90,17 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
     "text, message",
     [
         # An unknown key: the closest known one, and every key of its group.
-        ("train:\n  lrr: 0.1\n",
-         "unknown key train.lrr (did you mean train.lr?); known keys in train: amp, batch_size, best_metric, "
-         "channels_last, compile, distributed, ema, epochs, gamma, lr, momentum, optimizer, scheduler, "
-         "seed, step_size, weight_decay"),
-        ("trian:\n  lr: 0.1\n", "unknown key trian (did you mean train?); known keys in params: augment, data, "
-         "eval, model, predict, runtime, sample, tracking, train"),
+        (
+            "train:\n  lrr: 0.1\n",
+            "unknown key train.lrr (did you mean train.lr?); known keys in train: amp, batch_size, best_metric, "
+            "channels_last, compile, distributed, ema, epochs, gamma, lr, momentum, optimizer, scheduler, "
+            "seed, step_size, weight_decay",
+        ),
+        (
+            "trian:\n  lr: 0.1\n",
+            "unknown key trian (did you mean train?); known keys in params: augment, data, "
+            "eval, model, predict, runtime, sample, tracking, train",
+        ),
         # Strict types: no bool for an int, no string for a number.
         ("train:\n  epochs: true\n", "train.epochs must be an integer, got True (bool)"),
         ("train:\n  lr: '0.1'\n", "train.lr must be a number, got '0.1' (str)"),
@@ -104,21 +114,33 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         ("runtime:\n  workers: -1\n", "runtime.workers must be >= 0, got -1"),
         # Choices.
         ("train:\n  amp: fp8\n", "train.amp must be 'auto', 'off', 'bf16' or 'fp16', got 'fp8' (str)"),
-        ("augment:\n  normalize: imagenet21k\n",
-         "augment.normalize must be 'imagenet', 'none' or 'model', got 'imagenet21k' (str)"),
+        (
+            "augment:\n  normalize: imagenet21k\n",
+            "augment.normalize must be 'imagenet', 'none' or 'model', got 'imagenet21k' (str)",
+        ),
         ("model:\n  num_classes: 3\n", "model.num_classes must be 2, got 3 (int)"),
         ("runtime:\n  threads: many\n", "runtime.threads must be an integer or 'auto', got 'many' (str)"),
         # Rules across keys, and rules of one key.
-        ("augment:\n  resize: 64\n  image_size: 128\n",
-         "augment.image_size (128) must not exceed augment.resize (64): the centre crop is taken from the resized image"),
+        (
+            "augment:\n  resize: 64\n  image_size: 128\n",
+            "augment.image_size (128) must not exceed augment.resize (64): "
+            "the centre crop is taken from the resized image",
+        ),
         ("model:\n  pretrained: true\n  weights: w.pt\n", "set either model.pretrained or model.weights, not both"),
-        ("augment:\n  downscale: [0, 0.5]\n",
-         "augment.downscale must be null or [low, high] with 0.0 <= low <= high <= 1.0 (low > 0.0), got [0.0, 0.5]"),
+        (
+            "augment:\n  downscale: [0, 0.5]\n",
+            "augment.downscale must be null or [low, high] with 0.0 <= low <= high <= 1.0 (low > 0.0), got [0.0, 0.5]",
+        ),
         ("data:\n  root: ''\n", "data.root must not be empty"),
-        ("eval:\n  extra_sets: {real: /data/x}\n", "eval.extra_sets: name 'real' must be letters, digits, '_' or '-' "
-         "(it names metrics and files), and not 'val' or 'real'"),
-        ("eval:\n  degradations: [blur:1, blur:1.0]\n",
-         "eval.degradations: a degradation is listed twice: ['blur:1', 'blur:1.0']"),
+        (
+            "eval:\n  extra_sets: {real: /data/x}\n",
+            "eval.extra_sets: name 'real' must be letters, digits, '_' or '-' "
+            "(it names metrics and files), and not 'val' or 'real'",
+        ),
+        (
+            "eval:\n  degradations: [blur:1, blur:1.0]\n",
+            "eval.degradations: a degradation is listed twice: ['blur:1', 'blur:1.0']",
+        ),
         ("predict:\n  tta: [hflip, hflip]\n", "predict.tta: a view is listed twice: ['hflip', 'hflip']"),
         ("train: [1]\n", "train must be a mapping, got [1] (list)"),
     ],

@@ -100,5 +100,7 @@ def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_las
     for name in ("metrics.json", "reports/history.csv", "reports/evaluate/val_predictions.csv", "submission.csv"):
         a, b = (straight.repo / name).read_text(), (p.repo / name).read_text()
         if name == "reports/history.csv":  # wall-clock seconds differ, by design
-            a, b = (pd.read_csv(io.StringIO(t)).drop(columns=["epoch_seconds", "train_img_per_s"]).to_csv() for t in (a, b))
+            a, b = (
+                pd.read_csv(io.StringIO(t)).drop(columns=["epoch_seconds", "train_img_per_s"]).to_csv() for t in (a, b)
+            )
         assert a == b, name

@@ -3,11 +3,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from ffdi.config import DataConfig
+from ffdi.config import AugmentConfig, DataConfig
 from ffdi.data.labels import prepare, read_labels, read_manifest
-from ffdi.errors import DataError
 from ffdi.data.transforms import build_transform, load_image
-from ffdi.config import AugmentConfig
+from ffdi.errors import DataError
 
 
 def labels(tmp_path, content: bytes, name="labels.txt"):

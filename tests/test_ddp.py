@@ -3,10 +3,10 @@
 import pandas as pd
 import pytest
 
-from ffdi.model import checkpoint
 from ffdi.data.labels import read_manifest
-from ffdi.inference.detector import Detector
 from ffdi.evaluation.metrics import roc_auc
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
 from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow

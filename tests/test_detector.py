@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi.model import checkpoint
 from ffdi.config import AugmentConfig, DataConfig, Params
 from ffdi.data.labels import prepare, read_manifest
-from ffdi.inference.detector import Detector
-from ffdi.errors import BadImage
-from ffdi.model.networks import build_model
 from ffdi.data.transforms import load_image, norm_stats, normalize_batch
+from ffdi.errors import BadImage
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
+from ffdi.model.networks import build_model
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,9 @@ def test_plots_are_not_a_dependency_of_training():
     assert "ffdi/evaluation/plots.py" in static_closure("evaluate")
     # sample and prepare do not load the training stack.
     for stage in ("sample", "prepare"):
-        assert not {"ffdi/engine/train.py", "ffdi/model/networks.py", "ffdi/tracking/mlflow_run.py"} & static_closure(stage)
+        assert not {"ffdi/engine/train.py", "ffdi/model/networks.py", "ffdi/tracking/mlflow_run.py"} & static_closure(
+            stage
+        )
 
 
 def write_deps(path: Path = ROOT / "dvc.yaml") -> None:

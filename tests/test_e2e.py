@@ -215,8 +215,14 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
     for entry in project["exp_show"]:
         for rev in [entry] + [e for exp in entry.get("experiments") or [] for e in exp.get("revs", [])]:
             data = (rev.get("data") or {})
-            auc = (((data.get("metrics") or {}).get("metrics.json") or {}).get("data") or {}).get("val", {}).get("roc_auc")
-            se_param = (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("model", {}).get("se")
+            auc = (
+                (((data.get("metrics") or {}).get("metrics.json") or {}).get("data") or {})
+                .get("val", {})
+                .get("roc_auc")
+            )
+            se_param = (
+                (((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("model", {}).get("se")
+            )
             rows.append((rev.get("name") or rev.get("rev"), se_param, auc))
     with_auc = [r for r in rows if r[2] is not None]
     assert {r[1] for r in with_auc} >= {False, True}

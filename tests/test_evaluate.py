@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from ffdi.model import checkpoint
-from ffdi.evaluation import degrade
-from ffdi.evaluation.evaluate import evaluate, robustness_tables, summary_lines
-from ffdi.tracking.evaluation import evaluation_metrics
 from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig
 from ffdi.data.labels import prepare, read_manifest
-from ffdi.inference.detector import Detector
 from ffdi.errors import ConfigError
+from ffdi.evaluation import degrade
+from ffdi.evaluation.evaluate import evaluate, robustness_tables, summary_lines
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
 from ffdi.sample.generate import generate
+from ffdi.tracking.evaluation import evaluation_metrics
 from tests.project import make_project, mlflow_runs
 
 GROUPS = ("a", "b", "c")
@@ -374,7 +374,9 @@ def test_holdout_keeps_a_out_of_training_and_model_selection(project):
         assert m[key]["tpr_at_fpr_1e-3"] == pytest.approx(tpr[fpr <= 1e-3].max())
         assert held["run"].data.metrics[f"{key}_roc_auc"] == pytest.approx(m[key]["roc_auc"])
     assert m["heldout"]["roc_auc"] == pytest.approx(m["groups"]["a"]["roc_auc"])
-    groups = pd.read_csv(project["repo"] / "reports" / "evaluate" / "groups.csv", keep_default_na=False).set_index("group")
+    groups = pd.read_csv(project["repo"] / "reports" / "evaluate" / "groups.csv", keep_default_na=False).set_index(
+        "group"
+    )
     assert groups.heldout.to_dict() == {"a": True, "b": False, "c": False}
 
 

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from ffdi.cli import explain
+from ffdi.config import ModelConfig
+from ffdi.data.transforms import tta_view
 from ffdi.evaluation.gallery import gallery
 from ffdi.inference import cams
 from ffdi.inference.detector import Detector
 from ffdi.model.networks import build_model
-from ffdi.config import ModelConfig
-from ffdi.data.transforms import tta_view
 from tests.project import NO_DEGRADATION, make_project
 from tests.test_score import random_checkpoint
 
@@ -113,8 +113,8 @@ TRAINED = {
 @pytest.mark.slow
 def test_the_map_lies_on_the_manipulated_region(tmp_path):
     from ffdi.config import load_params
-    from ffdi.sample.photos import load_photos
     from ffdi.sample.generate import make_image
+    from ffdi.sample.photos import load_photos
 
     project = make_project(tmp_path / "repo", TRAINED)
     project.sh("dvc", "repro", "train")

@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 from ffdi.analysis import dvc_queue
 from ffdi.analysis import generalisation as gen
 from ffdi.analysis import generalisation_report as gen_report
-from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
 from ffdi.analysis.runs import Run
+from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
 from ffdi.sample.generate import generate
 from tests.project import NO_DEGRADATION, make_project, mlflow_runs
 from tests.test_evaluate import label_with_groups
@@ -205,7 +205,9 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     result = gen_report.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id], n_boot=200)
     assert result["reference"] == "model.se=False"  # params.yaml's value of the param that differs
     table = result["differences"].set_index(["variant", "heldout"])
-    assert table.loc[("model.se=False", "a"), "runs"] == 2 and np.isnan(table.loc[("model.se=False", "a"), "difference"])
+    assert table.loc[("model.se=False", "a"), "runs"] == 2 and np.isnan(
+        table.loc[("model.se=False", "a"), "difference"]
+    )
     diffs = []
     for g in "abc":
         keep = (groups == "real") | (groups == g)
@@ -323,21 +325,27 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
     diffs = []
     for g in "ab":
         keep = (groups == "real") | (groups == g)
-        loo = lambda b: [r for r in runs if r.params["augment.blur"] == b and r.params["augment.jpeg"] == "null"
-                         and r.params["data.holdout"] == f"['{g}']"]
+
+        def loo(b):
+            return [r for r in runs if r.params["augment.blur"] == b and r.params["augment.jpeg"] == "null"
+                    and r.params["data.holdout"] == f"['{g}']"]
+
         diffs.append(mean_auc(loo("[0.2, 1.5]"), rows=keep) - mean_auc(loo("null"), rows=keep))
     assert held.difference == pytest.approx(np.mean(diffs)) and held.runs == 3
     assert knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "heldout")].runs == 0
     # The rule: jpeg is the most robust but its clean AUC falls by more than 0.01, and `both` was never held out.
     assert knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "clean")].difference < -0.01
-    assert knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "degraded")]["mean"] > knob.loc[(blur, "degraded")]["mean"]
+    assert (
+        knob.loc[("augment.blur=null, augment.jpeg=[30, 95]", "degraded")]["mean"]
+        > knob.loc[(blur, "degraded")]["mean"]
+    )
     assert result["chosen"] == blur
     assert re.search(r"^\| augment.blur=\[0.2, 1.5\] \| 3 \|.*\| \*\*chosen\*\* \|$", result["markdown"], re.M)
     assert "not run" in result["markdown"] and (tmp_path / "knobs.png").stat().st_size > 10_000
     assert knob.loc[(blur, "heldout")].held_out == "a,b" and "(2 held out)" in result["markdown"]
     assert len(pd.read_csv(tmp_path / "knobs.csv")) == 4 * 3
-    from ffdi.analysis.plots import plot_knobs
     from ffdi.analysis.knob_table import TITLES
+    from ffdi.analysis.plots import plot_knobs
 
     plotted = plot_knobs(result["knobs"], tmp_path / "again.png", TITLES, "t")
     assert len(plotted) == 3 + 3 + 1  # clean and degraded for 3 variants; held-out for blur only
@@ -362,8 +370,19 @@ def test_generalisation_end_to_end(tmp_path):
     generate(SampleConfig(n_train=64, n_val=32, n_test=4, size=32, seed=7), p.repo / "data" / "labelled")
     label_with_groups(p.repo / "data" / "labelled", ("a", "b"))
     p.commit("labelled data")
-    proc = p.sh(sys.executable, "-m", "ffdi.cli.main", "generalisation", "--jobs", "2", "--poll", "2", "--timeout", "15",
-                all_cores=True)
+    proc = p.sh(
+        sys.executable,
+        "-m",
+        "ffdi.cli.main",
+        "generalisation",
+        "--jobs",
+        "2",
+        "--poll",
+        "2",
+        "--timeout",
+        "15",
+        all_cores=True,
+    )
     assert "manipulations: a, b" in proc.stdout and "2 succeeded, 0 failed, 0 unfinished" in proc.stdout
 
     client, _, runs = mlflow_runs(p.repo)
@@ -393,6 +412,8 @@ def test_generalisation_end_to_end(tmp_path):
     from ffdi.analysis.runs import finished_pipeline_runs
 
     assert {r.run_id for r in finished_pipeline_runs("ffdi")} == {r.info.run_id for r in pipeline.values()}
-    again = p.sh(sys.executable, "-m", "ffdi.cli.main", "generalisation", "--no-run", "--no-log", "--out", "reports/again")
+    again = p.sh(
+        sys.executable, "-m", "ffdi.cli.main", "generalisation", "--no-run", "--no-log", "--out", "reports/again"
+    )
     assert "| a |" in again.stdout
     assert (p.repo / "reports" / "again" / "report.md").read_text() == report

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 import torch
 
 from ffdi import hardware

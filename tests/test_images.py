@@ -10,8 +10,8 @@ from PIL import Image
 
 from ffdi.config import AugmentConfig
 from ffdi.data.dataset import ImageDataset, skip_collate
-from ffdi.errors import BadImage
 from ffdi.data.transforms import build_transform, load_image
+from ffdi.errors import BadImage
 
 
 def rgb_array(size=(40, 30)):
@@ -107,7 +107,9 @@ def test_dataset_skip_policy_drops_bad_items_and_says_why(tmp_path):
     good = [save(tmp_path, f"{i}.jpg", Image.fromarray(rgb_array())) for i in range(3)]
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
-    manifest = pd.DataFrame({"img_name": ["0", "bad", "1", "2"], "target": [0, 1, 1, 0], "path": [good[0], str(bad), *good[1:]]})
+    manifest = pd.DataFrame(
+        {"img_name": ["0", "bad", "1", "2"], "target": [0, 1, 1, 0], "path": [good[0], str(bad), *good[1:]]}
+    )
     tf = build_transform(AugmentConfig(resize=16, image_size=16), train=False)
 
     with pytest.raises(BadImage, match="bad.jpg: empty file"):

@@ -1,13 +1,13 @@
-import pytest
 """The default detector, trained as the pipeline trains it, actually learns the built-in sample."""
 
+import pytest
 from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, SampleConfig, TrainConfig
 from ffdi.data.labels import prepare, read_manifest
+from ffdi.engine.train import fit
 from ffdi.inference.detector import Detector
 from ffdi.sample.generate import generate
-from ffdi.engine.train import fit
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from ffdi.config import SampleConfig
+from ffdi.sample.generate import generate, make_image, worker_pool
 from ffdi.sample.manipulations import KINDS, manipulate, self_blend
 from ffdi.sample.photos import load_photos, real_crop
-from ffdi.sample.generate import generate, make_image, worker_pool
 from tests.conftest import TINY
 
 

@@ -13,11 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi.model import checkpoint
-from ffdi.cli import detector_kit
-from ffdi.cli import score
+from ffdi.cli import detector_kit, score
 from ffdi.config import AugmentConfig, Params
 from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
 from tests.project import TINY_PARAMS, make_project
 
@@ -61,7 +60,10 @@ def test_paths_folders_and_globs_expand_in_order_once(images):
     globbed = detector_kit.expand_paths([f"{images}/*.png", f"{images}/**/*.jpg", str(images / "photo.png")])
     assert Path(globbed[0]).name == "photo.png" and sorted(globbed) == sorted(found)
     # A file named outright is taken whatever its suffix; a missing one is kept, to get its row.
-    assert detector_kit.expand_paths([str(images / "labels.txt"), "gone.jpg"]) == [str(images / "labels.txt"), "gone.jpg"]
+    assert detector_kit.expand_paths([str(images / "labels.txt"), "gone.jpg"]) == [
+        str(images / "labels.txt"),
+        "gone.jpg",
+    ]
     with pytest.raises(detector_kit.UsageError, match="no image file matches"):
         detector_kit.expand_paths([f"{images}/*.gif"])
     (images / "none").mkdir()
@@ -122,8 +124,8 @@ def test_an_ensemble_scores_the_exact_mean_of_its_models(images, model, tiny_dat
     np.testing.assert_allclose(good.p_fake.astype(float), (a + b) / 2, atol=1e-12)
     assert "an ensemble of 2" in capsys.readouterr().err
     # A manifest through Ensemble.score_manifest: the same mean, and per-view figures averaged alike.
-    from ffdi.data.labels import prepare, read_manifest
     from ffdi.config import DataConfig
+    from ffdi.data.labels import prepare, read_manifest
     from ffdi.inference.detector import Ensemble
 
     prepare(DataConfig(root=str(tiny_data)), tmp_path / "prepared")

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -21,15 +22,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi.model import checkpoint
-from ffdi.cli import score
-from ffdi.cli import serve
-from ffdi.inference import served_model
-from ffdi.tracking.pyfunc_model import log_pyfunc
+from ffdi.cli import score, serve
 from ffdi.config import AugmentConfig, DataConfig, Params
-from ffdi.inference.detector import Detector
 from ffdi.errors import ConfigError, TrackingError
+from ffdi.inference import served_model
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
+from ffdi.tracking.pyfunc_model import log_pyfunc
 from tests.test_video import audio_only_mp4
 
 TTA = ["hflip"]

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from ffdi.tracking import mlflow_run
 from ffdi.config import TrackingConfig
+from ffdi.tracking import mlflow_run
 from tests.conftest import ROOT
 
 

@@ -14,10 +14,10 @@ from timm.utils import ModelEmaV3
 
 from ffdi.config import AugmentConfig, ModelConfig, TrainConfig
 from ffdi.data.dataset import make_loader
-from ffdi.inference.detector import Detector
-from ffdi.model.networks import build_model
 from ffdi.engine.sync_audit import SyncAudit, count_syncs, on_meta
 from ffdi.engine.train import build_optimizer, train_one_epoch
+from ffdi.inference.detector import Detector
+from ffdi.model.networks import build_model
 
 AUG = AugmentConfig(resize=32, image_size=32)
 META = torch.device("meta")

@@ -5,9 +5,9 @@ import torch
 from sklearn import metrics as skm
 
 from ffdi.config import AugmentConfig, DataConfig, Params, RuntimeConfig, TrainConfig
-from ffdi.model import checkpoint
-from ffdi.inference.detector import Detector
 from ffdi.engine.train import fit
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
 from tests.project import NO_DEGRADATION
 
 
@@ -37,7 +37,7 @@ def test_fit_history_and_checkpoints(tiny_data, manifests, tmp_path, capsys):
     assert out[0] == (f"training on cpu ({cpu_name()}), {result['precision']}, batch 16, 0 loader workers, "
                       f"{torch.get_num_threads()} torch threads")
     epoch_lines = [line for line in out if line.startswith("epoch ")]
-    assert len(epoch_lines) == 2 and all(f"img/s on cpu, 0 workers" in line for line in epoch_lines)
+    assert len(epoch_lines) == 2 and all("img/s on cpu, 0 workers" in line for line in epoch_lines)
     best = result["best"]
     assert best["value"] == max(r["val_auc"] for r in rows)
     ckpt = checkpoint.load(tmp_path / "best.pt")

@@ -4,11 +4,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from ffdi.model import checkpoint
 from ffdi.config import ModelConfig, Params
-from ffdi.inference.detector import Detector
-from ffdi.model.networks import build_model, is_norm, set_tuning
 from ffdi.engine.train import fit, seed_everything
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
+from ffdi.model.networks import build_model, is_norm, set_tuning
 from tests.test_train import tiny_params
 
 
@@ -31,7 +31,9 @@ def test_frozen_parameters_and_statistics_do_not_move(tune, tiny_data, manifests
     result = fit(params, *manifests, tmp_path)
     after = checkpoint.load(tmp_path / "last.pt")["model"]
     model = build_model(params.model)
-    norm_names = {f"{n}.{p}" for n, m in model.named_modules() if is_norm(m) for p, _ in m.named_parameters(recurse=False)}
+    norm_names = {
+        f"{n}.{p}" for n, m in model.named_modules() if is_norm(m) for p, _ in m.named_parameters(recurse=False)
+    }
     expected = model.fc.weight.numel() + model.fc.bias.numel()
     if tune == "norm":
         expected += sum(model.state_dict()[k].numel() for k in norm_names)
@@ -149,8 +151,8 @@ def test_unset_size_and_normalisation_come_from_the_model(tiny_data, manifests, 
     import numpy as np
 
     from ffdi.config import AugmentConfig
-    from ffdi.model.networks import resolve_augment
     from ffdi.data.transforms import norm_stats, normalize_batch
+    from ffdi.model.networks import resolve_augment
 
     vit = build_model(ModelConfig(arch="vit_tiny_patch16_224"))
     resolved = resolve_augment(AugmentConfig(resize=None, image_size=None, normalize=None), vit)

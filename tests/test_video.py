@@ -2,8 +2,6 @@
 aggregate per video, and a clear row for each kind of bad file. Clips are made here from the tiny
 sample's images with PyAV: real frames, fake frames and a mix."""
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ffdi.model import checkpoint
-from ffdi.cli import explain
-from ffdi.evaluation.evaluate import evaluate, is_video_set, labelled_folder, score_video_set, summary_lines
-from ffdi.cli import score
-from ffdi.inference import video
+from ffdi.cli import explain, score
 from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params
-from ffdi.inference.detector import Detector
 from ffdi.errors import ConfigError, DataError
-from ffdi.model.networks import build_model
+from ffdi.evaluation.evaluate import evaluate, is_video_set, labelled_folder, score_video_set, summary_lines
+from ffdi.inference import video
+from ffdi.inference.detector import Detector
 from ffdi.inference.video import BadVideo, Sampling, sample_frames, score_video, write_video
+from ffdi.model import checkpoint
+from ffdi.model.networks import build_model
 
 LOSSLESS = {"codec": "ffv1", "pix_fmt": "bgr0"}  # Matroska: decoded frames are the pixels encoded
 FPS = 4
@@ -99,7 +96,10 @@ def test_frames_and_fps_pick_the_frames_at_their_times(tmp_path):
         return [index_of(f.image) for f in frames], [round(f.time, 6) for f in frames]
 
     assert taken(Sampling(frames=4)) == ([0, 3, 6, 9], [0.0, 0.75, 1.5, 2.25])
-    assert taken(Sampling(frames=5)) == ([0, 3, 5, 8, 10], [0.0, 0.75, 1.25, 2.0, 2.5])  # first frame at or after i*3/5 s
+    assert taken(Sampling(frames=5)) == (
+        [0, 3, 5, 8, 10],
+        [0.0, 0.75, 1.25, 2.0, 2.5],
+    )  # first frame at or after i*3/5 s
     assert taken(Sampling(fps=1)) == ([0, 4, 8], [0.0, 1.0, 2.0])
     assert taken(Sampling(fps=2)) == ([0, 2, 4, 6, 8, 10], [0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
     assert taken(Sampling(frames=100))[0] == list(range(12))  # more than there are: each frame once
@@ -161,7 +161,12 @@ def test_a_videos_frames_score_as_the_same_frames_as_images(clips, model, tmp_pa
         assert mine.time.tolist() == pytest.approx([i / FPS for i in range(12)])  # 16 asked, 12 there
         np.testing.assert_allclose(mine.p_fake, images, atol=atol)
         row = rows.loc[str(clips / clip)]
-        assert (int(row.frames_scored), int(row.frames_without_face), row["aggregate"], row.error) == (12, 0, "mean", "")
+        assert (int(row.frames_scored), int(row.frames_without_face), row["aggregate"], row.error) == (
+            12,
+            0,
+            "mean",
+            "",
+        )
         assert float(row.p_fake) == pytest.approx(mine.p_fake.mean(), abs=1e-8)
     # The per-frame and video scores are the Detector's, the serving and evaluate's path too.
     direct = score_video(Detector.load(model, "cpu", tta=["hflip"]), clips / "mix.mkv", Sampling(frames=16))
@@ -213,7 +218,9 @@ def test_faces_crop_each_frame_and_a_frame_without_one_is_recorded(model, tmp_pa
     row = rows.loc[str(clip)]
     assert (int(row.frames_scored), int(row.frames_without_face), row.error) == (2, 2, "")
     assert frames.error.tolist() == ["", "no face found", "", "no face found"]
-    assert list(frames.columns)[-1] == "face_box" and frames.face_box[0] == rows.loc[str(tmp_path / "face.png")].face_box
+    assert (
+        list(frames.columns)[-1] == "face_box" and frames.face_box[0] == rows.loc[str(tmp_path / "face.png")].face_box
+    )
     np.testing.assert_allclose(frames.p_fake[[0, 2]].astype(float), float(rows.loc[str(tmp_path / "face.png")].p_fake),
                                atol=1e-6)
     # No face in any frame: an error row that says so.

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from ffdi.analysis import plots
-from ffdi.tracking import mlflow_run
-from ffdi.config import TrackingConfig
-from ffdi.files import write_csv, write_text
-from ffdi.evaluation.metrics import rank_aucs
 from ffdi.analysis.runs import Run, aligned_predictions, finished_pipeline_runs, one_data_set, run_histories
+from ffdi.config import TrackingConfig
+from ffdi.evaluation.metrics import rank_aucs
+from ffdi.files import write_csv, write_text
+from ffdi.tracking import mlflow_run
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
@@ -59,7 +58,11 @@ def group_runs(runs: list[Run], by: list[str]) -> dict[str, list[Run]]:
 def summary_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
     rows = []
     for label, runs in groups.items():
-        row = {"group": label, "runs": len(runs), "seeds": ",".join(sorted(r.params.get("train.seed", "?") for r in runs))}
+        row = {
+            "group": label,
+            "runs": len(runs),
+            "seeds": ",".join(sorted(r.params.get("train.seed", "?") for r in runs)),
+        }
         for key, name in SUMMARY_METRICS.items():
             values = np.array([r.metrics[key] for r in runs if key in r.metrics])
             row[f"{name} mean"] = values.mean() if len(values) else float("nan")
@@ -118,13 +121,14 @@ def hardware_warnings(groups: dict[str, list[Run]]) -> list[str]:
         values = {r.tags.get(tag, "unknown") for r in runs}
         if len(values) > 1:
             by_group = "; ".join(
-                f"{label}: {', '.join(sorted({r.tags.get(tag, 'unknown') for r in rs}))}" for label, rs in groups.items()
+                f"{label}: {', '.join(sorted({r.tags.get(tag, 'unknown') for r in rs}))}"
+                for label, rs in groups.items()
             )
             warnings.append(f"runs differ in {what} ({tag}): {by_group}")
     return warnings
 
 
-def heldout_rows(groups: dict[str, list[Run]], frame_groups: pd.Series) -> Optional[np.ndarray]:
+def heldout_rows(groups: dict[str, list[Run]], frame_groups: pd.Series) -> np.ndarray | None:
     """Real images plus the held-out manipulations' fakes, where every run held out the same ones."""
     import ast
 
@@ -142,16 +146,26 @@ def difference_table(what: str, how: str, diffs: dict[str, dict]) -> list[str]:
     lines = ["", f"## {what} difference against the reference group", "", how, "",
              "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
     for label, d in diffs.items():
-        verdict = "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
-        lines.append(f"| {label} | {d['reference']} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |")
+        verdict = (
+            "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
+        )
+        lines.append(
+            f"| {label} | {d['reference']} | {d['difference']:+.4f} "
+            f"| [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {verdict} |"
+        )
     return lines
 
 
 def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict],
-                    warnings: tuple = (), heldout_diffs: Optional[dict] = None) -> str:
-    lines = [f"# Comparison of experiment `{experiment}`", "", f"Grouped by: {', '.join(by) or '(nothing differs)'}; "
-             f"spread is the standard deviation over runs (seeds).", "", "| group | runs | seeds | " +
-             " | ".join(f"{n} (mean ± sd)" for n in SUMMARY_METRICS.values()) + " |", "|---|---:|---|" + "---:|" * len(SUMMARY_METRICS)]
+                    warnings: tuple = (), heldout_diffs: dict | None = None) -> str:
+    lines = [
+        f"# Comparison of experiment `{experiment}`",
+        "",
+        f"Grouped by: {', '.join(by) or '(nothing differs)'}; spread is the standard deviation over runs (seeds).",
+        "",
+        "| group | runs | seeds | " + " | ".join(f"{n} (mean ± sd)" for n in SUMMARY_METRICS.values()) + " |",
+        "|---|---:|---|" + "---:|" * len(SUMMARY_METRICS),
+    ]
     for _, row in table.iterrows():
         cells = [
             "n/a" if np.isnan(row[f"{n} mean"]) else
@@ -175,8 +189,8 @@ def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: 
     return "\n".join(lines)
 
 
-def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_boot: int = 1000, log: bool = True,
-            data: Optional[str] = None) -> dict:
+def compare(cfg: TrackingConfig, out: Path, by: list[str] | None = None, n_boot: int = 1000, log: bool = True,
+            data: str | None = None) -> dict:
     """data: the data.hash (or a prefix) of the runs to compare; default the latest run's data set."""
     import mlflow
 
@@ -209,7 +223,9 @@ def compare(cfg: TrackingConfig, out: Path, by: Optional[list[str]] = None, n_bo
     write_text(out / "report.md", markdown)
     if log:
         with mlflow_run.run(cfg, run_name="compare"):
-            mlflow.set_tags({"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)})
+            mlflow.set_tags(
+                {"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)}
+            )
             mlflow.log_artifacts(str(out), artifact_path="compare")
     return {"by": by, "table": table, "diffs": diffs, "heldout_diffs": heldout_diffs, "warnings": warnings,
             "markdown": markdown, "notes": notes, "runs": [r.run_id for r in runs]}

@@ -13,8 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ffdi.errors import FfdiError
 
@@ -43,7 +43,7 @@ def dvc(*args: str, check: bool = True, timeout: float = 600) -> subprocess.Comp
     return proc
 
 
-def parse_queue_status(text: str) -> tuple[dict[str, str], Optional[int]]:
+def parse_queue_status(text: str) -> tuple[dict[str, str], int | None]:
     """`dvc queue status` -> ({experiment name: status}, active workers or None)."""
     tasks, active = {}, None
     for line in text.splitlines():
@@ -56,7 +56,7 @@ def parse_queue_status(text: str) -> tuple[dict[str, str], Optional[int]]:
     return tasks, active
 
 
-def start_workers(jobs: int, command: Optional[Sequence[str]] = None, timeout: float = 120, **run) -> None:
+def start_workers(jobs: int, command: Sequence[str] | None = None, timeout: float = 120, **run) -> None:
     """`dvc queue start -j N`, returning once the workers are started; `run`: more subprocess.run
     arguments (cwd, env, preexec_fn), for the tests' throwaway projects.
 
@@ -74,7 +74,7 @@ def start_workers(jobs: int, command: Optional[Sequence[str]] = None, timeout: f
             raise QueueError(f"{' '.join(command[1:])} exited {proc.returncode}: {log.read().strip()[-2000:]}")
 
 
-def queue_status() -> tuple[dict[str, str], Optional[int]]:
+def queue_status() -> tuple[dict[str, str], int | None]:
     return parse_queue_status(dvc("queue", "status").stdout)
 
 

@@ -7,16 +7,15 @@ the finished runs' tables (ffdi.analysis.generalisation_report) and logs them to
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-from ffdi.tracking import mlflow_run
-from ffdi.config import Params, TrackingConfig
 from ffdi.analysis.generalisation_report import HOLDOUT, GeneralisationError, render
+from ffdi.analysis.runs import CompareError, finished_pipeline_runs
+from ffdi.config import Params, TrackingConfig
 from ffdi.data.labels import read_labels
 from ffdi.hardware import available_cores
-from ffdi.analysis.runs import CompareError, finished_pipeline_runs
-
+from ffdi.tracking import mlflow_run
 
 # --- what to run ---------------------------------------------------------------------------------
 
@@ -75,8 +74,8 @@ def planned_experiments(groups: Sequence[str], seeds: Sequence[int], overrides: 
 # --- collecting, rendering and logging ------------------------------------------------------------
 
 
-def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Optional[Params] = None,
-                   reference: Optional[str] = None) -> dict:
+def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Params | None = None,
+                   reference: str | None = None) -> dict:
     import mlflow
 
     mlflow_run.setup(cfg)

@@ -8,8 +8,8 @@ heatmaps and CSVs (`render`).
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,11 +17,11 @@ import pandas as pd
 from ffdi.analysis import knob_table as knobs  # not to be confused with knob_table() below
 from ffdi.analysis import plots
 from ffdi.analysis.compare import bootstrap_auc_difference, mean_auc, paired_bootstrap, varying_keys
+from ffdi.analysis.runs import Run, aligned_frames, val_predictions
 from ffdi.config import Params, flatten
 from ffdi.errors import FfdiError
-from ffdi.files import write_csv, write_text
 from ffdi.evaluation.metrics import fpr_key, roc_auc
-from ffdi.analysis.runs import Run, aligned_frames, val_predictions
+from ffdi.files import write_csv, write_text
 
 HOLDOUT = "data.holdout"
 # Table (a): MLflow metric -> column.
@@ -105,8 +105,8 @@ def logged(value) -> str:
     return "null" if value is None else str(value)
 
 
-def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: Optional[Params],
-                      reference: Optional[str] = None) -> Optional[str]:
+def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: Params | None,
+                      reference: str | None = None) -> str | None:
     """The variant the others are compared with: the one whose label contains `reference`, else the
     one run with params.yaml's values of the params that differ (the defaults)."""
     if reference:
@@ -125,7 +125,7 @@ def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: O
     return found[0] if found else None
 
 
-def _heldout_probs(runs: Sequence[Run], group: str, frames: dict, names: list) -> Optional[np.ndarray]:
+def _heldout_probs(runs: Sequence[Run], group: str, frames: dict, names: list) -> np.ndarray | None:
     chosen = [r for r in runs if holdout_of(r) == (group,)]
     return np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in chosen]) if chosen else None
 
@@ -194,14 +194,19 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
 
 
 def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
-    lines = [f"## Against the reference: {reference}", "",
-             "Held-out AUC: mean ± sd over seeds. Difference: from the reference's held-out AUC on the same "
-             "manipulation, with the paired bootstrap 95% CI of `ffdi compare` (the val images resampled, the same "
-             "resample for both). `mean`: the difference averaged over the manipulations, one resample for all. "
-             "The CI covers which val images were drawn, not the seed: with one run per variant, a seed's spread "
-             "can exceed it.", "",
-             "| variant (what differs from the reference) | held out | runs | held-out AUC | difference | 95% CI | verdict |",
-             "|---|---|---:|---:|---:|---|---|"]
+    lines = [
+        f"## Against the reference: {reference}",
+        "",
+        "Held-out AUC: mean ± sd over seeds. Difference: from the reference's held-out AUC on the same "
+        "manipulation, with the paired bootstrap 95% CI of `ffdi compare` (the val images resampled, the same "
+        "resample for both). `mean`: the difference averaged over the manipulations, one resample for all. "
+        "The CI covers which val images were drawn, not the seed: with one run per variant, a seed's spread "
+        "can exceed it.",
+        "",
+        "| variant (what differs from the reference) | held out | runs | held-out AUC | difference | 95% CI "
+        "| verdict |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
     for _, r in table.iterrows():
         auc = "" if pd.isna(r["heldout_auc"]) else f"{r['heldout_auc']:.4f}" + (
             "" if pd.isna(r["sd"]) else f" ± {r['sd']:.4f}")
@@ -239,7 +244,7 @@ def _markdown_table(long: pd.DataFrame, rows: str, cols: str, corner: str) -> li
 
 
 def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]], runs: Sequence[Run],
-                    differences: Optional[pd.DataFrame] = None, reference: Optional[str] = None) -> str:
+                    differences: pd.DataFrame | None = None, reference: str | None = None) -> str:
     lines = ["# Generalisation to unseen manipulations", "",
              f"{len(runs)} finished runs with `{HOLDOUT}` set, grouped by {', '.join(keys) or '(nothing differs)'}. "
              "Each cell is the mean ± sd over runs (seeds); a cell with one run shows its value alone.", "",
@@ -276,7 +281,7 @@ def runs_table(runs: Sequence[Run], keys: list[str]) -> pd.DataFrame:
                           "git_commit": r.tags.get("git.commit", "")} for r in runs])
 
 
-def knob_table(runs: Sequence[Run], params: Optional[Params], reference: Optional[str], load=val_predictions,
+def knob_table(runs: Sequence[Run], params: Params | None, reference: str | None, load=val_predictions,
                load_degraded=knobs.robustness_predictions, n_boot: int = 1000):
     """The knob table (ffdi.analysis.knob_table) of every variant with runs trained on all manipulations, grouped
     by the params that differ among all the runs; None where fewer than two variants or no reference."""
@@ -295,13 +300,14 @@ def knob_table(runs: Sequence[Run], params: Optional[Params], reference: Optiona
     return table, knobs.choose(table)
 
 
-def render(runs: Sequence[Run], out: Path, params: Optional[Params] = None, reference: Optional[str] = None,
+def render(runs: Sequence[Run], out: Path, params: Params | None = None, reference: str | None = None,
            load=val_predictions, n_boot: int = 1000, load_degraded=knobs.robustness_predictions) -> dict:
     """Write report.md, the heatmaps and CSVs for these runs to `out`; return what was written.
 
     With several variants, each is also compared with the reference variant (see reference_variant)
     on held-out AUC, with paired bootstrap CIs (differences.csv); `load` reads a run's val predictions.
-    Where runs trained on all manipulations are there too, the knob table (ffdi.analysis.knob_table): knobs.csv, knobs.png.
+    Where runs trained on all manipulations are there too, the knob table (ffdi.analysis.knob_table):
+    knobs.csv, knobs.png.
     """
     keys, result = tables(runs)
     chosen = holdout_runs(runs)

@@ -13,14 +13,14 @@ variant's runs. `choose` applies the rule the default recipe is chosen by (see R
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ffdi.analysis.compare import bootstrap_auc_difference, paired_bootstrap
-from ffdi.evaluation.metrics import rank_aucs
 from ffdi.analysis.runs import Run, aligned_frames, predictions_csv, val_predictions
+from ffdi.evaluation.metrics import rank_aucs
 
 COLUMNS = {"clean": "eval_roc_auc", "degraded": "eval_degraded_mean_auc", "heldout": "heldout_roc_auc"}
 TITLES = {"clean": "clean val AUC", "degraded": "mean AUC over the default degradations",
@@ -70,8 +70,8 @@ def degraded_difference(ref: list[pd.DataFrame], mine: list[pd.DataFrame], n_boo
     return {k: d[k] for k in ("difference", "ci_low", "ci_high")}
 
 
-def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: Optional[pd.DataFrame] = None,
-          differs: Optional[Callable[[str], str]] = None, load_val=val_predictions,
+def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: pd.DataFrame | None = None,
+          differs: Callable[[str], str] | None = None, load_val=val_predictions,
           load_degraded=robustness_predictions, n_boot: int = 1000) -> pd.DataFrame:
     """One row per variant and column (clean, degraded, heldout): runs, mean, sd, difference, ci_low, ci_high.
 
@@ -110,11 +110,11 @@ def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: Optiona
                                        "ci_low", "ci_high", "held_out"])
 
 
-def _heldout_variants(heldout: Optional[pd.DataFrame]) -> list[str]:
+def _heldout_variants(heldout: pd.DataFrame | None) -> list[str]:
     return [] if heldout is None or heldout.empty else list(dict.fromkeys(heldout.variant))
 
 
-def _heldout_row(heldout: Optional[pd.DataFrame], label: str) -> dict:
+def _heldout_row(heldout: pd.DataFrame | None, label: str) -> dict:
     """The variant's held-out AUC averaged over the manipulations it held out (runs: per manipulation),
     and its `mean` difference from the reference."""
     if heldout is None or heldout.empty or label not in set(heldout.variant):
@@ -129,7 +129,7 @@ def _heldout_row(heldout: Optional[pd.DataFrame], label: str) -> dict:
     return out
 
 
-def choose(knobs: pd.DataFrame) -> Optional[str]:
+def choose(knobs: pd.DataFrame) -> str | None:
     """The variant RULE picks (the reference where no other passes): the highest degraded mean AUC
     among those whose clean AUC is within CLEAN_TOLERANCE of the reference's (the difference's point
     estimate) and whose held-out difference has a CI reaching 0 or above. A variant without
@@ -158,7 +158,7 @@ def _cell(r) -> str:
     return f"{value}<br>{r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
 
 
-def markdown(knobs: pd.DataFrame, chosen: Optional[str]) -> list[str]:
+def markdown(knobs: pd.DataFrame, chosen: str | None) -> list[str]:
     lines = ["## Knob table: clean, degraded and held-out AUC", "",
              "Each cell: the variant's mean ± sd over seeds (held-out: the mean over the manipulations it held "
              "out), then its difference from the reference with the paired bootstrap 95% CI over the same val "

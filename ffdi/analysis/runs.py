@@ -111,9 +111,14 @@ def aligned_predictions(groups: dict[str, list[Run]]) -> tuple[np.ndarray, dict[
     each image's manipulation ('' where the predictions don't say)."""
     names, frames = aligned_frames([r for runs in groups.values() for r in runs])
     y = frames[next(iter(frames))].loc[names, "target"].to_numpy()
-    probs = {label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs]) for label, runs in groups.items()}
+    probs = {
+        label: np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in runs])
+        for label, runs in groups.items()
+    }
     first = frames[next(iter(frames))]
-    image_groups = first.loc[names, "group"].fillna("").astype(str) if "group" in first else pd.Series([""] * len(names))
+    image_groups = (
+        first.loc[names, "group"].fillna("").astype(str) if "group" in first else pd.Series([""] * len(names))
+    )
     return y, probs, image_groups.reset_index(drop=True)
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 from ffdi.analysis.compare import compare
 from ffdi.analysis.runs import CompareError
 from ffdi.config import TrackingConfig
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from ffdi.config import load_params
 
     ap = argparse.ArgumentParser(prog="ffdi compare", description=__doc__.splitlines()[0])

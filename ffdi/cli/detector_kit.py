@@ -13,8 +13,8 @@ import argparse
 import glob
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ffdi.errors import FfdiError
 
@@ -88,7 +88,7 @@ def add_video_arguments(ap: argparse.ArgumentParser, aggregate: bool = True) -> 
                              "(default: eval.video_aggregate of ./params.yaml, mean)")
 
 
-def video_defaults(frames: Optional[int], fps: Optional[float], aggregate: Optional[str] = None):
+def video_defaults(frames: int | None, fps: float | None, aggregate: str | None = None):
     """(Sampling, aggregate) from the options, else ./params.yaml's eval.video_*, as the served model uses."""
     from ffdi.config import load_params, parse_aggregate
     from ffdi.inference.video import Sampling
@@ -156,7 +156,7 @@ def _images_under(folder: str, suffixes: set[str]) -> list[str]:
 # --- which model, and how it scores ----------------------------------------------------------------
 
 
-def default_tta(cli_tta: Optional[list[str]]) -> tuple[tuple[str, ...], str]:
+def default_tta(cli_tta: list[str] | None) -> tuple[tuple[str, ...], str]:
     """The test-time views, and where they came from (for the summary)."""
     if cli_tta is not None:
         return tuple(cli_tta), "--tta"
@@ -167,7 +167,7 @@ def default_tta(cli_tta: Optional[list[str]]) -> tuple[tuple[str, ...], str]:
     return load_params(PARAMS_FILE).predict.tta, f"{PARAMS_FILE} predict.tta"
 
 
-def default_threshold(cli_threshold: Optional[float]) -> float:
+def default_threshold(cli_threshold: float | None) -> float:
     if cli_threshold is not None:
         threshold = cli_threshold
     else:

@@ -12,8 +12,8 @@ the video's, as `ffdi score` gives it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import pandas as pd
 import torch
@@ -39,7 +39,7 @@ def overlay_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = detector_kit.make_parser(
         "ffdi explain",
         "Overlays of where the detector sees fake evidence (a class activation map of class fake),\n"
@@ -99,7 +99,14 @@ def run(args) -> int:
                    f"{v.frames_scored} frames); the {len(v.top)} most suspicious", out_dir / name, explainer.title)
         records.append({"path": path, "p_fake": v.score, "label": label, "error": "", "overlay": str(out_dir / name)})
     names = iter([(p, n) for p, n in zip(paths, overlay_names(paths)) if not is_video(p)])
-    with tqdm(total=sum(not is_video(p) for p in paths), desc="explain", unit="img", mininterval=1.0, file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=sum(not is_video(p) for p in paths),
+        desc="explain",
+        unit="img",
+        mininterval=1.0,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         while chunk := list(islice(names, args.batch_size)):
             pixels, kept = [], []
             for path, name in chunk:

@@ -33,16 +33,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 from ffdi.analysis.dvc_queue import report_failures, run_experiments
-from ffdi.analysis.generalisation import (KINDS, default_jobs, generalisation, manipulations,
-                                          planned_experiments)
+from ffdi.analysis.generalisation import KINDS, default_jobs, generalisation, manipulations, planned_experiments
 from ffdi.analysis.generalisation_report import GeneralisationError
 from ffdi.config import TrackingConfig, load_params
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ffdi generalisation", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[2:]))

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
 
 from ffdi.errors import FfdiError, user_error_message
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`ffdi <command> ...`; each command's module parses its own arguments."""
     commands = {
         "compare": ("ffdi.cli.compare", "compare the runs of an MLflow experiment"),

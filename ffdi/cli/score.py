@@ -22,14 +22,31 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Optional
+from typing import IO
 
-from ffdi.cli.detector_kit import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, EXIT_STATUS_HELP, VIDEO_HELP, UsageError, add_model_arguments, add_video_arguments, default_threshold, default_tta, describe_detector, expand_paths, load_detector, make_parser, reason, video_defaults
+from ffdi.cli.detector_kit import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_STATUS_HELP,
+    VIDEO_HELP,
+    UsageError,
+    add_model_arguments,
+    add_video_arguments,
+    default_threshold,
+    default_tta,
+    describe_detector,
+    expand_paths,
+    load_detector,
+    make_parser,
+    reason,
+    video_defaults,
+)
 from ffdi.errors import BadImage, FfdiError
-
 
 # --- scoring ---------------------------------------------------------------------------------------
 
@@ -37,10 +54,10 @@ from ffdi.errors import BadImage, FfdiError
 @dataclass
 class Row:
     path: str
-    p_fake: Optional[float] = None
+    p_fake: float | None = None
     error: str = ""
-    face_box: Optional[tuple[int, int, int, int]] = None
-    video: Optional[object] = None  # a video's ffdi.inference.video.VideoScore: its frames and aggregate
+    face_box: tuple[int, int, int, int] | None = None
+    video: object | None = None  # a video's ffdi.inference.video.VideoScore: its frames and aggregate
 
     def label(self, threshold: float) -> str:
         if self.p_fake is None:
@@ -155,7 +172,7 @@ def write_frames(w, row: Row, threshold: float, faces: bool) -> None:
         w.writerow([row.path, f"{f.time:.6f}", p, label, f.error, *box])
 
 
-def output_format(out: Optional[str]) -> str:
+def output_format(out: str | None) -> str:
     if out is None or out == "-":
         return "csv"
     suffix = Path(out).suffix.lower()
@@ -183,7 +200,7 @@ class Summary:
 
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = make_parser(
         "ffdi score",
         "P(fake) for image files, videos, folders (recursive) and globs, one row per file:\n"
@@ -194,8 +211,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     ap.add_argument("paths", nargs="+", metavar="PATH",
                     help="image files, videos, folders, or quoted globs ('imgs/**/*.jpg')")
-    ap.add_argument("--out", default=None,
-                    help="results.csv or results.json, written atomically; default: CSV on stdout, the summary on stderr")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results.csv or results.json, written atomically; default: CSV on stdout, the summary on stderr",
+    )
     ap.add_argument("--faces", action="store_true",
                     help="score the largest face of each image (MTCNN), cropped as the training images are framed; "
                          "an image with no face gets a row saying so")
@@ -239,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     to_file = args.out not in (None, "-")
 
-    def write_all(stream: IO[str], frames: Optional[IO[str]]) -> None:
+    def write_all(stream: IO[str], frames: IO[str] | None) -> None:
         writer = RowWriter(stream, fmt, args.threshold, faces is not None, videos > 0)
         frame_writer = None
         if frames is not None:
@@ -272,8 +292,12 @@ def run(args: argparse.Namespace) -> int:
     summary.seconds = time.perf_counter() - t0
 
     where = f" -> {args.out}" if to_file else ""
-    what = "images" if not videos else f"files ({len(paths) - videos} images, {videos} videos of {sampling.describe()}" \
-                                       f", {aggregate} of their frames)"
+    what = (
+        "images"
+        if not videos
+        else f"files ({len(paths) - videos} images, {videos} videos of {sampling.describe()}"
+        f", {aggregate} of their frames)"
+    )
     print(f"scored {summary.scored} of {len(paths)} {what}{where}: {summary.fake} fake, "
           f"{summary.scored - summary.fake} real at threshold {args.threshold}; "
           f"{summary.errors} could not be scored ({summary.seconds:.1f} s)", file=sys.stderr)

@@ -2,6 +2,8 @@
 
     ffdi serve [--model models:/<id> | runs:/<run id>/detector] [--port 5001] [--host 127.0.0.1]
 
+What the server answers (the served model's own docstring says more):
+
     request:  POST /invocations  {"inputs": ["<base64 of an image file>", ...]}   JPEG, PNG or WebP
     response: {"predictions": [{"p_fake": 0.93, "label": "fake"}, ...]}           one per image, in order
 """
@@ -13,7 +15,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import mlflow
 from mlflow.entities import LoggedModelStatus
@@ -84,7 +85,7 @@ def example_image(params_file: Path = Path("params.yaml")) -> str:
     return "face.jpg"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from ffdi.config import load_params
 
     ap = argparse.ArgumentParser(prog="ffdi serve", description="Serve a logged detector over HTTP with "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -11,10 +11,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from torchvision.transforms import functional as TF
 
-from ffdi.sample import manipulations
 from ffdi.config import AugmentConfig
-from ffdi.errors import BadImage
 from ffdi.data.transforms import build_uint8_transform, load_image, norm_stats
+from ffdi.errors import BadImage
+from ffdi.sample import manipulations
 
 
 class ImageDataset(Dataset):
@@ -33,9 +33,9 @@ class ImageDataset(Dataset):
         self,
         manifest: pd.DataFrame,
         transform: Callable,
-        draft_size: Optional[int] = None,
+        draft_size: int | None = None,
         on_bad_image: str = "error",
-        normalize: Optional[tuple] = None,
+        normalize: tuple | None = None,
         self_blend: float = 0.0,
         blend_strength: float = 1.0,
         blend_axes: tuple[float, float] = manipulations.BLEND_AXES,
@@ -54,7 +54,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: int | tuple[int, Optional[int]]):
+    def __getitem__(self, item: int | tuple[int, int | None]):
         i, seed = item if isinstance(item, tuple) else (item, None)
         try:
             img = load_image(self.paths[i], self.draft_size)
@@ -94,9 +94,9 @@ class EpochSampler(Sampler):
     def __init__(self, dataset: Dataset, shuffle: bool, shard: bool = False, seed: int = 0):
         self.n, self.shuffle = len(dataset), shuffle
         self.shard = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False) if shard else None
-        self.seed: Optional[int] = None
+        self.seed: int | None = None
 
-    def set_epoch(self, epoch: int, seed: Optional[int]) -> None:
+    def set_epoch(self, epoch: int, seed: int | None) -> None:
         """seed: the order's and the augmentation's seed for this epoch (None: unseeded)."""
         self.seed = seed
         if self.shard is not None:
@@ -126,12 +126,12 @@ class EpochSampler(Sampler):
 
 @dataclass
 class Batch:
-    x: Optional[torch.Tensor]  # None when every image in the batch was skipped
+    x: torch.Tensor | None  # None when every image in the batch was skipped
     y: torch.Tensor
     index: torch.Tensor
     skipped: list[tuple[int, str]]  # (dataset index, reason)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """What DataLoader(pin_memory=True) calls. Without it a Batch is left in pageable memory,
         and a copy to the GPU from pageable memory waits for the GPU's queue to drain first, each
         step (non_blocking or not): the host cannot run ahead of the device."""

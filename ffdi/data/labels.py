@@ -15,7 +15,6 @@ import io
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 import pandas as pd
 from tqdm import tqdm
@@ -30,7 +29,7 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}  # scored by ffdi.inf
 MANIFEST_COLUMNS = ["img_name", "target", "group", "path"]
 
 
-def read_labels(path: str | Path, require_target: bool = True, group_column: Optional[str] = None) -> pd.DataFrame:
+def read_labels(path: str | Path, require_target: bool = True, group_column: str | None = None) -> pd.DataFrame:
     """Parse a label file into columns img_name, target, group (target is -1 when absent).
 
     group: the `group_column` of the file where it has one (the manipulation that made a fake);
@@ -133,7 +132,7 @@ def build_manifest(root: Path, split_dir: str, labels: pd.DataFrame, labels_path
     return out[MANIFEST_COLUMNS]
 
 
-def prepare(cfg: DataConfig, out_dir: str | Path, files: Optional[dict] = None) -> dict:
+def prepare(cfg: DataConfig, out_dir: str | Path, files: dict | None = None) -> dict:
     """Validate the label files against the images and write one manifest per split.
 
     Writes <out_dir>/{train,val[,test]}.csv and summary.json; returns the summary. files: the

@@ -10,7 +10,7 @@ import functools
 import math
 import os
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path, draft_size: Optional[int] = None, name: Optional[str] = None) -> Image.Image:
+def load_image(path, draft_size: int | None = None, name: str | None = None) -> Image.Image:
     """Open an image (a path, or a file object such as BytesIO) as 8-bit RGB, honouring EXIF
     rotation; raise BadImage naming the file (`name`, for a file object).
 
@@ -77,7 +77,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def norm_stats(cfg: AugmentConfig) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
+def norm_stats(cfg: AugmentConfig) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """(mean, std) per channel that augment.normalize asks for; None: no normalisation."""
     if cfg.normalize == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
@@ -164,7 +164,7 @@ class Uint8Transform:
         return torch.from_numpy(np.array(img))
 
 
-def normalize_batch(x: torch.Tensor, stats: Optional[tuple], channels_last: bool = True) -> torch.Tensor:
+def normalize_batch(x: torch.Tensor, stats: tuple | None, channels_last: bool = True) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W): ToTensor + Normalize for a whole batch, bit for bit.
 
     The same operations in the same order as torchvision's keep training numbers identical to
@@ -181,7 +181,7 @@ def normalize_batch(x: torch.Tensor, stats: Optional[tuple], channels_last: bool
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stats_on(stats: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) as tensors on `device`, made once: making them per batch copied them from the
     host each time, and on a GPU such a copy waits for the device, so every step synchronised."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def _on_meta(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
 
-def _target_device(args: tuple, kwargs: dict) -> Optional[torch.device]:
+def _target_device(args: tuple, kwargs: dict) -> torch.device | None:
     """Where Tensor.to(...) sends its tensor; None where it stays (a dtype change alone)."""
     target = kwargs.get("device")
     for a in args[1:]:
@@ -86,7 +87,7 @@ class SyncAudit(TorchFunctionMode):
         return func(*args, **kwargs)
 
     @staticmethod
-    def _kind(func: Callable, args: tuple, kwargs: dict) -> Optional[str]:
+    def _kind(func: Callable, args: tuple, kwargs: dict) -> str | None:
         if func in READS and args and _on_device(args[0]):
             return f"read {READS[func]}"
         if func in (torch.tensor, torch.as_tensor):

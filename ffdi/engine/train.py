@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -28,11 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ffdi.model import checkpoint
-from ffdi.engine import distributed
 from ffdi.config import Params, TrainConfig
 from ffdi.data.dataset import make_loader, set_workers
-from ffdi.inference.detector import Detector
+from ffdi.data.transforms import normalize_batch
+from ffdi.engine import distributed
+from ffdi.evaluation.metrics import roc_auc
 from ffdi.hardware import (
     CpuShare,
     apply_threads,
@@ -45,9 +45,9 @@ from ffdi.hardware import (
     resolve_workers,
     select_device,
 )
-from ffdi.evaluation.metrics import roc_auc
+from ffdi.inference.detector import Detector
+from ffdi.model import checkpoint
 from ffdi.model.networks import build_model, resolve_augment, set_tuning, train_mode
-from ffdi.data.transforms import normalize_batch
 
 # Which direction is better for each selectable metric.
 MAXIMISE = {"val_auc": True, "val_acc": True, "val_loss": False}
@@ -87,11 +87,11 @@ def train_one_epoch(
     device: torch.device,
     channels_last: bool = True,
     desc: str = "train",
-    skipped: Optional[list] = None,
-    amp: Optional[torch.dtype] = None,
-    scaler: Optional[torch.amp.GradScaler] = None,
+    skipped: list | None = None,
+    amp: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
     tune: str = "full",
-    after_step: Optional[Callable[[], None]] = None,
+    after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`. Unreadable images (under on_bad_image=skip) are appended to `skipped`.
 
@@ -154,7 +154,7 @@ def _plain(net: nn.Module) -> nn.Module:
         net = inner
 
 
-def validate(detector: Detector, loader: DataLoader, skipped: Optional[list] = None) -> dict[str, float]:
+def validate(detector: Detector, loader: DataLoader, skipped: list | None = None) -> dict[str, float]:
     """Val metrics of what the Detector scores; in a DDP group over every shard, each image once."""
     res = detector.score_loader(loader, desc="val")
     res.index, res.view_logp, targets = distributed.gather_rows(
@@ -181,7 +181,7 @@ def fit(
     state_dir: Path,
     on_epoch: Callable[[dict], None] = lambda row: None,
     on_resume: Callable[[list[dict]], None] = lambda history: None,
-    cpu_share: Optional[CpuShare] = None,
+    cpu_share: CpuShare | None = None,
 ) -> dict:
     """Train for params.train.epochs, keeping `state_dir/last.pt` and `state_dir/best.pt` current.
 

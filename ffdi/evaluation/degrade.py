@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,10 +40,10 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
-from ffdi.evaluation import metrics
 from ffdi.config import AugmentConfig, parse_degradation
-from ffdi.inference.detector import Detector, Scores
 from ffdi.data.transforms import build_uint8_transform, load_image
+from ffdi.evaluation import metrics
+from ffdi.inference.detector import Detector, Scores
 
 # Kinds whose severity gets milder as the number grows (quality, scale, size): curves run mild -> severe.
 MILDER_WHEN_LARGER = {"jpeg", "webp", "social", "downscale", "resize"}
@@ -55,7 +55,7 @@ class Degradation:
     severity: float
 
     @classmethod
-    def parse(cls, spec: str) -> "Degradation":
+    def parse(cls, spec: str) -> Degradation:
         return cls(*parse_degradation(spec))
 
     @property
@@ -172,7 +172,7 @@ def subset(manifest: pd.DataFrame, n, seed: int = 0) -> pd.DataFrame:
         return manifest
     rng = np.random.default_rng(seed)
     picked = []
-    for target, rows in manifest.groupby("target", sort=True):
+    for _, rows in manifest.groupby("target", sort=True):
         share = max(1, round(n * len(rows) / len(manifest)))
         picked.append(rows.iloc[np.sort(rng.permutation(len(rows))[:share])])
     return pd.concat(picked).sort_index()
@@ -199,7 +199,9 @@ def robustness(manifest: pd.DataFrame, clean_prob: np.ndarray, degraded: dict[De
     return out
 
 
-def predictions(manifest: pd.DataFrame, clean_prob: np.ndarray, degraded: dict[Degradation, np.ndarray]) -> pd.DataFrame:
+def predictions(
+    manifest: pd.DataFrame, clean_prob: np.ndarray, degraded: dict[Degradation, np.ndarray]
+) -> pd.DataFrame:
     """Per image: img_name, target, group, P(fake) clean, then one column per degradation (its label,
     e.g. `jpeg:50`): robustness_predictions.csv, from which `ffdi generalisation` bootstraps the
     degraded AUC of two variants over the same images."""

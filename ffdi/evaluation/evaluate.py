@@ -20,18 +20,18 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ffdi.evaluation import degrade, metrics
 from ffdi.config import DataConfig, EvalConfig
-from ffdi.errors import DataError
-from ffdi.files import write_csv
 from ffdi.data.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, build_manifest, read_labels
+from ffdi.errors import DataError
+from ffdi.evaluation import degrade, metrics
+from ffdi.files import write_csv
 
 # The aggregations whose video-level AUC an extra set of videos reports beside the configured one.
 COMPARED_AGGREGATES = ("mean", "max", "topk:2", "topk:4")
@@ -46,7 +46,7 @@ class Evaluation:
     extra: dict = field(default_factory=dict)  # extra set name -> its scored rows (img_name, target, group, y_pred)
     skipped: dict = field(default_factory=dict)  # "evaluate" or "extra_<name>" -> [(path, reason)]
     seconds: dict = field(default_factory=dict)
-    degraded: Optional[pd.DataFrame] = None  # per image, P(fake) clean and under each degradation
+    degraded: pd.DataFrame | None = None  # per image, P(fake) clean and under each degradation
 
 
 def labelled_folder(name: str, root: str, data: DataConfig) -> tuple[pd.DataFrame, str]:
@@ -124,7 +124,7 @@ def scored_metrics(frame: pd.DataFrame, prob: np.ndarray, cfg: EvalConfig) -> di
 
 
 def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str] = (),
-             extra: Optional[dict[str, tuple[pd.DataFrame, str]]] = None, ensemble=None, workers: int = 0,
+             extra: dict[str, tuple[pd.DataFrame, str]] | None = None, ensemble=None, workers: int = 0,
              on_bad_image: str = "error") -> Evaluation:
     """Score `val` (and each extra set, and the ensemble if given) and measure it all.
 
@@ -280,7 +280,7 @@ def summary_lines(ev: Evaluation) -> list[str]:
         else:
             lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
     if ev.robustness:
-        lines.append("robustness (AUC): clean {:.4f}; ".format(ev.clean_auc)
+        lines.append(f"robustness (AUC): clean {ev.clean_auc:.4f}; "
                      + ", ".join(f"{d.label} {m['roc_auc']:.4f}{_worst_group(m)}"
                                  for d, m in ev.robustness.items()))
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in ev.seconds.items()))

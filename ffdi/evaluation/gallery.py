@@ -5,7 +5,6 @@ activation map (ffdi.inference.cams) of where the detector sees fake evidence, o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import torch
@@ -15,7 +14,7 @@ from ffdi.inference.cams import Explainer, draw_map, pyplot
 
 
 def gallery(detector, rows: pd.DataFrame, out_png, n: int = 4, threshold: float = 0.5,
-            layer: Optional[str] = None, method: str = "layercam") -> dict[str, list[str]]:
+            layer: str | None = None, method: str = "layercam") -> dict[str, list[str]]:
     """One PNG: the n most confident false positives, the n most confident false negatives and
     the n top true positives of a scored split, each with its map and score.
 

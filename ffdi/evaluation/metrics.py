@@ -8,7 +8,6 @@ from sklearn import metrics as skm
 from ffdi.errors import MetricError
 
 
-
 def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true = np.asarray(y_true).astype(int)
     y_prob = np.asarray(y_prob, dtype=float)

@@ -23,7 +23,6 @@ gives the classic Grad-CAM.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -83,7 +82,7 @@ def _undo_view(cam: np.ndarray, view: str) -> np.ndarray:
 class Explainer:
     """Maps of a Detector's "fake" class, in [0, 1] per image, at the model's input size."""
 
-    def __init__(self, detector, layer: Optional[str] = None, method: str = "layercam"):
+    def __init__(self, detector, layer: str | None = None, method: str = "layercam"):
         if method not in METHODS:
             raise ExplainError(f"--method {method}: expected one of {', '.join(METHODS)}")
         self.detector, self.method = detector, method
@@ -134,7 +133,7 @@ def pyplot():
     return plt
 
 
-def draw_map(ax, pixels: np.ndarray, cam: Optional[np.ndarray], title: str) -> None:
+def draw_map(ax, pixels: np.ndarray, cam: np.ndarray | None, title: str) -> None:
     ax.imshow(pixels, interpolation="nearest")
     if cam is not None:
         ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")

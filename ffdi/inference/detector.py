@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -22,13 +22,13 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from ffdi.model import checkpoint
 from ffdi.config import AugmentConfig, check_views
 from ffdi.data.dataset import make_loader
-from ffdi.hardware import autocast, autocast_dtype, select_device
 from ffdi.data.transforms import build_uint8_transform, load_image, norm_stats, normalize_batch, to_rgb, tta_view
+from ffdi.hardware import autocast, autocast_dtype, select_device
+from ffdi.model import checkpoint
 
-ImageInput = Union[str, Path, bytes, Image.Image]
+ImageInput = str | Path | bytes | Image.Image
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Detector:
         self,
         model: nn.Module,
         augment: AugmentConfig,
-        device: Union[str, torch.device] = "cpu",
+        device: str | torch.device = "cpu",
         precision: str = "fp32",
         tta: Sequence[str] = (),
         channels_last: bool = True,
@@ -86,11 +86,11 @@ class Detector:
     @classmethod
     def load(
         cls,
-        source: Union[str, Path],
+        source: str | Path,
         device: str = "auto",
-        precision: Optional[str] = None,
+        precision: str | None = None,
         tta: Sequence[str] = (),
-    ) -> "Detector":
+    ) -> Detector:
         """From a checkpoint file, a `runs:/<id>/<path>` URI or a `models:/<id>` URI.
 
         precision: None keeps the one the model was trained and validated in.
@@ -202,7 +202,7 @@ class Ensemble:
         self.source = " + ".join(m.source for m in self.members)
 
     @classmethod
-    def extend(cls, detector: Detector, sources: Sequence[Union[str, Path]], device: str = "auto") -> "Ensemble":
+    def extend(cls, detector: Detector, sources: Sequence[str | Path], device: str = "auto") -> Ensemble:
         """`detector` and the models at `sources`, loaded with its test-time views."""
         return cls([detector, *(Detector.load(s, device, tta=detector.views[1:]) for s in sources)])
 

@@ -11,13 +11,12 @@ downloaded). It is imported only when a FaceCropper is made, so plain scoring ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
 
-from ffdi.errors import BadImage, FfdiError
 from ffdi.data.transforms import load_image
+from ffdi.errors import BadImage, FfdiError
 
 # The side of the square crop, as a multiple of the longer side of MTCNN's face box.
 # multiFFDI's images are aligned crops in which the face fills about the middle 60% of the
@@ -50,7 +49,7 @@ class FaceCropper:
         self.mtcnn = MTCNN(keep_all=True, device=device)
         self.margin, self.min_confidence = margin, min_confidence
 
-    def largest_face(self, img: Image.Image) -> Optional[Box]:
+    def largest_face(self, img: Image.Image) -> Box | None:
         """The box (x0, y0, x1, y1) of the largest confident face, in pixels; None if there is none."""
         if min(img.size) < self.mtcnn.min_face_size:
             return None  # smaller than the smallest face MTCNN looks for (and it fails on these)
@@ -93,6 +92,6 @@ class FaceCropper:
             raise NoFace(f"{name}: no face found")
         return img.crop(self.crop_box(box, img.size)), box
 
-    def crop_file(self, path: Union[str, Path]) -> tuple[Image.Image, Box]:
+    def crop_file(self, path: str | Path) -> tuple[Image.Image, Box]:
         """Decode at full resolution (small faces need the pixels), then crop."""
         return self.crop(load_image(path), str(path))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Optional
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -128,14 +127,14 @@ def decode_base64(text: str, index: int, max_bytes: int = MAX_FILE_BYTES) -> byt
     return data
 
 
-def score_images(detector, images: list[bytes], positions: Optional[list[int]] = None):
+def score_images(detector, images: list[bytes], positions: list[int] | None = None):
     """P(fake) of each image file; an unreadable one is a RequestError naming its position
     (in the request: `positions[k]` for images[k], where videos stood among them)."""
     position = -1
 
     def numbered():
         nonlocal position
-        for position, image in enumerate(images):
+        for position, image in enumerate(images):  # noqa: B007 (nonlocal: the except clause below reads it)
             yield image
 
     try:

@@ -21,20 +21,21 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Optional, Sequence, Union
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
 from ffdi.config import parse_aggregate
+from ffdi.data.labels import VIDEO_SUFFIXES
 from ffdi.errors import BadImage, DataError
 from ffdi.inference.faces import NoFace
-from ffdi.data.labels import VIDEO_SUFFIXES
 
-Source = Union[str, Path, IO[bytes]]
+Source = str | Path | IO[bytes]
 
 # Container formats taken as videos (FFmpeg's demuxer names). FFmpeg also opens a JPEG or a text
 # file as a one-frame "video" (jpeg_pipe, tty): such a file named .mp4 is not one.
@@ -58,7 +59,7 @@ class BadVideo(DataError):
     """A video file that cannot be scored; the message says why."""
 
 
-def is_video(path: Union[str, Path]) -> bool:
+def is_video(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
@@ -73,8 +74,8 @@ def sniff_video(data: bytes) -> bool:
 class Sampling:
     """Which frames of a video: `frames` uniformly spread (16 where neither is given), or `fps` per second."""
 
-    frames: Optional[int] = None
-    fps: Optional[float] = None
+    frames: int | None = None
+    fps: float | None = None
 
     def __post_init__(self):
         if self.frames is not None and self.fps is not None:
@@ -152,7 +153,7 @@ def _open(source: Source, name: str):
     return container, stream
 
 
-def _extent(container, stream) -> tuple[float, Optional[float]]:
+def _extent(container, stream) -> tuple[float, float | None]:
     """(start, end) of the video stream in seconds; end None when the file does not say."""
     tb = stream.time_base
     start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
@@ -166,7 +167,7 @@ def _extent(container, stream) -> tuple[float, Optional[float]]:
     return start, None
 
 
-def _scan_end(container, stream) -> Optional[float]:
+def _scan_end(container, stream) -> float | None:
     """The end of the last packet, read without decoding (for files that declare no duration)."""
     end = None
     for packet in container.demux(stream):
@@ -204,7 +205,7 @@ def _upright(image: Image.Image, rotation: int, name: str) -> Image.Image:
                             270: Image.Transpose.ROTATE_270}[turn])
 
 
-def sample_frames(source: Source, sampling: Sampling = Sampling(), name: Optional[str] = None) -> Iterator[Frame]:
+def sample_frames(source: Source, sampling: Sampling = Sampling(), name: str | None = None) -> Iterator[Frame]:
     """The frames of `sampling`, upright RGB, in time order; BadVideo names what went wrong.
 
     Frames already yielded stay valid when a later one fails (a truncated file raises at its cut).
@@ -278,7 +279,7 @@ def _frame_span(frame, stream) -> float:
     return 1 / float(rate) if rate else 0.0
 
 
-def _should_seek(here: Optional[float], target: float, keyframes: Sequence[float]) -> bool:
+def _should_seek(here: float | None, target: float, keyframes: Sequence[float]) -> bool:
     """Seek when it skips decoding: a keyframe lies after the last decoded frame and at or before
     the target (the seek lands there). Without an index, seek across long gaps only."""
     if here is None:
@@ -311,9 +312,9 @@ def aggregate(probs: Sequence[float], how: str = "mean") -> float:
 @dataclass
 class FrameScore:
     time: float
-    p_fake: Optional[float] = None
+    p_fake: float | None = None
     error: str = ""  # e.g. "no face found": recorded, not fatal
-    face_box: Optional[tuple[int, int, int, int]] = None
+    face_box: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -321,7 +322,7 @@ class VideoScore:
     path: str
     aggregate: str
     frames: list[FrameScore] = field(default_factory=list)
-    score: Optional[float] = None
+    score: float | None = None
     error: str = ""
     # With keep_top=K: the K highest-scoring frames as (p_fake, time, the uint8 pixels the Detector
     # scored), highest first, for `ffdi explain`.
@@ -359,7 +360,7 @@ def crop_face(faces, image: Image.Image) -> tuple[Image.Image, tuple[int, int, i
 
 
 def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: str = "mean",
-                batch_size: int = 64, faces=None, name: Optional[str] = None, keep_top: int = 0) -> VideoScore:
+                batch_size: int = 64, faces=None, name: str | None = None, keep_top: int = 0) -> VideoScore:
     """Score the sampled frames of one video, `batch_size` at a time, and aggregate them.
 
     detector: a Detector or an Ensemble (its preprocess and prob_batch), so each frame gets the
@@ -424,9 +425,9 @@ def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: 
 # --- writing (test clips, benchmark clips, labelled sets made from images) -----------------------
 
 
-def write_video(path: Union[str, Path], frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264",
-                pix_fmt: str = "yuv420p", options: Optional[dict] = None, rotation: Optional[int] = None,
-                times: Optional[Sequence[float]] = None) -> Path:
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", options: dict | None = None, rotation: int | None = None,
+                times: Sequence[float] | None = None) -> Path:
     """Encode uint8 (H, W, 3) RGB frames into a video file; the container follows the suffix.
 
     codec "ffv1" (pix_fmt "bgr0") or "libx264rgb" (options {"qp": "0"}) are lossless.

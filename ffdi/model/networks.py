@@ -25,7 +25,6 @@ from ffdi.config import AugmentConfig, ModelConfig
 from ffdi.errors import ConfigError, WeightsError
 
 
-
 def build_model(cfg: ModelConfig, image_size: int | None = None) -> nn.Module:
     """The network described by `cfg`, with weights from the hub or a file if asked.
 
@@ -34,7 +33,9 @@ def build_model(cfg: ModelConfig, image_size: int | None = None) -> nn.Module:
     """
     if not timm.is_model(cfg.arch):
         close = timm.list_models(f"*{cfg.arch.split('_')[0]}*")[:5]
-        raise ConfigError(f"model.arch {cfg.arch!r} is not a timm model" + (f"; e.g. {', '.join(close)}" if close else ""))
+        raise ConfigError(
+            f"model.arch {cfg.arch!r} is not a timm model" + (f"; e.g. {', '.join(close)}" if close else "")
+        )
     if cfg.se and cfg.arch not in timm.list_models(module="resnet"):
         # SE is added through the ResNet blocks' own attn_layer argument; other families have no such slot.
         raise ConfigError(f"model.se: true needs a ResNet-family model.arch, got {cfg.arch!r}")

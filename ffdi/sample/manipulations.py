@@ -28,7 +28,7 @@ training also makes self-blended fakes on the fly (augment.self_blend, ffdi.data
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter

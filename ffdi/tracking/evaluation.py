@@ -6,7 +6,6 @@ logs into the pipeline's run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from ffdi.evaluation.metrics import GROUP_AUC as GROUP_KEY
 from ffdi.tracking.mlflow_run import log_skipped
@@ -17,7 +16,7 @@ GROUP_AUC = "eval_auc_"  # + manipulation: its fakes against all real images
 HELDOUT, SEEN = "heldout_", "seen_"  # + metric: the held-out manipulations' fakes (or the others') vs real
 
 
-def evaluation_metrics(report: dict, seconds: Optional[dict] = None) -> dict[str, float]:
+def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, float]:
     """The MLflow metrics of an evaluation report (what metrics.json holds), by name. Everything that
     reads runs back (compare, generalisation, the benchmarks without MLflow) uses these names."""
     m = {f"eval_{k}": v for k, v in report["val"].items()}

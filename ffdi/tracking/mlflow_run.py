@@ -12,8 +12,9 @@ import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from ffdi.config import Params, TrackingConfig, flatten
 from ffdi.errors import TrackingError
@@ -97,7 +98,7 @@ def setup(cfg: TrackingConfig) -> str:
 
 
 @contextlib.contextmanager
-def run(cfg: TrackingConfig, run_id: Optional[str] = None, run_name: Optional[str] = None) -> Iterator[Any]:
+def run(cfg: TrackingConfig, run_id: str | None = None, run_name: str | None = None) -> Iterator[Any]:
     """Start (or reopen, given `run_id`) a run; an exception marks it FAILED with the error."""
     import mlflow
 
@@ -116,7 +117,7 @@ def run(cfg: TrackingConfig, run_id: Optional[str] = None, run_name: Optional[st
         _end("FINISHED")
 
 
-def _end(status: str, error: Optional[str] = None) -> None:
+def _end(status: str, error: str | None = None) -> None:
     import mlflow
 
     with store_lock():

@@ -51,16 +51,21 @@ def log_pyfunc(checkpoint_file: Path, tta: list[str], threshold: float = DEFAULT
             name=MODEL_NAME,
             python_model=DetectorModel(),
             artifacts={"checkpoint": str(named)},
-            model_config={"tta": list(tta), "threshold": float(threshold), "max_images": MAX_IMAGES,
-                          "video_frames": int(video_frames), "video_aggregate": video_aggregate},
+            model_config={
+                "tta": list(tta),
+                "threshold": float(threshold),
+                "max_images": MAX_IMAGES,
+                "video_frames": int(video_frames),
+                "video_aggregate": video_aggregate,
+            },
             code_paths=[str(FFDI_PACKAGE)],
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
             step=int(ckpt.get("epoch", 0)),
             metadata={
                 "input": f"list of base64-encoded image files (JPEG, PNG, WebP), at most {MAX_IMAGES}, or videos "
-                         f"(MP4, MOV, MKV, WebM, AVI), at most {MAX_VIDEOS}; each at most {MAX_FILE_BYTES // 2**20} MiB",
+                f"(MP4, MOV, MKV, WebM, AVI), at most {MAX_VIDEOS}; each at most {MAX_FILE_BYTES // 2**20} MiB",
                 "output": "one {p_fake, label} per image; label is fake where p_fake >= threshold; a video's adds "
-                          "frames_scored, frames_without_face, aggregate and frames [{time, p_fake}]",
+                "frames_scored, frames_without_face, aggregate and frames [{time, p_fake}]",
                 "preprocess": ckpt["config"]["augment"],
                 "precision": ckpt.get("precision", "fp32"),
             },

@@ -19,9 +19,10 @@ def log_model(model: Any, ckpt: dict, checkpoint_file: Path) -> str:
     logged at the step of the epoch it comes from: MLflow shows that epoch's metrics
     on the model's page.
     """
+    from importlib.metadata import version
+
     import mlflow
     import numpy as np
-    from importlib.metadata import version
 
     augment = ckpt["config"]["augment"]
     size = int(augment["image_size"])
