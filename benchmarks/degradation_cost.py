@@ -56,8 +56,13 @@ def main(argv=None) -> int:
                     "cpu_ms_per_image": round(cost_ms(images, Degradation.parse(spec)), 3),
                 }
             )
-    result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "images": args.images, "rows": rows}
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "images": args.images,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print("| degradation | 64 px | 512 px |\n|---|---:|---:|")

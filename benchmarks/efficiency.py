@@ -48,10 +48,24 @@ from benchmarks.tree import distinct_images, write_tree
 # fp32 on an AMD one, and in 17.6 s an epoch's fixed costs (starting the loaders, checkpoints, MLflow)
 # and a round's noise weighed enough to move the efficiency by 0.2.
 CONFIGS = {
-    "model-bound": {"arch": "resnet18", "train": 128, "val": 32, "epochs": 2, "rounds": 2,
-                    "seconds": {"train": 40, "val": 20}, "fit_seconds": 80},
-    "loader-bound": {"arch": "ffdi_patch_probe", "train": 4000, "val": 1000, "epochs": 2, "rounds": 3,
-                     "seconds": {"train": 12, "val": 8}, "fit_seconds": 50},
+    "model-bound": {
+        "arch": "resnet18",
+        "train": 128,
+        "val": 32,
+        "epochs": 2,
+        "rounds": 2,
+        "seconds": {"train": 40, "val": 20},
+        "fit_seconds": 80,
+    },
+    "loader-bound": {
+        "arch": "ffdi_patch_probe",
+        "train": 4000,
+        "val": 1000,
+        "epochs": 2,
+        "rounds": 3,
+        "seconds": {"train": 12, "val": 8},
+        "fit_seconds": 50,
+    },
 }
 SIZE = 256  # multiFFDI's 512 px images at the baseline's input size
 IN_MEMORY_BYTES = 256 * 2**20  # the model part's batches: well beyond the CPU's caches
@@ -85,9 +99,10 @@ def ffdi_patch_probe(pretrained: bool = False, **kwargs) -> nn.Module:
 def cores(threads: int, workers: int) -> tuple[set[int], set[int]]:
     avail = sorted(os.sched_getaffinity(0))
     if threads + workers > len(avail):
-        raise SystemExit(f"{threads} threads + {workers} workers need {threads + workers} cores; "
-                         f"this process may use {len(avail)}")
-    return set(avail[:threads]), set(avail[threads:threads + workers])
+        raise SystemExit(
+            f"{threads} threads + {workers} workers need {threads + workers} cores; this process may use {len(avail)}"
+        )
+    return set(avail[:threads]), set(avail[threads : threads + workers])
 
 
 def pin_workers(loader, worker_cores: set[int]):
@@ -138,8 +153,9 @@ def part_loader(params, phase: str, manifest, worker_cores, seconds: float) -> d
 
     train = phase == "train"
     batch_size = params.train.batch_size * (1 if train else 2)
-    loader = pin_workers(make_loader(manifest, params.augment, batch_size, params.runtime.workers, train,
-                                     persistent=True), worker_cores)
+    loader = pin_workers(
+        make_loader(manifest, params.augment, batch_size, params.runtime.workers, train, persistent=True), worker_cores
+    )
     wait_for_go()
     n, first, last, epoch = 0, None, None, 0
     while last is None or last - first < seconds:
@@ -228,13 +244,23 @@ def part_fit(params, train_m, val_m, worker_cores, state: Path) -> dict:
     with mlflow_run.run(params.tracking, run_name="efficiency") if logged else contextlib.nullcontext() as run:
         steps = mlflow_run.logged_steps(run.info.run_id) if logged else set()
         t0 = time.perf_counter()
-        result = ffdi.engine.train.fit(params, train_m, val_m, state / "ckpt",
-                                on_epoch=lambda row: mlflow_run.log_epoch(row, steps) if logged else None)
+        result = ffdi.engine.train.fit(
+            params,
+            train_m,
+            val_m,
+            state / "ckpt",
+            on_epoch=lambda row: mlflow_run.log_epoch(row, steps) if logged else None,
+        )
         seconds = time.perf_counter() - t0
     history = result["history"]
-    return {"fit_seconds": seconds, "epoch_seconds": [h["epoch_seconds"] for h in history],
-            "fit_train_img_s": [h["train_img_per_s"] for h in history], "mlflow_logging": logged,
-            "val_auc": [h["val_auc"] for h in history], "precision": result["precision"]}
+    return {
+        "fit_seconds": seconds,
+        "epoch_seconds": [h["epoch_seconds"] for h in history],
+        "fit_train_img_s": [h["train_img_per_s"] for h in history],
+        "mlflow_logging": logged,
+        "val_auc": [h["val_auc"] for h in history],
+        "precision": result["precision"],
+    }
 
 
 def child(args) -> dict:
@@ -257,8 +283,21 @@ def child(args) -> dict:
 
 
 def start_part(part: str, config: str, data: Path, args, log, phase: str = "") -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "benchmarks.efficiency", "--part", part, "--config", config, "--data", str(data),
-           "--threads", str(args.threads), "--workers", str(args.workers)] + (["--phase", phase] if phase else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.efficiency",
+        "--part",
+        part,
+        "--config",
+        config,
+        "--data",
+        str(data),
+        "--threads",
+        str(args.threads),
+        "--workers",
+        str(args.workers),
+    ] + (["--phase", phase] if phase else [])
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
 
 
@@ -267,8 +306,9 @@ def result_of(proc: subprocess.Popen, log) -> dict:
     if proc.returncode != 0:
         log.flush()
         tail = Path(log.name).read_text().splitlines()[-30:]
-        raise SystemExit(f"{' '.join(proc.args)} exited {proc.returncode}; the end of its stderr ({log.name}):\n"
-                         + "\n".join(tail))
+        raise SystemExit(
+            f"{' '.join(proc.args)} exited {proc.returncode}; the end of its stderr ({log.name}):\n" + "\n".join(tail)
+        )
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -343,8 +383,7 @@ def table(report: dict) -> str:
         cells = []
         for n in names:
             c = report["configs"][n]
-            value = (" ".join(f"{r['efficiency']:.2f}" for r in c["rounds"]) if key == "rounds"
-                     else c["median"][key])
+            value = " ".join(f"{r['efficiency']:.2f}" for r in c["rounds"]) if key == "rounds" else c["median"][key]
             cells.append(fmt.format(value))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -354,13 +393,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=list(CONFIGS), action="append")
     ap.add_argument("--rounds", type=int, help="rounds of (parts, fit) per configuration (default: its own)")
-    ap.add_argument("--fixed-size", action="store_true",
-                    help="fit on each configuration's least data instead of sizing it to last fit_seconds")
+    ap.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help="fit on each configuration's least data instead of sizing it to last fit_seconds",
+    )
     ap.add_argument("--no-headroom", action="store_true", help="leave out the main process's headroom")
     ap.add_argument("--threads", type=int, default=1, help="the model's torch threads (T)")
     ap.add_argument("--workers", type=int, default=1, help="loader workers (W)")
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ffdi-efficiency",
-                    help="generated images and trees, kept between runs")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ffdi-efficiency",
+        help="generated images and trees, kept between runs",
+    )
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/efficiency.json"))
     ap.add_argument("--part", choices=("loader", "model", "fit"), help=argparse.SUPPRESS)
     ap.add_argument("--config", choices=list(CONFIGS), help=argparse.SUPPRESS)
@@ -401,27 +447,40 @@ def main() -> None:
                 r.update(result_of(start_part("fit", name, data, args, log), log))
                 r.update(summarise(cfg, r))
                 rounds.append(r)
-                print(f"  {name}, round {k + 1}: parts {t1 - t0:.0f} s, fit {time.perf_counter() - t1:.0f} s, "
-                      f"efficiency {r['efficiency']:.2f}", file=sys.stderr)
-            report["configs"][name] = {"arch": cfg["arch"], "train_images": cfg["train"], "val_images": cfg["val"],
-                                       "epochs": cfg["epochs"], "precision": rounds[0]["precision"],
-                                       "slower_part": rounds[0]["slower_part"], "median": median_of(rounds),
-                                       "rounds": rounds}
+                print(
+                    f"  {name}, round {k + 1}: parts {t1 - t0:.0f} s, fit {time.perf_counter() - t1:.0f} s, "
+                    f"efficiency {r['efficiency']:.2f}",
+                    file=sys.stderr,
+                )
+            report["configs"][name] = {
+                "arch": cfg["arch"],
+                "train_images": cfg["train"],
+                "val_images": cfg["val"],
+                "epochs": cfg["epochs"],
+                "precision": rounds[0]["precision"],
+                "slower_part": rounds[0]["slower_part"],
+                "median": median_of(rounds),
+                "rounds": rounds,
+            }
         if not args.no_headroom:
             report["headroom"] = headroom_of(args, log)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     precision = ", ".join(sorted({c["precision"] for c in report["configs"].values()}))
-    print(f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {precision}, {m['date']}; {args.threads} thread(s) "
-          f"+ {args.workers} loader worker(s), each pinned to its own core; 512 px JPEGs at {SIZE} px")
+    print(
+        f"{m['cpu']} ({m['cores']} cores), torch {m['torch']}, {precision}, {m['date']}; {args.threads} thread(s) "
+        f"+ {args.workers} loader worker(s), each pinned to its own core; 512 px JPEGs at {SIZE} px"
+    )
     print(table(report))
     if "headroom" in report:
         from benchmarks import headroom
 
         h = report["headroom"]
-        print(f"\nThe main process with the model on meta and {h['results'][0]['workers']} loader worker(s) "
-              "(benchmarks.headroom; the model's phases are meta's Python kernels, not a GPU's launches):")
+        print(
+            f"\nThe main process with the model on meta and {h['results'][0]['workers']} loader worker(s) "
+            "(benchmarks.headroom; the model's phases are meta's Python kernels, not a GPU's launches):"
+        )
         print(headroom.table(h["results"]))
         print("\n".join(headroom.summary_lines(h["results"])))
     print(f"wrote {args.json}")
@@ -430,22 +489,40 @@ def main() -> None:
 def headroom_of(args, log) -> dict:
     """benchmarks.headroom in its own process (it patches ffdi.engine.train), on the cores the parts used."""
     out = args.cache / "headroom.json"
-    cmd = [sys.executable, "-m", "benchmarks.headroom", "--workers", str(args.workers), "--threads",
-           str(args.threads), "--cache", str(args.cache), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.headroom",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--cache",
+        str(args.cache),
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log)
     if proc.returncode != 0:
         log.flush()
-        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}; the end of its stderr ({log.name}):\n"
-                         + "\n".join(Path(log.name).read_text().splitlines()[-30:]))
+        raise SystemExit(
+            f"{' '.join(cmd)} exited {proc.returncode}; the end of its stderr ({log.name}):\n"
+            + "\n".join(Path(log.name).read_text().splitlines()[-30:])
+        )
     return json.loads(out.read_text())
 
 
 def machine() -> dict:
     from ffdi.hardware import cpu_has_native_bf16, cpu_name
 
-    return {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "amx_bf16": cpu_has_native_bf16(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "amx_bf16": cpu_has_native_bf16(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 if __name__ == "__main__":

@@ -125,9 +125,16 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     m = evaluation_metrics(ev.report, ev.seconds)
     history = result["history"]
     ev.predictions[["img_name", "target", "group", "y_pred"]].to_csv(out_dir / f"{name}.csv", index=False)
-    flat = {"model.arch": params.model.arch, "model.input": params.model.input, "model.tune": params.model.tune,
-            "augment.self_blend": params.augment.self_blend, "train.ema": params.train.ema,
-            "predict.tta": list(params.predict.tta), "data.holdout": [holdout], "train.seed": seed}
+    flat = {
+        "model.arch": params.model.arch,
+        "model.input": params.model.input,
+        "model.tune": params.model.tune,
+        "augment.self_blend": params.augment.self_blend,
+        "train.ema": params.train.ema,
+        "predict.tta": list(params.predict.tta),
+        "data.holdout": [holdout],
+        "train.seed": seed,
+    }
     record = {
         "name": name,
         "status": "done",
@@ -156,8 +163,7 @@ def environment() -> dict:
 
     from ffdi.hardware import cpu_name
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_name(),
-           "cores": os.cpu_count()}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_name(), "cores": os.cpu_count()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     try:
@@ -208,9 +214,12 @@ def cmd_run(args) -> int:
             if r.get("status") != "done":
                 print(f"[{time.perf_counter() - t0:5.0f} s] {i}/{len(jobs)} {name}: {r.get('status')}", flush=True)
                 continue
-            print(f"[{time.perf_counter() - t0:5.0f} s] {i}/{len(jobs)} {name}: held-out AUC "
-                  f"{r['metrics']['heldout_roc_auc']:.4f}, val AUC {r['metrics']['eval_roc_auc']:.4f}, "
-                  f"{np.mean(r['train_img_per_s']):.0f} train img/s, {r['train_seconds']:.0f} s", flush=True)
+            print(
+                f"[{time.perf_counter() - t0:5.0f} s] {i}/{len(jobs)} {name}: held-out AUC "
+                f"{r['metrics']['heldout_roc_auc']:.4f}, val AUC {r['metrics']['eval_roc_auc']:.4f}, "
+                f"{np.mean(r['train_img_per_s']):.0f} train img/s, {r['train_seconds']:.0f} s",
+                flush=True,
+            )
     print(f"done in {time.perf_counter() - t0:.0f} s, {failed} failed", flush=True)
     return 1 if failed else 0
 
@@ -237,13 +246,26 @@ def cmd_render(args) -> int:
     if not runs:
         print(f"no finished runs under {args.out}", file=sys.stderr)
         return 1
-    result = generalisation_report.render(runs, args.out / "report", reference=args.reference, n_boot=args.boot,
-                                          load=lambda r: pd.read_csv(Path(r.artifact_uri), dtype={"img_name": str}))
+    result = generalisation_report.render(
+        runs,
+        args.out / "report",
+        reference=args.reference,
+        n_boot=args.boot,
+        load=lambda r: pd.read_csv(Path(r.artifact_uri), dtype={"img_name": str}),
+    )
     env_path = args.out / "environment.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
     records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*__seed*.json"))]
-    speed = pd.DataFrame([{"variant": r["variant"], "train img/s": float(np.mean(r["train_img_per_s"])),
-                           "trainable params": r["trainable_params"]} for r in records])
+    speed = pd.DataFrame(
+        [
+            {
+                "variant": r["variant"],
+                "train img/s": float(np.mean(r["train_img_per_s"])),
+                "trainable params": r["trainable_params"],
+            }
+            for r in records
+        ]
+    )
     print(result["markdown"])
     print(speed.groupby("variant").mean().to_string())
     print("machine: " + ", ".join(f"{k} {v}" for k, v in env.items()))

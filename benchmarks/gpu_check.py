@@ -63,8 +63,10 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("environment", "tree", "loader", "model", "fit", "syncs", "detector")
 ENVIRONMENT_DEADLINE = 15
-INSTALL = ("python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
-           "PYTHONPATH=/tmp/site python3 -m benchmarks.gpu_check --out DIR")
+INSTALL = (
+    "python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
+    "PYTHONPATH=/tmp/site python3 -m benchmarks.gpu_check --out DIR"
+)
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,34 @@ class Plan:
 
 # 290 s in all. The model step's share is mostly torch.compile's two compilations (one per batch size).
 # The rehearsal's bounds leave room for a CPU shared with other jobs; unshared it takes a fraction.
-GPU = Plan(400, 512, 8192, 1024, 256, 64, (32, 64), 2, loader_s=15, cell_s=4, warmup=3,
-           deadlines={"tree": 30, "loader": 30, "model": 125, "fit": 45, "syncs": 20, "detector": 25})
-REHEARSAL = Plan(32, 64, 64, 24, 32, 8, (4, 8), 1, loader_s=2, cell_s=1, warmup=1,
-                 deadlines={"tree": 20, "loader": 15, "model": 30, "fit": 45, "syncs": 5, "detector": 15})
+GPU = Plan(
+    400,
+    512,
+    8192,
+    1024,
+    256,
+    64,
+    (32, 64),
+    2,
+    loader_s=15,
+    cell_s=4,
+    warmup=3,
+    deadlines={"tree": 30, "loader": 30, "model": 125, "fit": 45, "syncs": 20, "detector": 25},
+)
+REHEARSAL = Plan(
+    32,
+    64,
+    64,
+    24,
+    32,
+    8,
+    (4, 8),
+    1,
+    loader_s=2,
+    cell_s=1,
+    warmup=1,
+    deadlines={"tree": 20, "loader": 15, "model": 30, "fit": 45, "syncs": 5, "detector": 15},
+)
 
 
 class Cut(BaseException):
@@ -100,6 +126,7 @@ def deadline(seconds: float):
     """Raise Cut in the main thread once `seconds` have passed. A signal rather than a check in a loop:
     it also ends a call that cannot time itself (a compilation, a loader's first batch). Loader workers
     are forked without the timer."""
+
     def alarm(signum, frame):
         raise Cut()
 
@@ -148,22 +175,34 @@ def environment(force_rehearsal: bool = False) -> dict:
             f"gpu_check: this machine has an NVIDIA GPU ({'; '.join(gpus)}) but torch {torch.__version__} cannot "
             f"use it: {cuda_refusal()} (torch built for CUDA {built}"
             f"{f', CUDA_VISIBLE_DEVICES={hidden!r}' if hidden is not None else ''}, driver {driver or 'unknown'}). "
-            "Fix that first; no CPU rehearsal is run on a GPU machine.")
+            "Fix that first; no CPU rehearsal is run on a GPU machine."
+        )
     try:
         import pydantic  # noqa: F401  ffdi.config's, which every later step needs
     except ImportError:
-        raise SystemExit(f"gpu_check: ffdi.config needs pydantic, which this Python lacks. For a GPU machine: "
-                         f"`make gpu-wheels` here, carry .whl, and run there: {INSTALL}") from None
+        raise SystemExit(
+            f"gpu_check: ffdi.config needs pydantic, which this Python lacks. For a GPU machine: "
+            f"`make gpu-wheels` here, carry .whl, and run there: {INSTALL}"
+        ) from None
     from ffdi.hardware import cpu_name
 
     rehearsal = force_rehearsal or not usable
-    return {"rehearsal": rehearsal,
-            "rehearsal_why": ("--rehearsal" if force_rehearsal else "no CUDA") if rehearsal else None,
-            "device": "cpu" if rehearsal else "cuda", "gpu": None if rehearsal else torch.cuda.get_device_name(0),
-            "gpus_present": len(gpus), "driver": driver, "cpu": cpu_name(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cuda_available": usable, "cores": len(os.sched_getaffinity(0)),
-            "cpu_quota": cpu_quota(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    return {
+        "rehearsal": rehearsal,
+        "rehearsal_why": ("--rehearsal" if force_rehearsal else "no CUDA") if rehearsal else None,
+        "device": "cpu" if rehearsal else "cuda",
+        "gpu": None if rehearsal else torch.cuda.get_device_name(0),
+        "gpus_present": len(gpus),
+        "driver": driver,
+        "cpu": cpu_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": usable,
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu_quota": cpu_quota(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 # --- the other steps, each a method of Check writing its figures into self.r as it goes -------------
@@ -207,10 +246,13 @@ class Check:
         from ffdi.config import load_params
 
         p = load_params(ROOT / "params.yaml")
-        return replace(p, data=replace(p.data, root=str(root or p.data.root)),
-                       augment=replace(p.augment, resize=self.plan.size, image_size=self.plan.size),
-                       train=replace(p.train, epochs=self.plan.epochs, batch_size=self.plan.batch),
-                       runtime=replace(p.runtime, device=self.device.type))
+        return replace(
+            p,
+            data=replace(p.data, root=str(root or p.data.root)),
+            augment=replace(p.augment, resize=self.plan.size, image_size=self.plan.size),
+            train=replace(p.train, epochs=self.plan.epochs, batch_size=self.plan.batch),
+            runtime=replace(p.runtime, device=self.device.type),
+        )
 
     def _manifests(self):
         if self.manifests is None:
@@ -242,10 +284,17 @@ class Check:
 
         def epoch(batches, steps=None, until=None) -> int:
             feed = Feed(batches, norm_stats(self.params.augment), steps, until)
-            train_one_epoch(net, feed, optimizer, self.device, self.params.train.channels_last,
-                            amp=autocast_dtype(self.precision),
-                            after_step=(lambda: average.update(model, step=next(clock))) if ema else None)
+            train_one_epoch(
+                net,
+                feed,
+                optimizer,
+                self.device,
+                self.params.train.channels_last,
+                amp=autocast_dtype(self.precision),
+                after_step=(lambda: average.update(model, step=next(clock))) if ema else None,
+            )
             return feed.images
+
         return epoch
 
     def tree(self):
@@ -255,14 +304,16 @@ class Check:
 
         p = self.plan
         root = self.work / f"tree-{p.train}-{p.val}-{p.jpeg_px}px"
-        write_tree(root, {"train": p.train, "val": p.val},
-                   distinct_images(self.work, p.distinct, p.jpeg_px, self.r["cores"]))
+        write_tree(
+            root, {"train": p.train, "val": p.val}, distinct_images(self.work, p.distinct, p.jpeg_px, self.r["cores"])
+        )
         prepared = self.work / (root.name + "-prepared")
         prepare(DataConfig(root=str(root), test_dir=""), prepared)
         self.manifests = read_manifest(prepared / "train.csv"), read_manifest(prepared / "val.csv")
         self.params = self._params(root)
-        self.r.update(tree_train_images=len(self.manifests[0]), tree_val_images=len(self.manifests[1]),
-                      tree_jpeg_px=p.jpeg_px)
+        self.r.update(
+            tree_train_images=len(self.manifests[0]), tree_val_images=len(self.manifests[1]), tree_jpeg_px=p.jpeg_px
+        )
 
     def loader(self):
         from ffdi.data.dataset import make_loader
@@ -270,8 +321,9 @@ class Check:
         train_m = self._manifests()[0]
         loader = make_loader(train_m, self.params.augment, self.plan.batch, self.workers, True, persistent=True)
         skip = self.workers * (loader.prefetch_factor or 0)
-        self.r.update(loader_train_workers=self.workers, loader_train_batch=self.plan.batch,
-                      loader_train_prefetched_batches=skip)
+        self.r.update(
+            loader_train_workers=self.workers, loader_train_batch=self.plan.batch, loader_train_prefetched_batches=skip
+        )
         images, seconds, passes = 0, 0.0, []
         try:
             loader.sampler.set_epoch(0, 1)
@@ -298,8 +350,10 @@ class Check:
             del loader
             gc.collect()  # the persistent workers end with their iterator
         if not images:
-            raise RuntimeError(f"loader: a pass of {len(train_m)} images is no longer than the {skip} batches "
-                               "its workers prefetch, so nothing was timed: the tree needs more images")
+            raise RuntimeError(
+                f"loader: a pass of {len(train_m)} images is no longer than the {skip} batches "
+                "its workers prefetch, so nothing was timed: the tree needs more images"
+            )
         self.r["loader_train_img_s"] = images / seconds
         if passes:  # each pass from its start, workers idle: what fit's epochs see at this data size
             self.r["loader_train_pass_img_s"] = sum(passes) / len(passes)
@@ -375,8 +429,15 @@ class Check:
         model, optimizer = self._model()
         epoch = self._trainer(model, model, optimizer, ema=self.params.train.ema is not None)
         # In pinned host memory, as the loader hands them over: copying them to the device is no sync.
-        batches = [Batch(torch.randint(0, 256, (bs, s, s, 3), dtype=torch.uint8), torch.randint(0, 2, (bs,)),
-                         torch.arange(bs), []).pin_memory() for _ in range(4)]
+        batches = [
+            Batch(
+                torch.randint(0, 256, (bs, s, s, 3), dtype=torch.uint8),
+                torch.randint(0, 2, (bs,)),
+                torch.arange(bs),
+                [],
+            ).pin_memory()
+            for _ in range(4)
+        ]
         epoch(batches, steps=self.plan.warmup)
         self._sync()
         count = {}
@@ -404,10 +465,12 @@ class Check:
         events = prof.key_averages()
         cuda_us = sum(e.self_device_time_total for e in events)  # kernels and copies; CPU ops add 0
         top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:3]
-        self.r.update(profile_wall_ms_per_step=wall * 1e3 / 20,
-                      profile_cpu_ms_per_step=sum(e.self_cpu_time_total for e in events) / 1e3 / 20,
-                      profile_cuda_ms_per_step=cuda_us / 1e3 / 20,
-                      profile_top_cpu_ops=", ".join(f"{e.key} {e.self_cpu_time_total / 20e3:.2f} ms" for e in top))
+        self.r.update(
+            profile_wall_ms_per_step=wall * 1e3 / 20,
+            profile_cpu_ms_per_step=sum(e.self_cpu_time_total for e in events) / 1e3 / 20,
+            profile_cuda_ms_per_step=cuda_us / 1e3 / 20,
+            profile_top_cpu_ops=", ".join(f"{e.key} {e.self_cpu_time_total / 20e3:.2f} ms" for e in top),
+        )
 
     def detector(self):
         from ffdi.inference.detector import Detector
@@ -423,8 +486,11 @@ class Check:
         t0 = time.perf_counter()
         scores = det.score_manifest(val_m, batch_size=128, workers=self.workers)
         # Its workers' start is inside the time, as in every call of score_manifest.
-        self.r.update(detector_img_s=len(scores.targets) / (time.perf_counter() - t0), detector_workers=self.workers,
-                      detector_views=len(det.views))
+        self.r.update(
+            detector_img_s=len(scores.targets) / (time.perf_counter() - t0),
+            detector_workers=self.workers,
+            detector_views=len(det.views),
+        )
 
     def run_step(self, name: str) -> None:
         """One step under its deadline; its error, or its cut, recorded rather than raised."""
@@ -459,14 +525,33 @@ def efficiency(r: dict, epochs: int, batch: int) -> None:
         r["fit_efficiency"] = need / r["fit_run_seconds"]
 
 
-HEADER = {"rehearsal", "rehearsal_why", "device", "gpu", "gpus_present", "driver", "cpu", "torch", "cuda",
-          "cuda_available", "cores", "cpu_quota", "python", "date", "precision", "fit_ema", "total_seconds"}
+HEADER = {
+    "rehearsal",
+    "rehearsal_why",
+    "device",
+    "gpu",
+    "gpus_present",
+    "driver",
+    "cpu",
+    "torch",
+    "cuda",
+    "cuda_available",
+    "cores",
+    "cpu_quota",
+    "python",
+    "date",
+    "precision",
+    "fit_ema",
+    "total_seconds",
+}
 
 
 def header(r: dict) -> str:
     where = r["cpu"] if r["rehearsal"] else f"{r['gpu']} (driver {r['driver']})"
-    line = (f"{where}, {r['precision']}, {r['cores']} cores, torch {r['torch']} (CUDA {r['cuda']}), "
-            f"python {r['python']}, {r['date']}")
+    line = (
+        f"{where}, {r['precision']}, {r['cores']} cores, torch {r['torch']} (CUDA {r['cuda']}), "
+        f"python {r['python']}, {r['date']}"
+    )
     if r["rehearsal"]:
         return f"REHEARSAL on CPU: {r['rehearsal_why']}; figures are not GPU figures. {line}"
     return f"gpu_check: {line}"
@@ -493,8 +578,12 @@ def table(r: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="writes DIR/gpu_check.json")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ffdi-gpu-check",
-                    help="generated images, the tree and fit's checkpoints (kept between runs)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "ffdi-gpu-check",
+        help="generated images, the tree and fit's checkpoints (kept between runs)",
+    )
     ap.add_argument("--rehearsal", action="store_true", help="the tiny CPU rehearsal even where a GPU works")
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -505,11 +594,15 @@ def main(argv=None) -> int:
             args.work.mkdir(parents=True, exist_ok=True)
             check = Check(env, plan, args.work)
     except Cut:
-        raise SystemExit(f"gpu_check: the environment step took over {ENVIRONMENT_DEADLINE} s "
-                         "(nvidia-smi or CUDA's start hanging?)") from None
+        raise SystemExit(
+            f"gpu_check: the environment step took over {ENVIRONMENT_DEADLINE} s (nvidia-smi or CUDA's start hanging?)"
+        ) from None
     r = check.r
-    r.update(fit_ema=check.params.train.ema, environment_deadline_s=ENVIRONMENT_DEADLINE,
-             environment_seconds=time.perf_counter() - started)
+    r.update(
+        fit_ema=check.params.train.ema,
+        environment_deadline_s=ENVIRONMENT_DEADLINE,
+        environment_seconds=time.perf_counter() - started,
+    )
     print(header(r), flush=True)
     for name in STEPS[1:]:
         check.run_step(name)

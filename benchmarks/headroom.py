@@ -160,11 +160,18 @@ def measure(params, manifest, batch: int, workers: int) -> dict:
     us = {k: 1e6 * v / images for k, v in phases.items()}
     main_us = 1e6 * main / images
     feeding_us = sum(us.get(k, 0.0) for k in FEEDING)
-    return {"batch": batch, "workers": workers, "images": images, "wall_seconds": wall,
-            "main_us_per_img": main_us, "ceiling_img_s": 1e6 / main_us,
-            "feeding_us_per_img": feeding_us, "feeding_ceiling_img_s": 1e6 / feeding_us,
-            "worker_us_per_img": 1e6 * worker / images if workers else None,
-            "phases_us_per_img": {k: us.get(k, 0.0) for k in (*FEEDING, *MODEL)}}
+    return {
+        "batch": batch,
+        "workers": workers,
+        "images": images,
+        "wall_seconds": wall,
+        "main_us_per_img": main_us,
+        "ceiling_img_s": 1e6 / main_us,
+        "feeding_us_per_img": feeding_us,
+        "feeding_ceiling_img_s": 1e6 / feeding_us,
+        "worker_us_per_img": 1e6 * worker / images if workers else None,
+        "phases_us_per_img": {k: us.get(k, 0.0) for k in (*FEEDING, *MODEL)},
+    }
 
 
 def _add(clock: Clock, name: str, start: str) -> None:
@@ -177,27 +184,33 @@ def table(results: list[dict]) -> str:
     lines = ["| main process, CPU µs per image | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(results)]
     for phase in (*FEEDING, *MODEL):
         lines.append(f"| {phase} | " + " | ".join(f"{r['phases_us_per_img'][phase]:.1f}" for r in results) + " |")
-    rows = [("**feeding** (receive, pin copy, normalise)", "feeding_us_per_img", "**{:.1f}**"),
-            ("**main process in all**", "main_us_per_img", "**{:.1f}**"),
-            ("ceiling of the feeding alone, img/s", "feeding_ceiling_img_s", "{:,.0f}"),
-            ("ceiling of the main process (model on meta), img/s", "ceiling_img_s", "{:,.0f}"),
-            ("a loader worker, CPU µs per image", "worker_us_per_img", "{:.0f}")]
+    rows = [
+        ("**feeding** (receive, pin copy, normalise)", "feeding_us_per_img", "**{:.1f}**"),
+        ("**main process in all**", "main_us_per_img", "**{:.1f}**"),
+        ("ceiling of the feeding alone, img/s", "feeding_ceiling_img_s", "{:,.0f}"),
+        ("ceiling of the main process (model on meta), img/s", "ceiling_img_s", "{:,.0f}"),
+        ("a loader worker, CPU µs per image", "worker_us_per_img", "{:.0f}"),
+    ]
     for label, key, fmt in rows:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(r[key]) if r[key] is not None else "-"
-                                                  for r in results) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(fmt.format(r[key]) if r[key] is not None else "-" for r in results) + " |"
+        )
     return "\n".join(lines)
 
 
 def summary_lines(results: list[dict]) -> list[str]:
     out = []
     for r in results:
-        out.append(f"main process: {r['feeding_us_per_img']:.0f} µs per image at batch {r['batch']} feeding the model "
-                   f"-> ceiling {r['feeding_ceiling_img_s']:,.0f} img/s; with the model's operators on meta "
-                   f"{r['main_us_per_img']:.0f} µs -> {r['ceiling_img_s']:,.0f} img/s")
+        out.append(
+            f"main process: {r['feeding_us_per_img']:.0f} µs per image at batch {r['batch']} feeding the model "
+            f"-> ceiling {r['feeding_ceiling_img_s']:,.0f} img/s; with the model's operators on meta "
+            f"{r['main_us_per_img']:.0f} µs -> {r['ceiling_img_s']:,.0f} img/s"
+        )
     worker = results[-1]["worker_us_per_img"]
     if worker:
-        out.append(f"a loader worker: {worker:.0f} µs per image -> 15 workers decode at most "
-                   f"{15 * 1e6 / worker:,.0f} img/s")
+        out.append(
+            f"a loader worker: {worker:.0f} µs per image -> 15 workers decode at most {15 * 1e6 / worker:,.0f} img/s"
+        )
     return out
 
 
@@ -228,8 +241,10 @@ def main() -> None:
     write_tree(data, {"train": args.images, "val": 32}, distinct_images(args.cache))
     results = run(data, args.batch, args.workers, args.threads)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": "python -m benchmarks.headroom " + " ".join(sys.argv[1:]),
-                                     "results": results}, indent=2) + "\n")
+    args.json.write_text(
+        json.dumps({"command": "python -m benchmarks.headroom " + " ".join(sys.argv[1:]), "results": results}, indent=2)
+        + "\n"
+    )
     print(table(results))
     print("\n".join(summary_lines(results)))
 

@@ -24,9 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sh(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "TQDM_DISABLE": "1",
-           # dvc, and the stages' python, from this interpreter's environment
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "TQDM_DISABLE": "1",
+        # dvc, and the stages' python, from this interpreter's environment
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -46,7 +51,8 @@ def fresh_copy(dst: Path) -> None:
 def run_batch(repo: Path, seeds: list[int], jobs: int, overrides: list[str]) -> dict:
     for stale in ("mlflow.db", "mlartifacts", ".ffdi"):
         shutil.rmtree(repo / stale, ignore_errors=True) if (repo / stale).is_dir() else (repo / stale).unlink(
-            missing_ok=True)
+            missing_ok=True
+        )
     # -f: run every stage, even where DVC's run cache holds the first batch's identical results.
     args = ["dvc", "exp", "run", "--queue", "-f", "-S", f"train.seed={','.join(map(str, seeds))}"]
     for o in overrides:
@@ -87,8 +93,13 @@ def main() -> None:
         results = [run_batch(repo, args.seeds, 1, args.overrides)]
         results.append(run_batch(repo, args.seeds, args.jobs, args.overrides))
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    out = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "seeds": args.seeds, "overrides": args.overrides,
-           "batches": results}
+    out = {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "seeds": args.seeds,
+        "overrides": args.overrides,
+        "batches": results,
+    }
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
     (ROOT / "benchmarks" / "results" / "parallel_queue.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"{len(args.seeds)} queued experiments on {out['cores']} cores ({cpu}):")

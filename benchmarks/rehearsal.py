@@ -132,8 +132,9 @@ def step_validate() -> dict:
     params, paths = load_params(), stage_paths("evaluate")
     detector = Detector.load(paths["model"], params.runtime.device, tta=params.predict.tta)
     workers = resolve_workers(params.runtime.workers, available_cores(), detector.device)
-    loader = make_loader(read_manifest(paths["prepared"] / "val.csv"), detector.augment, 2 * params.train.batch_size,
-                         workers, False)
+    loader = make_loader(
+        read_manifest(paths["prepared"] / "val.csv"), detector.augment, 2 * params.train.batch_size, workers, False
+    )
     t0 = time.perf_counter()
     metrics = validate(detector, loader)
     return {"images": metrics["val_images"], "img_s": metrics["val_images"] / (time.perf_counter() - t0)}
@@ -179,14 +180,15 @@ def _cmd_args(stage: str, project: Path) -> list[str]:
     import shlex
 
     words = shlex.split(yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["cmd"])
-    return words[words.index(f"stages.{stage}") + 1:]
+    return words[words.index(f"stages.{stage}") + 1 :]
 
 
 def scratch_project(project: Path, tree: Path) -> None:
     """A copy of this project's files (as git sees them) in its own git repository, data.root = tree."""
     shutil.rmtree(project, ignore_errors=True)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -198,8 +200,11 @@ def scratch_project(project: Path, tree: Path) -> None:
     params = load_params(project / "params.yaml")
     params = replace(params, data=replace(params.data, root=str(tree)))
     (project / "params.yaml").write_text(yaml.safe_dump(params.to_dict(), sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=rehearsal", "-c", "user.email=r@localhost", "commit", "-qm", "rehearsal"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=rehearsal", "-c", "user.email=r@localhost", "commit", "-qm", "rehearsal"],
+    ):
         subprocess.run(cmd, cwd=project, check=True)
 
 
@@ -243,12 +248,18 @@ def rehearse(n: int, work: Path, distinct, env: dict, log, dvc_only: bool) -> di
         "validate": here + ["validate"],
         "evaluate": py + ["stages.evaluate", *_cmd_args("evaluate", project)],
         "predict": py + ["stages.predict", *_cmd_args("predict", project)],
-        "score": [str(Path(sys.executable).parent / "ffdi"), "score", str(tree / "trainset"),
-                  "--out", str(work / f"score-{n}.csv")],
+        "score": [
+            str(Path(sys.executable).parent / "ffdi"),
+            "score",
+            str(tree / "trainset"),
+            "--out",
+            str(work / f"score-{n}.csv"),
+        ],
     }.items():
         out[name] = measured(name, cmd, project, env, log)
-    seconds = dict(part.split(" ") for part in
-                   out["evaluate"]["stdout"].split("seconds: ")[-1].strip().splitlines()[0].split(", "))
+    seconds = dict(
+        part.split(" ") for part in out["evaluate"]["stdout"].split("seconds: ")[-1].strip().splitlines()[0].split(", ")
+    )
     out["mlflow"] = {"seconds": float(seconds["mlflow"])}
     shutil.rmtree(project / ".dvc" / "tmp" / "exps", ignore_errors=True)
     return out
@@ -300,10 +311,16 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     distinct = distinct_images(args.work)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "TQDM_DISABLE": "1"}
-    report = {"command": "python -m benchmarks.rehearsal " + " ".join(sys.argv[1:]), "machine": machine(),
-              "sizes": {}}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "TQDM_DISABLE": "1",
+    }
+    report = {"command": "python -m benchmarks.rehearsal " + " ".join(sys.argv[1:]), "machine": machine(), "sizes": {}}
     previous = json.loads(args.json.read_text()) if args.json.is_file() else {}
     with open(args.work / "rehearsal.log", "w") as log:
         for n, dvc_only in [(n, False) for n in args.sizes] + [(n, True) for n in args.dvc_sizes]:
@@ -330,10 +347,12 @@ def save(report: dict, previous: dict, path: Path) -> None:
 
 def machine() -> dict:
     # In a child: this process stays free of torch (see benchmarks.tree.distinct_images).
-    code = ("import json, os, platform, time, torch; from ffdi.hardware import cpu_has_native_bf16, cpu_name; "
-            "print(json.dumps({'cpu': cpu_name(), 'cores': len(os.sched_getaffinity(0)), "
-            "'amx_bf16': cpu_has_native_bf16(), 'python': platform.python_version(), "
-            "'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d')}))")
+    code = (
+        "import json, os, platform, time, torch; from ffdi.hardware import cpu_has_native_bf16, cpu_name; "
+        "print(json.dumps({'cpu': cpu_name(), 'cores': len(os.sched_getaffinity(0)), "
+        "'amx_bf16': cpu_has_native_bf16(), 'python': platform.python_version(), "
+        "'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d')}))"
+    )
     return json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
 
 

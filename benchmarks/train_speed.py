@@ -76,8 +76,9 @@ class ReferenceDataset(Dataset):
 
 
 def reference_loader(manifest: pd.DataFrame, batch_size: int, workers: int, train: bool, size: int) -> DataLoader:
-    return DataLoader(ReferenceDataset(manifest, train, size), batch_size=batch_size, shuffle=train,
-                      num_workers=workers)
+    return DataLoader(
+        ReferenceDataset(manifest, train, size), batch_size=batch_size, shuffle=train, num_workers=workers
+    )
 
 
 def reference_train(model, loader, optimizer, device) -> dict:
@@ -106,8 +107,16 @@ def reference_predict(model, loader, device) -> torch.Tensor:
 # --- one implementation, in its own process ---------------------------------------------------
 
 
-def measure(impl: str, data: Path, steps: int, warmup: int, workers: int, predict_batch: int, size: int = 256,
-            batch_size: int = TRAIN.batch_size) -> dict:
+def measure(
+    impl: str,
+    data: Path,
+    steps: int,
+    warmup: int,
+    workers: int,
+    predict_batch: int,
+    size: int = 256,
+    batch_size: int = TRAIN.batch_size,
+) -> dict:
     train_m = read_manifest(data / "prepared" / "train.csv")
     val_m = read_manifest(data / "prepared" / "val.csv")
     aug, cfg = replace(AUG, resize=size, image_size=size), replace(TRAIN, batch_size=batch_size)
@@ -260,8 +269,20 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.only:  # a child: one implementation, its result as the last line of stdout
-        print(json.dumps(measure(args.only, args.data, args.steps, args.warmup, args.workers, args.predict_batch,
-                                 args.size, args.batch_size)))
+        print(
+            json.dumps(
+                measure(
+                    args.only,
+                    args.data,
+                    args.steps,
+                    args.warmup,
+                    args.workers,
+                    args.predict_batch,
+                    args.size,
+                    args.batch_size,
+                )
+            )
+        )
         return
 
     tmp = None

@@ -35,8 +35,11 @@ def distinct_images(cache: Path, n: int = 400, size: int = 512, workers: int | N
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
         # n_val=1: a SampleConfig, validated like params.yaml's, needs a val image; it goes unused.
-        generate(SampleConfig(n_train=n, n_val=1, n_test=0, size=size, jpeg_quality=90, fake_fraction=0.5),
-                 folder, workers=workers or len(os.sched_getaffinity(0)))
+        generate(
+            SampleConfig(n_train=n, n_val=1, n_test=0, size=size, jpeg_quality=90, fake_fraction=0.5),
+            folder,
+            workers=workers or len(os.sched_getaffinity(0)),
+        )
         print(f"generated {n} distinct {size} px JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     # csv, not ffdi.data.dataset: the rehearsal's driver stays free of torch, so that its children's peak
     # memory (which starts from the parent's at the fork) is their own.

@@ -35,8 +35,9 @@ IGNORED = ("data.holdout", "train.seed", "runtime.threads", "runtime.workers")
 def model_uri(run: Run, experiment_id: str) -> str:
     import mlflow
 
-    found = mlflow.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run.run_id}'",
-                                        output_format="list")
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
+    )
     if not found:
         raise SystemExit(f"run {run.run_id} ({run.name}) logged no model (tracking.log_model: false?)")
     return f"models:/{found[0].model_id}"
@@ -68,12 +69,18 @@ def main(argv=None) -> int:
     mlflow_run.setup(params.tracking)
     experiment_id = mlflow.get_experiment_by_name(params.tracking.experiment).experiment_id
     defaults = {k: gen_report.logged(v) for k, v in flatten(params.to_dict()).items()}
-    runs = [r for r in gen_report.holdout_runs(finished_pipeline_runs(params.tracking.experiment))
-            if len(gen_report.holdout_of(r)) == 1 and r.tags.get("ffdi.kind") == "pipeline"
-            and all(r.params.get(k, defaults[k]) == defaults[k] for k in defaults if k not in IGNORED)]
+    runs = [
+        r
+        for r in gen_report.holdout_runs(finished_pipeline_runs(params.tracking.experiment))
+        if len(gen_report.holdout_of(r)) == 1
+        and r.tags.get("ffdi.kind") == "pipeline"
+        and all(r.params.get(k, defaults[k]) == defaults[k] for k in defaults if k not in IGNORED)
+    ]
     if not runs:
-        print("no leave-one-out run with params.yaml's values: run `ffdi generalisation --only leave-one-out`",
-              file=sys.stderr)
+        print(
+            "no leave-one-out run with params.yaml's values: run `ffdi generalisation --only leave-one-out`",
+            file=sys.stderr,
+        )
         return 1
     val = read_manifest("prepared/val.csv")
     views = [v for v in args.views.split(",") if v]
@@ -109,12 +116,19 @@ def main(argv=None) -> int:
                     {"git.commit": r.tags.get("git.commit", "")},
                 )
             )
-        print(f"{r.name} (held out {holdout}, seed {r.params['train.seed']}): held-out AUC "
-              f"{rescored[-2].metrics['heldout_roc_auc']:.4f} -> {rescored[-1].metrics['heldout_roc_auc']:.4f}",
-              flush=True)
+        print(
+            f"{r.name} (held out {holdout}, seed {r.params['train.seed']}): held-out AUC "
+            f"{rescored[-2].metrics['heldout_roc_auc']:.4f} -> {rescored[-1].metrics['heldout_roc_auc']:.4f}",
+            flush=True,
+        )
     reference = "views=" + "+".join(["image", *params.predict.tta])  # the exact group label
-    result = gen_report.render(rescored, args.out, reference=reference, n_boot=args.boot,
-                               load=lambda run: pd.read_csv(run.artifact_uri, dtype={"img_name": str}))
+    result = gen_report.render(
+        rescored,
+        args.out,
+        reference=reference,
+        n_boot=args.boot,
+        load=lambda run: pd.read_csv(run.artifact_uri, dtype={"img_name": str}),
+    )
     (args.out / "models.json").write_text(json.dumps({r.name: r.run_id for r in runs}, indent=1))
     print(result["markdown"])
     return 0

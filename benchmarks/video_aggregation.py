@@ -45,8 +45,7 @@ def make_set(out: Path, videos: int, frames: int, seed: int) -> pd.DataFrame:
     labels = pd.read_csv(images / "valset_label.txt")
     rng = np.random.default_rng(seed)
     real = list(rng.permutation(labels.img_name[labels.target == 0].to_numpy()))
-    fakes = {m: list(rng.permutation(g.img_name.to_numpy()))
-             for m, g in labels[labels.target == 1].groupby("method")}
+    fakes = {m: list(rng.permutation(g.img_name.to_numpy())) for m, g in labels[labels.target == 1].groupby("method")}
     (out / "valset").mkdir(parents=True, exist_ok=True)
     rows = []
     for k in range(videos):
@@ -87,8 +86,11 @@ def main(argv=None) -> int:
     from ffdi.inference.video import Sampling, aggregate, score_video
 
     out = Path(args.out_dir)
-    videos = (pd.read_csv(out / "videos.csv") if (out / "videos.csv").is_file()
-              else make_set(out, args.videos, args.frames, args.seed))
+    videos = (
+        pd.read_csv(out / "videos.csv")
+        if (out / "videos.csv").is_file()
+        else make_set(out, args.videos, args.frames, args.seed)
+    )
     tta = load_params("params.yaml").predict.tta
     detector = Detector.load(args.model, "cpu", tta=tta)
     frame_probs = []
@@ -109,15 +111,25 @@ def main(argv=None) -> int:
             row["minus mean"] = d["difference"]
             row["95% CI"] = f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
         table[how] = row
-    frame_auc = metrics.roc_auc(np.repeat(y, [len(f) for f in frame_probs]),
-                                np.concatenate(frame_probs))
+    frame_auc = metrics.roc_auc(np.repeat(y, [len(f) for f in frame_probs]), np.concatenate(frame_probs))
     shown = pd.DataFrame(table).T
-    print(f"\nvideo-level ROC-AUC, {len(videos)} videos ({(y == 0).sum()} real, {(y == 1).sum()} fake) of "
-          f"{args.frames} frames, model {args.model}, tta {', '.join(tta) or 'none'}:")
+    print(
+        f"\nvideo-level ROC-AUC, {len(videos)} videos ({(y == 0).sum()} real, {(y == 1).sum()} fake) of "
+        f"{args.frames} frames, model {args.model}, tta {', '.join(tta) or 'none'}:"
+    )
     print(shown.to_string(float_format=lambda v: f"{v:.4f}", na_rep=""))
     print(f"(each frame alone, labelled by its video: {frame_auc:.4f})")
-    write_json(args.results, {"videos": len(videos), "frames": args.frames, "model": args.model, "tta": list(tta),
-                              "auc": table, "frame_auc_by_video_label": frame_auc})
+    write_json(
+        args.results,
+        {
+            "videos": len(videos),
+            "frames": args.frames,
+            "model": args.model,
+            "tta": list(tta),
+            "auc": table,
+            "frame_auc_by_video_label": frame_auc,
+        },
+    )
     return 0
 
 

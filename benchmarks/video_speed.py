@@ -28,8 +28,12 @@ from ffdi.files import write_json
 SIDE = (1920, 1080)
 FPS = 30
 SECONDS = 60
-SETTINGS = [("--frames 16", {"frames": 16}, False), ("--frames 16 --faces", {"frames": 16}, True),
-            ("--fps 2", {"fps": 2}, False), ("--fps 2 --faces", {"fps": 2}, True)]
+SETTINGS = [
+    ("--frames 16", {"frames": 16}, False),
+    ("--frames 16 --faces", {"frames": 16}, True),
+    ("--fps 2", {"fps": 2}, False),
+    ("--fps 2 --faces", {"fps": 2}, True),
+]
 
 
 def make_clip(path: Path) -> Path:
@@ -47,7 +51,7 @@ def make_clip(path: Path) -> Path:
             x = int((SIDE[0] - 360) * (0.5 + 0.45 * np.sin(t / 3)))
             y = int((SIDE[1] - 360) * (0.5 + 0.45 * np.cos(t / 4)))
             frame = background.copy()
-            frame[y:y + 360, x:x + 360] = face
+            frame[y : y + 360, x : x + 360] = face
             yield frame
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +93,12 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--clip", default=".ffdi/bench/clip_1080p_60s.mp4")
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's, one per core); 1 where other jobs share the cores")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's, one per core); 1 where other jobs share the cores",
+    )
     ap.add_argument("--out", default="benchmarks/results/video_speed.json")
     ap.add_argument("--figure", default="docs/img/video_speed.png")
     args = ap.parse_args(argv)
@@ -118,36 +126,71 @@ def main(argv=None) -> int:
             return sum(1 for _ in c.decode(s))
 
     decode_s, decoded = best_of(args.runs, decode_all)
-    rows = [{"setting": "decode every frame (no model)", "frames": decoded, "seconds": decode_s,
-             "frames_per_s": decoded / decode_s}]
+    rows = [
+        {
+            "setting": "decode every frame (no model)",
+            "frames": decoded,
+            "seconds": decode_s,
+            "frames_per_s": decoded / decode_s,
+        }
+    ]
     for label, sampling, with_faces in SETTINGS:
         s = Sampling(**sampling)
         if not with_faces:
             sample_s, n = best_of(args.runs, lambda: sum(1 for _ in sample_frames(clip, s)))
-            rows.append({"setting": f"{label}: sampling alone (no model)", "frames": n, "seconds": sample_s,
-                         "frames_per_s": n / sample_s})
-        seconds, v = best_of(args.runs, lambda: score_video(detector, clip, s, "mean", 64,
-                                                            faces if with_faces else None))
+            rows.append(
+                {
+                    "setting": f"{label}: sampling alone (no model)",
+                    "frames": n,
+                    "seconds": sample_s,
+                    "frames_per_s": n / sample_s,
+                }
+            )
+        seconds, v = best_of(
+            args.runs, lambda: score_video(detector, clip, s, "mean", 64, faces if with_faces else None)
+        )
         assert not v.error, v.error
-        rows.append({"setting": label, "frames": len(v.frames), "frames_without_face": v.frames_without_face,
-                     "seconds": seconds, "frames_per_s": len(v.frames) / seconds})
-        print(f"{label:28s} {len(v.frames):4d} frames in {seconds:6.2f} s: {len(v.frames) / seconds:7.1f} frames/s",
-              flush=True)
+        rows.append(
+            {
+                "setting": label,
+                "frames": len(v.frames),
+                "frames_without_face": v.frames_without_face,
+                "seconds": seconds,
+                "frames_per_s": len(v.frames) / seconds,
+            }
+        )
+        print(
+            f"{label:28s} {len(v.frames):4d} frames in {seconds:6.2f} s: {len(v.frames) / seconds:7.1f} frames/s",
+            flush=True,
+        )
 
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    result = {"clip": f"{SIDE[0]}x{SIDE[1]}, {FPS} fps, {SECONDS} s, H.264 veryfast, keyframe every 2 s",
-              "model": described, "image_size": detector.augment.image_size, "precision": detector.precision,
-              "torch": torch.__version__, "av": av.__version__, "cpu": cpu, "cores": len(os.sched_getaffinity(0)),
-              "amx_bf16": bool(caps.get("amx_bf16", False)), "threads": torch.get_num_threads(),
-              "load_average_1m": os.getloadavg()[0], "rows": rows}
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    result = {
+        "clip": f"{SIDE[0]}x{SIDE[1]}, {FPS} fps, {SECONDS} s, H.264 veryfast, keyframe every 2 s",
+        "model": described,
+        "image_size": detector.augment.image_size,
+        "precision": detector.precision,
+        "torch": torch.__version__,
+        "av": av.__version__,
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "amx_bf16": bool(caps.get("amx_bf16", False)),
+        "threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0],
+        "rows": rows,
+    }
     print()
     print("| setting | frames | seconds | frames/s |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['setting']} | {r['frames']} | {r['seconds']:.2f} | {r['frames_per_s']:.1f} |")
-    print(f"\n{cpu}, {result['cores']} cores, amx_bf16 {result['amx_bf16']}, torch {torch.__version__}, "
-          f"{detector.precision}, load average {result['load_average_1m']:.1f}")
+    print(
+        f"\n{cpu}, {result['cores']} cores, amx_bf16 {result['amx_bf16']}, torch {torch.__version__}, "
+        f"{detector.precision}, load average {result['load_average_1m']:.1f}"
+    )
     write_json(args.out, result)
     figure(rows, result, Path(args.figure))
     print(f"-> {args.out}, {args.figure}")
@@ -168,8 +211,10 @@ def figure(rows: list[dict], result: dict, out: Path) -> None:
     for i, r in enumerate(scored[::-1]):
         ax.text(r["frames_per_s"], i, f" {r['frames_per_s']:.1f}", va="center", fontsize=8)
     ax.set_xlabel("frames scored per second (sampling, decoding, faces, model)")
-    ax.set_title(f"ffdi score on a 1080p 60 s clip: {result['cores']}-core CPU, {result['precision']}, "
-                 f"torch {result['torch']}", fontsize=9)
+    ax.set_title(
+        f"ffdi score on a 1080p 60 s clip: {result['cores']}-core CPU, {result['precision']}, torch {result['torch']}",
+        fontsize=9,
+    )
     ax.margins(x=0.15)
     fig.tight_layout()
     save_figure(fig, out)

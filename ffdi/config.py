@@ -45,8 +45,10 @@ def parse_degradation(spec: str) -> tuple[str, float]:
     kind, sep, raw = str(spec).partition(":")
     kind = kind.strip()
     if not sep or kind not in DEGRADATIONS:
-        raise ConfigError(f"eval.degradations: {spec!r} must be 'kind:severity' with kind one of "
-                          f"{', '.join(DEGRADATIONS)}, e.g. 'jpeg:70'")
+        raise ConfigError(
+            f"eval.degradations: {spec!r} must be 'kind:severity' with kind one of "
+            f"{', '.join(DEGRADATIONS)}, e.g. 'jpeg:70'"
+        )
     what, low, high, open_ = DEGRADATIONS[kind]
     try:
         severity = float(raw)
@@ -99,11 +101,15 @@ _SET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 def _low_high(low: float, high: float, low_open: bool = False) -> AfterValidator:
     """null, or a [low, high] pair within the bounds given (its low above the lower one if low_open)."""
+
     def check(rng):
         if rng is not None and (len(rng) != 2 or not low <= rng[0] <= rng[1] <= high or (low_open and rng[0] <= low)):
-            raise ValueError(f"must be null or [low, high] with {low} <= low <= high <= {high}"
-                             f"{f' (low > {low})' if low_open else ''}, got {list(rng)}")
+            raise ValueError(
+                f"must be null or [low, high] with {low} <= low <= high <= {high}"
+                f"{f' (low > {low})' if low_open else ''}, got {list(rng)}"
+            )
         return rng
+
     return AfterValidator(check)
 
 
@@ -202,15 +208,18 @@ class AugmentConfig:
     def _consistent(self) -> AugmentConfig:
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if value is not None and (self.normalize != "model" or len(value) != 3
-                                      or (key == "std" and min(value) <= 0)):
+            if value is not None and (
+                self.normalize != "model" or len(value) != 3 or (key == "std" and min(value) <= 0)
+            ):
                 raise ConfigError(
                     f"augment.{key} is the model's (normalize: model), three numbers"
                     f"{' > 0' if key == 'std' else ''}; got {list(value)} with normalize: {self.normalize}"
                 )
         if self.image_size is not None and self.resize is not None and self.image_size > self.resize:
-            raise ConfigError(f"augment.image_size ({self.image_size}) must not exceed augment.resize "
-                              f"({self.resize}): the centre crop is taken from the resized image")
+            raise ConfigError(
+                f"augment.image_size ({self.image_size}) must not exceed augment.resize "
+                f"({self.resize}): the centre crop is taken from the resized image"
+            )
         return self
 
 
@@ -278,8 +287,16 @@ class EvalConfig:
     # Other labelled folders (val layout: data.val_dir + data.val_labels) scored by the same Detector.
     extra_sets: dict[str, NonEmpty] = field(default_factory=dict)
     # `kind:severity` applied to the decoded val images before the Detector's preprocessing.
-    degradations: Items[str] = ("jpeg:70", "jpeg:50", "jpeg:30", "webp:75", "social:70", "blur:0.5", "blur:1",
-                                "downscale:0.5")
+    degradations: Items[str] = (
+        "jpeg:70",
+        "jpeg:50",
+        "jpeg:30",
+        "webp:75",
+        "social:70",
+        "blur:0.5",
+        "blur:1",
+        "downscale:0.5",
+    )
     # A fixed random subset of val for the degradations (null: all of it): each image is decoded in
     # full and degraded several ways, so all of multiFFDI's 147k would outlast a GPU training epoch.
     robustness_images: Annotated[int, Field(ge=2)] | None = 2000
@@ -292,8 +309,10 @@ class EvalConfig:
     def _names_and_specs(self) -> EvalConfig:
         for name in self.extra_sets:
             if not _SET_NAME.fullmatch(name) or name in ("val", "real"):
-                raise ConfigError(f"eval.extra_sets: name {name!r} must be letters, digits, '_' or '-' "
-                                  "(it names metrics and files), and not 'val' or 'real'")
+                raise ConfigError(
+                    f"eval.extra_sets: name {name!r} must be letters, digits, '_' or '-' "
+                    "(it names metrics and files), and not 'val' or 'real'"
+                )
         parse_aggregate(self.video_aggregate, "eval.video_aggregate")
         if len(set(map(parse_degradation, self.degradations))) != len(self.degradations):
             raise ConfigError(f"eval.degradations: a degradation is listed twice: {list(self.degradations)}")
@@ -390,11 +409,21 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # --- pydantic's errors, as one line each ------------------------------------------------------------
 
-_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-             "string_type": "a string", "tuple_type": "a list", "dict_type": "a mapping",
-             "dataclass_exact_type": "a mapping"}
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "dataclass_exact_type": "a mapping",
+}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
 
 
 def _message(error: ValidationError, cls: type) -> str:
@@ -417,8 +446,11 @@ def _message(error: ValidationError, cls: type) -> str:
     if kind == "string_too_short":
         return f"{key} must not be empty"
     # A union's members each fail (runtime.workers: an integer, 'auto'): the key takes any of them.
-    expected = [x["ctx"]["expected"] if x["type"] == "literal_error" else _EXPECTED.get(x["type"], x["msg"])
-                for x in errors if _key(cls, x["loc"], prefix) == key]
+    expected = [
+        x["ctx"]["expected"] if x["type"] == "literal_error" else _EXPECTED.get(x["type"], x["msg"])
+        for x in errors
+        if _key(cls, x["loc"], prefix) == key
+    ]
     return f"{key} must be {' or '.join(expected)}, got {_show(value)}"
 
 

@@ -69,7 +69,9 @@ def _cmd_args(stage: str, dvc_yaml: str = "dvc.yaml") -> list[str]:
     try:
         cmd = yaml.safe_load(open(dvc_yaml))["stages"][stage]["cmd"]
     except (OSError, KeyError, TypeError) as e:
-        raise FileNotFoundError(f"{dvc_yaml}: no cmd for stage {stage!r} to take the paths from ({e}); "
-                                f"run it from the project folder, or give them: python -m stages.{stage} --help") from e
+        raise FileNotFoundError(
+            f"{dvc_yaml}: no cmd for stage {stage!r} to take the paths from ({e}); "
+            f"run it from the project folder, or give them: python -m stages.{stage} --help"
+        ) from e
     words = shlex.split(cmd)
-    return words[words.index(f"stages.{stage}") + 1:]
+    return words[words.index(f"stages.{stage}") + 1 :]

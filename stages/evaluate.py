@@ -31,8 +31,7 @@ def main(params, prepared, model, run_ref, reports, metrics):
         mlflow_run.setup(params.tracking)  # where models:/ and runs:/ URIs are found
         ensemble = Ensemble.extend(detector, params.predict.ensemble, params.runtime.device)
 
-    ev = evaluate(detector, val, cfg, params.data.holdout, extra, ensemble, workers,
-                   params.data.on_bad_image)
+    ev = evaluate(detector, val, cfg, params.data.holdout, extra, ensemble, workers, params.data.on_bad_image)
     write_reports(ev, detector, reports, cfg, params.data.holdout)
     write_json(metrics, ev.report)
 

@@ -9,8 +9,12 @@ from ffdi.stage import stage_main
 def main(params, out):
     found = listing(params.data)
     write_json(out, found)
-    print(", ".join(f"{folder}: {f['images']} images, {f['bytes'] / 2**20:.0f} MiB"
-                    for folder, f in found["folders"].items()) + f" -> {out}")
+    print(
+        ", ".join(
+            f"{folder}: {f['images']} images, {f['bytes'] / 2**20:.0f} MiB" for folder, f in found["folders"].items()
+        )
+        + f" -> {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ def main(params, listing_file, out):
     summary = prepare(params.data, out, files)
     for split, counts in summary["splits"].items():
         groups = ", ".join(f"{g} {n}" for g, n in counts["fake_groups"].items())
-        print(f"{split}: {counts['images']} images ({counts['fake']} fake, {counts['real']} real)"
-              + (f"; fakes by {params.data.group_column}: {groups}" if groups else ""))
+        print(
+            f"{split}: {counts['images']} images ({counts['fake']} fake, {counts['real']} real)"
+            + (f"; fakes by {params.data.group_column}: {groups}" if groups else "")
+        )
     print(f"predictions will be made for the {summary['predict_split']} split")
 
 

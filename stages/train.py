@@ -30,8 +30,10 @@ def load_manifests(params, prepared):
     train, val = read_manifest(prepared / "train.csv"), read_manifest(prepared / "val.csv")
     unknown = sorted(set(params.data.holdout) - set(fake_groups(train)) - set(fake_groups(val)))
     if unknown:
-        raise DataError(f"data.holdout names {unknown}, which no fake in the label files has in column "
-                        f"{params.data.group_column!r}; known: {fake_groups(train) or 'none'}")
+        raise DataError(
+            f"data.holdout names {unknown}, which no fake in the label files has in column "
+            f"{params.data.group_column!r}; known: {fake_groups(train) or 'none'}"
+        )
     if params.augment.self_blend and manipulations.KINDS[0] in params.data.holdout:
         raise ConfigError(
             f"data.holdout holds out {manipulations.KINDS[0]!r} while augment.self_blend makes such fakes "
@@ -85,8 +87,13 @@ def main(params, prepared, model, run_ref, history):
             # Again after fit: a resumed run with no epochs left wrote no history, and DVC deleted it.
             write_csv(history, pd.DataFrame(result["history"]))
             best = result["best"]
-            mlflow.log_metrics({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"],
-                                "trainable_params": result["trainable_params"]})
+            mlflow.log_metrics(
+                {
+                    "best_epoch": best["epoch"],
+                    f"best_{best['metric']}": best["value"],
+                    "trainable_params": result["trainable_params"],
+                }
+            )
             mlflow_run.log_skipped(result["skipped"], "train")
             if params.tracking.log_model:
                 ckpt = checkpoint.load(state_dir / "best.pt")

@@ -31,7 +31,10 @@ TINY_PARAMS = {
 def project_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\n")
     return [f for f in out if f and (ROOT / f).is_file()]
 
@@ -51,8 +54,15 @@ class Project:
     env: dict
 
     def sh(self, *cmd: str, check: bool = True, all_cores: bool = False) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=600,
-                              preexec_fn=every_core if all_cores else None)
+        proc = subprocess.run(
+            cmd,
+            cwd=self.repo,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            preexec_fn=every_core if all_cores else None,
+        )
         if check and proc.returncode != 0:
             pytest.fail(
                 f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
@@ -97,8 +107,14 @@ def make_project(dst: Path, overrides: dict) -> Project:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e.st", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@e.st",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        TQDM_DISABLE="1",
+        PYTHONUNBUFFERED="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@e.st",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@e.st",
     )
     project = Project(dst, env)
     project.sh("git", "init", "-q", "-b", "main")

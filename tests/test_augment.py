@@ -77,13 +77,16 @@ def _jpeg(img, quality):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"jpeg": [90, 30]}, "augment.jpeg must be null or"),
-    ({"blur": [1.0]}, "augment.blur must be null or"),
-    ({"downscale": [0, 0.5]}, "augment.downscale must be null or"),
-    ({"self_blend": 1.5}, "augment.self_blend must be <= 1.0, got 1.5"),
-    ({"degrade_p": -0.1}, "augment.degrade_p must be >= 0.0, got -0.1"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"jpeg": [90, 30]}, "augment.jpeg must be null or"),
+        ({"blur": [1.0]}, "augment.blur must be null or"),
+        ({"downscale": [0, 0.5]}, "augment.downscale must be null or"),
+        ({"self_blend": 1.5}, "augment.self_blend must be <= 1.0, got 1.5"),
+        ({"degrade_p": -0.1}, "augment.degrade_p must be >= 0.0, got -0.1"),
+    ],
+)
 def test_bad_augment_values_are_named(raw, message):
     with pytest.raises(ConfigError, match=message):
         AugmentConfig(**raw)

@@ -24,9 +24,31 @@ def test_make_bench_runs_end_to_end_on_tiny_data(tmp_path):
     from tests.conftest import ROOT
 
     out = tmp_path / "speed.json"
-    cmd = [sys.executable, "-m", "benchmarks.train_speed", "--data", str(tmp_path / "data"), "--train-images", "24",
-           "--val-images", "8", "--steps", "1", "--warmup", "1", "--size", "32", "--batch-size", "8",
-           "--predict-batch", "8", "--workers", "0", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.train_speed",
+        "--data",
+        str(tmp_path / "data"),
+        "--train-images",
+        "24",
+        "--val-images",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--size",
+        "32",
+        "--batch-size",
+        "8",
+        "--predict-batch",
+        "8",
+        "--workers",
+        "0",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -61,8 +83,25 @@ def test_the_video_aggregation_benchmark_makes_a_labelled_set_and_scores_every_a
 
     model = spread_checkpoint(tmp_path / "model.pt", image_size=64)
     out, results = tmp_path / "videos", tmp_path / "agg.json"
-    assert video_aggregation.main(["--model", str(model), "--out-dir", str(out), "--videos", "12", "--frames", "4",
-                                   "--results", str(results), "--boot", "20"]) == 0
+    assert (
+        video_aggregation.main(
+            [
+                "--model",
+                str(model),
+                "--out-dir",
+                str(out),
+                "--videos",
+                "12",
+                "--frames",
+                "4",
+                "--results",
+                str(results),
+                "--boot",
+                "20",
+            ]
+        )
+        == 0
+    )
     labels = pd.read_csv(out / "valset_label.txt")
     assert list(labels.columns) == ["video_name", "target"] and labels.target.tolist() == [0, 1] * 6
     shares = pd.read_csv(out / "videos.csv").fake_share
@@ -82,8 +121,11 @@ def test_the_host_headroom_measures_every_phase_of_the_main_process_and_a_worker
     from benchmarks import headroom
     from ffdi.config import AugmentConfig, ModelConfig, Params, TrainConfig
 
-    params = Params(augment=AugmentConfig(resize=32, image_size=32), model=ModelConfig(arch="resnet18"),
-                    train=TrainConfig(ema=0.999))
+    params = Params(
+        augment=AugmentConfig(resize=32, image_size=32),
+        model=ModelConfig(arch="resnet18"),
+        train=TrainConfig(ema=0.999),
+    )
     normalize = ffdi.engine.train.normalize_batch
     r = headroom.measure(params, manifests[0], batch=8, workers=1)
     assert ffdi.engine.train.normalize_batch is normalize  # put back

@@ -61,8 +61,13 @@ def test_runs_on_several_data_sets_are_compared_one_data_set_at_a_time():
     def run(i, data, root):
         return Run(str(i), f"r{i}", {"model.se": "False"}, {}, "", {"data.hash": data, "data.root": root})
 
-    runs = [run(0, "aaaa1111", "data/sample"), run(1, "bbbb2222", "/data/multiFFDI"), run(2, "aaaa1111", "data/sample"),
-            run(3, "bbbb2222", "/data/multiFFDI"), run(4, "bbbb2222", "/data/multiFFDI")]  # oldest first
+    runs = [
+        run(0, "aaaa1111", "data/sample"),
+        run(1, "bbbb2222", "/data/multiFFDI"),
+        run(2, "aaaa1111", "data/sample"),
+        run(3, "bbbb2222", "/data/multiFFDI"),
+        run(4, "bbbb2222", "/data/multiFFDI"),
+    ]  # oldest first
     chosen, notes = one_data_set(runs, "ffdi")
     assert [r.run_id for r in chosen] == ["1", "3", "4"]  # the latest run's data set, in order
     assert len(notes) == 1 and "2 data sets" in notes[0] and "aaaa1111: 2 runs on data/sample" in notes[0]

@@ -147,8 +147,11 @@ def test_epoch_order_is_the_order_a_shuffling_dataloader_gave():
 
     rows = list(range(50))
     for seed in (0, 3001, 7):
-        before = [int(i) for b in DataLoader(rows, batch_size=8, shuffle=True,
-                                             generator=torch.Generator().manual_seed(seed)) for i in b]
+        before = [
+            int(i)
+            for b in DataLoader(rows, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(seed))
+            for i in b
+        ]
         sampler = EpochSampler(rows, shuffle=True)
         sampler.set_epoch(0, seed)
         assert [i for i, _ in sampler] == before

@@ -19,6 +19,7 @@ from tests.project import TINY_PARAMS, make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     p = make_project(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS)
@@ -37,8 +38,11 @@ def project(tmp_path_factory):
     baseline["rerun"] = p.out("dvc", "repro")  # nothing changed: nothing may run
     # The runtime group says how to compute, not what: no stage tracks it.
     params_text = (repo / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(params_text.replace("  workers: 0", "  workers: 1").replace(
-        "  threads: auto", "  threads: 1").replace("  device: auto", "  device: cpu"))
+    (repo / "params.yaml").write_text(
+        params_text.replace("  workers: 0", "  workers: 1")
+        .replace("  threads: auto", "  threads: 1")
+        .replace("  device: auto", "  device: cpu")
+    )
     assert (repo / "params.yaml").read_text() != params_text
     baseline["status_runtime"] = p.out("dvc", "status")
     (repo / "params.yaml").write_text(params_text)
@@ -214,7 +218,7 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
     rows = []
     for entry in project["exp_show"]:
         for rev in [entry] + [e for exp in entry.get("experiments") or [] for e in exp.get("revs", [])]:
-            data = (rev.get("data") or {})
+            data = rev.get("data") or {}
             auc = (
                 (((data.get("metrics") or {}).get("metrics.json") or {}).get("data") or {})
                 .get("val", {})
@@ -232,9 +236,15 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
 
 
 CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
     # The machine has no internet: without these Chromium keeps dialling Google's hosts.
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SCREENSHOTS = ROOT / "test-artifacts"
 
@@ -257,9 +267,19 @@ def mlflow_server(project):
     port = free_port()
     log = open(project["repo"].parent / "mlflow-server.log", "w")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{project['repo'] / 'mlflow.db'}"],
-        cwd=project["repo"], stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{project['repo'] / 'mlflow.db'}",
+        ],
+        cwd=project["repo"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -287,9 +307,15 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
     import mlflow
 
     _, exp, (base, se, _) = runs
-    (logged,) = [m for m in mlflow.search_logged_models(
-        experiment_ids=[exp.experiment_id], filter_string=f"source_run_id = '{se.info.run_id}'", output_format="list"
-    ) if m.name == "model"]
+    (logged,) = [
+        m
+        for m in mlflow.search_logged_models(
+            experiment_ids=[exp.experiment_id],
+            filter_string=f"source_run_id = '{se.info.run_id}'",
+            output_format="list",
+        )
+        if m.name == "model"
+    ]
     SCREENSHOTS.mkdir(exist_ok=True)
     app = f"{mlflow_server}/#/experiments/{exp.experiment_id}"
     with sync_api.sync_playwright() as p:

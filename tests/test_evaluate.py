@@ -59,11 +59,23 @@ def random_detector(tiny_data, tmp_path_factory):
 def test_degradations_parse_checked_and_ordered_mild_to_severe():
     specs = ["blur:2", "jpeg:50", "blur:0.5", "jpeg:90", "downscale:0.25", "downscale:0.5", "resize:24"]
     ordered = degrade.parse_all(specs)
-    assert [d.label for d in ordered] == ["blur:0.5", "blur:2", "jpeg:90", "jpeg:50", "downscale:0.5",
-                                          "downscale:0.25", "resize:24"]
+    assert [d.label for d in ordered] == [
+        "blur:0.5",
+        "blur:2",
+        "jpeg:90",
+        "jpeg:50",
+        "downscale:0.5",
+        "downscale:0.25",
+        "resize:24",
+    ]
     assert [d.key for d in ordered][:2] == ["0p5", "2"]
-    for bad, message in [("jpeg:0", "integer in [1, 100]"), ("blur:0", "(0.0, 100.0)"), ("sharpen:1", "kind one of"),
-                         ("downscale:1.5", "(0.0, 1.0)"), ("jpeg", "kind:severity")]:
+    for bad, message in [
+        ("jpeg:0", "integer in [1, 100]"),
+        ("blur:0", "(0.0, 100.0)"),
+        ("sharpen:1", "kind one of"),
+        ("downscale:1.5", "(0.0, 1.0)"),
+        ("jpeg", "kind:severity"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             EvalConfig(degradations=[bad])
     with pytest.raises(ConfigError, match="listed twice"):
@@ -78,8 +90,9 @@ def test_degradations_parse_checked_and_ordered_mild_to_severe():
 def test_degraded_scores_are_the_detectors_scores_of_the_degraded_images(random_detector):
     det, val = random_detector
     rows = val.iloc[:6]
-    degradations = degrade.parse_all(["jpeg:40", "blur:1", "downscale:0.5", "resize:20", "noise:20", "resize:32",
-                                      "webp:40", "social:60"])
+    degradations = degrade.parse_all(
+        ["jpeg:40", "blur:1", "downscale:0.5", "resize:20", "noise:20", "resize:32", "webp:40", "social:60"]
+    )
     probs = degrade.score_degraded(det, rows, degradations, batch_size=18)
     # The same degraded images handed to the Detector (JPEG as bytes, the rest as images), then the
     # files themselves; in one call, as few batch shapes cost the fewest warm-ups on CPU.
@@ -116,18 +129,25 @@ def test_webp_and_social_are_pillows_own_operations():
     assert decoded.format == "JPEG" and decoded.size == (32, 24)  # left at half size
     # Quality: higher is milder, so the curves run 90 -> 30 like jpeg's.
     assert [d.label for d in degrade.parse_all(["webp:30", "social:30", "webp:90", "social:90"])] == [
-        "webp:90", "webp:30", "social:90", "social:30"]
+        "webp:90",
+        "webp:30",
+        "social:90",
+        "social:30",
+    ]
     assert [d.key for d in degrade.parse_all(["social:70", "webp:75"])] == ["70", "75"]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("webp:0", "'webp:0': the WebP quality must be an integer in [1, 100]"),
-    ("webp:101", "'webp:101': the WebP quality must be an integer in [1, 100]"),
-    ("webp:70.5", "'webp:70.5': the WebP quality must be an integer in [1, 100]"),
-    ("social:0", "'social:0': the JPEG quality after halving the size must be an integer in [1, 100]"),
-    ("social:high", "'social:high': the JPEG quality after halving the size must be a number"),
-    ("social", "'social' must be 'kind:severity'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("webp:0", "'webp:0': the WebP quality must be an integer in [1, 100]"),
+        ("webp:101", "'webp:101': the WebP quality must be an integer in [1, 100]"),
+        ("webp:70.5", "'webp:70.5': the WebP quality must be an integer in [1, 100]"),
+        ("social:0", "'social:0': the JPEG quality after halving the size must be an integer in [1, 100]"),
+        ("social:high", "'social:high': the JPEG quality after halving the size must be a number"),
+        ("social", "'social' must be 'kind:severity'"),
+    ],
+)
 def test_new_degradations_are_checked(spec, message):
     with pytest.raises(ConfigError, match=re.escape(f"eval.degradations: {message}")):
         EvalConfig(degradations=[spec])
@@ -184,8 +204,9 @@ def test_plots_are_written(tmp_path):
 
     per_group = {"a": {"roc_auc": 0.9}, "b": {"roc_auc": 0.7}, "c": {"roc_auc": 0.95}}
     plots.plot_groups(per_group, tmp_path / "groups.png", heldout=("b",))
-    table = pd.DataFrame({"kind": ["jpeg", "jpeg", "blur"], "severity": [90, 50, 1.0], "level": [1, 2, 1],
-                          "roc_auc": [0.9, 0.8, 0.85]})
+    table = pd.DataFrame(
+        {"kind": ["jpeg", "jpeg", "blur"], "severity": [90, 50, 1.0], "level": [1, 2, 1], "roc_auc": [0.9, 0.8, 0.85]}
+    )
     plots.plot_robustness(table, 0.92, tmp_path / "robustness.png")
     plots.plot_robustness(table.iloc[:0], 0.92, tmp_path / "empty.png")
     for name in ("groups.png", "robustness.png", "empty.png"):
@@ -204,7 +225,7 @@ def test_extra_set_folder_is_checked_and_fingerprinted(tiny_data, tmp_path):
         labelled_folder("gone", "/no/such", data)
     copy = tmp_path / "copy"
     shutil.copytree(tiny_data, copy)
-    first = (copy / "valset" / manifest.img_name[0])
+    first = copy / "valset" / manifest.img_name[0]
     first.write_bytes(first.read_bytes() + b"\0")  # same names and labels, other content
     assert labelled_folder("other", str(copy), data)[1] != fingerprint
     (copy / "valset_label.txt").write_text("img_name,target\n" + f"{manifest.img_name[0]},1\n")
@@ -219,8 +240,11 @@ TINY = {
     "augment": {"resize": 32, "image_size": 32},
     "train": {"epochs": 2, "batch_size": 16},
     "runtime": {"workers": 0},
-    "eval": {"batch_size": 32, "extra_sets": {"other": "data/other"},
-             "degradations": ["jpeg:100", "noise:60", "downscale:0.25"]},
+    "eval": {
+        "batch_size": 32,
+        "extra_sets": {"other": "data/other"},
+        "degradations": ["jpeg:100", "noise:60", "downscale:0.25"],
+    },
     "predict": {"batch_size": 32},
     "tracking": {"log_model": False},
 }
@@ -238,8 +262,9 @@ def project(tmp_path_factory):
     repo = p.repo
     base = {
         "metrics": json.loads((repo / "metrics.json").read_text()),
-        "predictions": pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str},
-                                   keep_default_na=False),
+        "predictions": pd.read_csv(
+            repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str}, keep_default_na=False
+        ),
         "groups_csv": pd.read_csv(repo / "reports" / "evaluate" / "groups.csv", keep_default_na=False),
         "robustness": {f.name: pd.read_csv(f) for f in (repo / "reports" / "evaluate" / "robustness").iterdir()},
         "robustness_png": (repo / "reports" / "evaluate" / "robustness.png").stat().st_size,
@@ -259,8 +284,9 @@ def project(tmp_path_factory):
     p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "-S", "+eval.extra_sets.added=data/other", "evaluate")
     held = {
         "metrics": json.loads((repo / "metrics.json").read_text()),
-        "predictions": pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str},
-                                   keep_default_na=False),
+        "predictions": pd.read_csv(
+            repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str}, keep_default_na=False
+        ),
         "history": pd.read_csv(repo / "reports" / "history.csv"),
     }
     _, _, runs = mlflow_runs(repo)
@@ -304,9 +330,11 @@ def test_extra_set_is_scored_by_the_same_detector_and_equals_sklearn(project):
 
     m = project["base"]["metrics"]["extra_sets"]["other"]
     run = project["base"]["run"]
-    preds = pd.read_csv(mlflow.artifacts.download_artifacts(
-        f"{run.info.artifact_uri}/evaluate/extra_sets/other_predictions.csv"), dtype={"img_name": str},
-        keep_default_na=False)
+    preds = pd.read_csv(
+        mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/evaluate/extra_sets/other_predictions.csv"),
+        dtype={"img_name": str},
+        keep_default_na=False,
+    )
     labels = pd.read_csv(project["repo"] / "data" / "other" / "valset_label.txt", dtype={"img_name": str})
     assert preds.img_name.tolist() == labels.img_name.tolist() and m["images"] == len(labels) == 40
     y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()

@@ -45,8 +45,21 @@ def test_explain_writes_overlays_and_the_detectors_scores(model, tiny_data, tmp_
     twin = shutil.copy(files[0], other / Path(files[0]).name)  # same name, another folder
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "explained"
-    rc = explain.main([*files, str(twin), str(tmp_path / "broken.jpg"), "--out-dir", str(out),
-                       "--model", str(model), "--tta", "hflip", "--batch-size", "4"])
+    rc = explain.main(
+        [
+            *files,
+            str(twin),
+            str(tmp_path / "broken.jpg"),
+            "--out-dir",
+            str(out),
+            "--model",
+            str(model),
+            "--tta",
+            "hflip",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert rc == 3
     rows = pd.read_csv(out / "scores.csv", keep_default_na=False)
     assert rows.path.tolist() == [*files, str(twin), str(tmp_path / "broken.jpg")]
@@ -80,8 +93,13 @@ def test_maps_are_in_0_1_at_the_input_size_and_layer_can_be_chosen(model, tiny_d
 def test_gallery_shows_the_confident_mistakes_and_hits(model, tiny_data, tmp_path):
     det = Detector.load(model, "cpu")
     files = sorted(str(p) for p in (tiny_data / "valset").glob("*.jpg"))[:10]
-    rows = pd.DataFrame({"path": files, "target": [0, 0, 0, 1, 1, 1, 1, 1, 0, 1],
-                         "y_pred": [0.9, 0.6, 0.1, 0.2, 0.45, 0.99, 0.7, 0.8, 0.55, 0.51]})
+    rows = pd.DataFrame(
+        {
+            "path": files,
+            "target": [0, 0, 0, 1, 1, 1, 1, 1, 0, 1],
+            "y_pred": [0.9, 0.6, 0.1, 0.2, 0.45, 0.99, 0.7, 0.8, 0.55, 0.51],
+        }
+    )
     shown = gallery(det, rows, tmp_path / "gallery.png", n=2)
     assert list(shown.values()) == [[files[0], files[1]], [files[3], files[4]], [files[5], files[7]]]
     with Image.open(tmp_path / "gallery.png") as im:
@@ -143,6 +161,8 @@ def test_the_map_lies_on_the_manipulated_region(tmp_path):
         inside = np.array([(m * w).sum() / w.sum() for m, w in zip(maps, masks)])
         outside = np.array([(m * (1 - w)).sum() / (1 - w).sum() for m, w in zip(maps, masks)])
         shares[method] = (inside > outside)[detected].mean()
-        print(f"{method}: map mean inside the mask > outside for {shares[method]:.0%} "
-              f"of {detected.sum()} detected fakes (of {len(images)})")
+        print(
+            f"{method}: map mean inside the mask > outside for {shares[method]:.0%} "
+            f"of {detected.sum()} detected fakes (of {len(images)})"
+        )
     assert shares["layercam"] >= 0.7

@@ -32,8 +32,12 @@ def photos(tmp_path_factory):
 
 def test_finds_the_face_where_it_is(cropper, photos):
     box = cropper.largest_face(Image.open(photos / "astronaut_off_centre.png").convert("RGB"))
-    expected = (ASTRONAUT_FACE[0] + OFFSET[0], ASTRONAUT_FACE[1] + OFFSET[1],
-                ASTRONAUT_FACE[2] + OFFSET[0], ASTRONAUT_FACE[3] + OFFSET[1])
+    expected = (
+        ASTRONAUT_FACE[0] + OFFSET[0],
+        ASTRONAUT_FACE[1] + OFFSET[1],
+        ASTRONAUT_FACE[2] + OFFSET[0],
+        ASTRONAUT_FACE[3] + OFFSET[1],
+    )
     assert box == pytest.approx(expected, abs=8)
 
 

@@ -32,16 +32,38 @@ def test_holdout_sets_leave_one_out_and_train_on_one():
 
 def test_trained_on_all_is_queued_with_an_empty_holdout_first():
     planned = gen.planned_experiments(["a", "b", "c"], [0, 1], ["augment.blur=[0.2, 1.5]"], True, False, True)
-    assert [h for _, h in planned] == ["data.holdout=[]", "data.holdout=['a']", "data.holdout=['b']",
-                                       "data.holdout=['c']"]
-    assert planned[0][0] == ["exp", "run", "--queue", "-S", "data.holdout=[]", "-S", "train.seed=0,1",
-                             "-S", "augment.blur=[0.2, 1.5]"]
+    assert [h for _, h in planned] == [
+        "data.holdout=[]",
+        "data.holdout=['a']",
+        "data.holdout=['b']",
+        "data.holdout=['c']",
+    ]
+    assert planned[0][0] == [
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        "data.holdout=[]",
+        "-S",
+        "train.seed=0,1",
+        "-S",
+        "augment.blur=[0.2, 1.5]",
+    ]
 
 
 def test_exp_run_args_pass_the_holdout_as_one_list_not_a_sweep():
     args = gen.exp_run_args(("b", "c"), [0, 1], ["model.se=true"])
-    assert args == ["exp", "run", "--queue", "-S", 'data.holdout=["b", "c"]', "-S", "train.seed=0,1",
-                    "-S", "model.se=true"]
+    assert args == [
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        'data.holdout=["b", "c"]',
+        "-S",
+        "train.seed=0,1",
+        "-S",
+        "model.se=true",
+    ]
     assert gen.exp_run_args(("a",), [], []) == ["exp", "run", "--queue", "-S", 'data.holdout=["a"]']
 
 
@@ -106,11 +128,10 @@ def test_starting_the_workers_does_not_wait_for_them(tmp_path):
     """`dvc queue start` leaves daemons behind that keep its stdout open: waiting on a pipe there
     would wait for the whole queue. The daemon here lives until the test lets it go."""
     release = tmp_path / "release"
-    daemon = ("import os, sys, time\n"
-              f"while not os.path.exists({str(release)!r}): time.sleep(0.05)\n")
-    starter = ("import subprocess, sys\n"
-               f"subprocess.Popen([sys.executable, '-c', {daemon!r}])\n"
-               "print('started 1 worker')\n")
+    daemon = f"import os, sys, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.05)\n"
+    starter = (
+        f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {daemon!r}])\nprint('started 1 worker')\n"
+    )
     try:
         dvc_queue.start_workers(1, [sys.executable, "-c", starter], timeout=60)  # raises TimeoutExpired if it waits
     finally:
@@ -142,14 +163,25 @@ def fake_runs() -> list[Run]:
         for seed in ("0", "1"):
             for holdout in gen.holdout_sets(["a", "b", "c"]):
                 i += 1
-                metrics = {"eval_roc_auc": rng.uniform(0.8, 1), "heldout_roc_auc": rng.uniform(0.5, 1),
-                           "heldout_average_precision": rng.uniform(0.5, 1), "heldout_tpr_at_fpr_1e-3": rng.uniform(),
-                           "seen_roc_auc": rng.uniform(0.8, 1),
-                           **{f"eval_auc_{g}": rng.uniform(0.5, 1) for g in "abc"}}
+                metrics = {
+                    "eval_roc_auc": rng.uniform(0.8, 1),
+                    "heldout_roc_auc": rng.uniform(0.5, 1),
+                    "heldout_average_precision": rng.uniform(0.5, 1),
+                    "heldout_tpr_at_fpr_1e-3": rng.uniform(),
+                    "seen_roc_auc": rng.uniform(0.8, 1),
+                    **{f"eval_auc_{g}": rng.uniform(0.5, 1) for g in "abc"},
+                }
                 params = {"model.se": se, "train.seed": seed, "data.holdout": str(list(holdout)), "train.lr": "0.001"}
                 runs.append(Run(f"id{i}", f"exp{i}", params, metrics, "", {"git.commit": "c0ffee"}))
-    runs.append(Run("base", "base", {"model.se": "False", "train.seed": "0", "data.holdout": "[]",
-                                     "train.lr": "0.001"}, {"eval_roc_auc": 0.5}, ""))
+    runs.append(
+        Run(
+            "base",
+            "base",
+            {"model.se": "False", "train.seed": "0", "data.holdout": "[]", "train.lr": "0.001"},
+            {"eval_roc_auc": 0.5},
+            "",
+        )
+    )
     return runs
 
 
@@ -176,7 +208,8 @@ def test_tables_equal_the_runs_metrics(tmp_path):
             on_one = [r for r in mine if r.params["data.holdout"] == others]
             for tested in "abc":
                 assert cross.loc[(trained, tested), "mean"] == pytest.approx(
-                    np.mean([r.metrics[f"eval_auc_{tested}"] for r in on_one]))
+                    np.mean([r.metrics[f"eval_auc_{tested}"] for r in on_one])
+                )
     # The markdown shows the same numbers, and the files are all there.
     md = (tmp_path / "report.md").read_text()
     assert md == result["markdown"]
@@ -199,9 +232,17 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     y = (groups != "real").astype(int)
     names = [f"{i:03d}.jpg" for i in range(len(y))]
     # SE runs separate the classes better, so their held-out AUC is higher.
-    preds = {r.run_id: pd.DataFrame({"img_name": names, "target": y, "group": groups,
-                                     "y_pred": rng.uniform(size=len(y)) + y * (0.6 if r.params["model.se"] == "True"
-                                                                               else 0.1)}) for r in runs}
+    preds = {
+        r.run_id: pd.DataFrame(
+            {
+                "img_name": names,
+                "target": y,
+                "group": groups,
+                "y_pred": rng.uniform(size=len(y)) + y * (0.6 if r.params["model.se"] == "True" else 0.1),
+            }
+        )
+        for r in runs
+    }
     result = gen_report.render(runs, tmp_path, params=Params(), load=lambda r: preds[r.run_id], n_boot=200)
     assert result["reference"] == "model.se=False"  # params.yaml's value of the param that differs
     table = result["differences"].set_index(["variant", "heldout"])
@@ -235,8 +276,10 @@ def test_variants_against_the_reference_match_sklearn(tmp_path):
     for _, h, d, low, high in plotted:
         row = table.loc[("model.se=True", h)]
         assert (d, low, high) == (row.difference, row.ci_low, row.ci_high)
-    assert gen_report.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id],
-                             n_boot=50)["reference"] == "model.se=True"
+    assert (
+        gen_report.render(runs, tmp_path, reference="se=True", load=lambda r: preds[r.run_id], n_boot=50)["reference"]
+        == "model.se=True"
+    )
     with pytest.raises(gen_report.GeneralisationError, match="matches 2 variants"):
         gen_report.render(runs, tmp_path, reference="model.se", load=lambda r: preds[r.run_id])
 
@@ -278,14 +321,15 @@ def knob_runs():
                 preds[rid] = pd.DataFrame({"img_name": names, "target": y, "group": groups, "y_pred": p})
                 d = {c: rng.uniform(size=len(y)) + y * degraded_s * k for c, k in (("jpeg:50", 1.0), ("blur:1", 0.5))}
                 degraded[rid] = pd.DataFrame({"img_name": names, "target": y, "group": groups, "clean": p, **d})
-                metrics = {"eval_roc_auc": roc_auc_score(y, p),
-                           "eval_degraded_mean_auc": np.mean([roc_auc_score(y, v) for v in d.values()]),
-                           **{f"eval_auc_{g}": 0.9 for g in "ab"}}
+                metrics = {
+                    "eval_roc_auc": roc_auc_score(y, p),
+                    "eval_degraded_mean_auc": np.mean([roc_auc_score(y, v) for v in d.values()]),
+                    **{f"eval_auc_{g}": 0.9 for g in "ab"},
+                }
                 if holdout:
                     keep = (groups == "real") | (groups == holdout[0])
                     metrics["heldout_roc_auc"] = roc_auc_score(y[keep], p[keep])
-                params = {"augment.blur": blur, "augment.jpeg": jpeg, "train.seed": seed,
-                          "data.holdout": str(holdout)}
+                params = {"augment.blur": blur, "augment.jpeg": jpeg, "train.seed": seed, "data.holdout": str(holdout)}
                 runs.append(Run(rid, rid, params, metrics, ""))
     return runs, preds, degraded, y, groups
 
@@ -294,15 +338,26 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
     runs, preds, degraded, y, groups = knob_runs()
     # The reference is the variant run with these params: the one without degradations.
     params = Params(augment=AugmentConfig(**NO_DEGRADATION))
-    result = gen_report.render(runs, tmp_path, params=params, load=lambda r: preds[r.run_id],
-                               load_degraded=lambda r: degraded[r.run_id], n_boot=200)
+    result = gen_report.render(
+        runs,
+        tmp_path,
+        params=params,
+        load=lambda r: preds[r.run_id],
+        load_degraded=lambda r: degraded[r.run_id],
+        n_boot=200,
+    )
     knob = result["knobs"].set_index(["variant", "column"])
     ref = "augment.blur=null, augment.jpeg=null"
     assert result["knobs"].variant.iloc[0] == ref
 
     def flat(blur, jpeg):
-        return [r for r in runs if r.params["augment.blur"] == blur and r.params["augment.jpeg"] == jpeg
-                and r.params["data.holdout"] == "[]"]
+        return [
+            r
+            for r in runs
+            if r.params["augment.blur"] == blur
+            and r.params["augment.jpeg"] == jpeg
+            and r.params["data.holdout"] == "[]"
+        ]
 
     def mean_auc(rs, column="y_pred", rows=slice(None)):
         frames = degraded if column != "y_pred" else preds
@@ -327,8 +382,13 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
         keep = (groups == "real") | (groups == g)
 
         def loo(b):
-            return [r for r in runs if r.params["augment.blur"] == b and r.params["augment.jpeg"] == "null"
-                    and r.params["data.holdout"] == f"['{g}']"]
+            return [
+                r
+                for r in runs
+                if r.params["augment.blur"] == b
+                and r.params["augment.jpeg"] == "null"
+                and r.params["data.holdout"] == f"['{g}']"
+            ]
 
         diffs.append(mean_auc(loo("[0.2, 1.5]"), rows=keep) - mean_auc(loo("null"), rows=keep))
     assert held.difference == pytest.approx(np.mean(diffs)) and held.runs == 3

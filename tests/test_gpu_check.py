@@ -20,13 +20,27 @@ def test_the_rehearsal_measures_every_step_without_mlflow_or_dvc(tmp_path):
     for name in ("mlflow", "dvc"):
         (tmp_path / "block" / name).mkdir(parents=True)
         (tmp_path / "block" / name / "__init__.py").write_text(
-            f"raise ImportError('gpu_check imported {name}, which the GPU machines lack')\n")
+            f"raise ImportError('gpu_check imported {name}, which the GPU machines lack')\n"
+        )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "block"), str(ROOT)]))
     # --rehearsal where this machine has a GPU: the test is of the script, in a minute.
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path / "out"),
-           "--work", str(tmp_path / "work")]
-    proc = subprocess.run(cmd + (["--rehearsal"] if torch.cuda.is_available() else []), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_check",
+        "--out",
+        str(tmp_path / "out"),
+        "--work",
+        str(tmp_path / "work"),
+    ]
+    proc = subprocess.run(
+        cmd + (["--rehearsal"] if torch.cuda.is_available() else []),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.startswith("REHEARSAL on CPU: ") and "figures are not GPU figures" in proc.stdout.splitlines()[0]
     r = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
@@ -65,12 +79,17 @@ def no_gpu(tmp_path, monkeypatch):
 
 def test_a_gpu_that_torch_cannot_use_stops_the_check_with_what_was_found(no_gpu):
     smi = no_gpu / "bin" / "nvidia-smi"
-    smi.write_text('#!/bin/sh\ncase "$1" in\n  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0000)";;\n'
-                   '  *) echo "580.159.04";;\nesac\n')
+    smi.write_text(
+        '#!/bin/sh\ncase "$1" in\n  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0000)";;\n'
+        '  *) echo "580.159.04";;\nesac\n'
+    )
     smi.chmod(0o755)
-    with pytest.raises(SystemExit, match=r"has an NVIDIA GPU \(GPU 0: NVIDIA H100 80GB HBM3.*"
-                                         r"driver 580\.159\.04.*"
-                                         r"no CPU rehearsal"):
+    with pytest.raises(
+        SystemExit,
+        match=r"has an NVIDIA GPU \(GPU 0: NVIDIA H100 80GB HBM3.*"
+        r"driver 580\.159\.04.*"
+        r"no CPU rehearsal",
+    ):
         gpu_check.environment()
 
 

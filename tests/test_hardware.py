@@ -141,6 +141,10 @@ def test_an_xdist_worker_and_what_it_starts_see_only_its_own_cores():
     assert mine == set(worker_cores(cores, int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")), count))
     assert worker_cores([0, 1], 0, 2) == [0] and worker_cores([0, 1], 1, 2) == [1]
     assert worker_cores([0, 1], 2, 3) == [0] and worker_cores([0, 1, 2, 3], 1, 2) == [1, 3]
-    child = subprocess.run([sys.executable, "-c", "from ffdi import hardware; print(hardware.available_cores())"],
-                           capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "from ffdi import hardware; print(hardware.available_cores())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert int(child.stdout) == len(mine) and torch.get_num_threads() == len(mine)

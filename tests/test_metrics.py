@@ -80,6 +80,7 @@ def test_heldout_metrics_are_the_unseen_fakes_and_the_seen_fakes_each_against_al
     assert m["heldout"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[(y == 0) | unseen], p[(y == 0) | unseen]))
     assert m["seen"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[(y == 0) | seen], p[(y == 0) | seen]))
     assert m["seen"]["average_precision"] == pytest.approx(
-        skm.average_precision_score(y[(y == 0) | seen], p[(y == 0) | seen]))
+        skm.average_precision_score(y[(y == 0) | seen], p[(y == 0) | seen])
+    )
     # A held-out manipulation with no val fakes: no held-out side, and every fake is seen.
     assert set(heldout_metrics(y, p, groups, ["face_swap"])) == {"seen"}

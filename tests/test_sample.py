@@ -82,8 +82,9 @@ def test_fake_fraction_is_exact(tmp_path):
     generate(SampleConfig(n_train=200, n_val=10, n_test=0, size=16, fake_fraction=0.25), tmp_path)
     labels = pd.read_csv(tmp_path / "trainset_label.txt")
     assert labels.target.sum() == 50
-    assert Counter(labels.method[labels.target == 1]) == {kind: 50 // len(KINDS) + (i < 50 % len(KINDS))
-                                                          for i, kind in enumerate(KINDS)}
+    assert Counter(labels.method[labels.target == 1]) == {
+        kind: 50 // len(KINDS) + (i < 50 % len(KINDS)) for i, kind in enumerate(KINDS)
+    }
     assert not (tmp_path / "testset").exists()
 
 

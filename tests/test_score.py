@@ -134,8 +134,9 @@ def test_an_ensemble_scores_the_exact_mean_of_its_models(images, model, tiny_dat
     ens = Ensemble(members).score_manifest(val, 16)
     each = [m.score_manifest(val, 16) for m in members]
     np.testing.assert_allclose(ens.prob, (each[0].prob + each[1].prob) / 2, atol=1e-12)
-    np.testing.assert_allclose(ens.prob_single_view, (each[0].prob_single_view + each[1].prob_single_view) / 2,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        ens.prob_single_view, (each[0].prob_single_view + each[1].prob_single_view) / 2, atol=1e-12
+    )
 
 
 def test_without_out_csv_goes_to_stdout_and_all_good_exits_0(images, model, capsys):
@@ -191,6 +192,7 @@ def test_the_ffdi_command_has_score_and_explain(images, model, capsys):
 
 
 # --- the real pipeline ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):

@@ -47,8 +47,9 @@ def png_bomb(width: int = 10_000, height: int = 10_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def free_port() -> int:
@@ -114,8 +115,11 @@ def server(logged):
     port = free_port()
     log = logged.dir / "server.log"
     proc = subprocess.Popen(
-        serve.serve_command(logged.uri, "127.0.0.1", port), env=serve.serve_env(logged.store),
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        serve.serve_command(logged.uri, "127.0.0.1", port),
+        env=serve.serve_env(logged.store),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -173,30 +177,50 @@ def bad_requests(images, clip):
     video = clip.read_bytes()
     return {
         # MP4 keeps its index at the end: half a file starts like a video but cannot be opened.
-        "truncated video": ({"inputs": [good, b64(video[: len(video) // 2])]},
-                            r"inputs\[1\]: truncated or corrupt video: cannot read its header or index"),
+        "truncated video": (
+            {"inputs": [good, b64(video[: len(video) // 2])]},
+            r"inputs\[1\]: truncated or corrupt video: cannot read its header or index",
+        ),
         "audio-only video": ({"inputs": [b64(audio_only_mp4())]}, r"inputs\[0\]: no video stream \(audio only\)"),
-        "too many videos": ({"inputs": [b64(video)] * (served_model.MAX_VIDEOS + 1)},
-                            rf"{served_model.MAX_VIDEOS + 1} videos in one request; at most {served_model.MAX_VIDEOS}"),
+        "too many videos": (
+            {"inputs": [b64(video)] * (served_model.MAX_VIDEOS + 1)},
+            rf"{served_model.MAX_VIDEOS + 1} videos in one request; at most {served_model.MAX_VIDEOS}",
+        ),
         "not base64": ({"inputs": ["this is not base64!"]}, r"inputs\[0\]: not base64"),
         "not an image": ({"inputs": [good, b64(b"GIF? no, plain text")]}, r"inputs\[1\]: cannot decode"),
         # PIL words it "image file is truncated" or "Truncated File Read", depending on where the cut falls.
-        "truncated JPEG": ({"inputs": [good, good, b64(jpeg[: len(jpeg) // 2])]},
-                           r"inputs\[2\]: cannot decode \((?i:image file is truncated|truncated file read)"),
+        "truncated JPEG": (
+            {"inputs": [good, good, b64(jpeg[: len(jpeg) // 2])]},
+            r"inputs\[2\]: cannot decode \((?i:image file is truncated|truncated file read)",
+        ),
         "decompression bomb": ({"inputs": [b64(png_bomb())]}, r"inputs\[0\]: refused as a possible decompression bomb"),
         "empty string": ({"inputs": [""]}, r"inputs\[0\]: empty"),
         "no images": ({"inputs": []}, r"no images"),
-        "too many images": ({"inputs": [good] * (served_model.MAX_IMAGES + 1)},
-                            rf"{served_model.MAX_IMAGES + 1} images in one request; at most {served_model.MAX_IMAGES}"),
+        "too many images": (
+            {"inputs": [good] * (served_model.MAX_IMAGES + 1)},
+            rf"{served_model.MAX_IMAGES + 1} images in one request; at most {served_model.MAX_IMAGES}",
+        ),
         "not strings": ({"inputs": [1, 2]}, r"Expected type str"),  # MLflow's check of the type hint
         "no inputs key": ({"instances": [good]}, r"'inputs' key"),
         "not JSON": (b"{inputs: nope", r"valid JSON"),
     }
 
 
-CASES = ["not base64", "not an image", "truncated JPEG", "decompression bomb", "empty string", "no images",
-         "too many images", "not strings", "no inputs key", "not JSON", "truncated video", "audio-only video",
-         "too many videos"]
+CASES = [
+    "not base64",
+    "not an image",
+    "truncated JPEG",
+    "decompression bomb",
+    "empty string",
+    "no images",
+    "too many images",
+    "not strings",
+    "no inputs key",
+    "not JSON",
+    "truncated video",
+    "audio-only video",
+    "too many videos",
+]
 
 
 @pytest.mark.slow
@@ -212,8 +236,9 @@ def test_a_bad_request_gets_a_400_naming_the_problem_and_serving_goes_on(server,
 
 
 @pytest.mark.slow
-def test_a_video_is_served_with_the_numbers_of_ffdi_score(server, logged, images, expected, clip, tmp_path,
-                                                          monkeypatch):
+def test_a_video_is_served_with_the_numbers_of_ffdi_score(
+    server, logged, images, expected, clip, tmp_path, monkeypatch
+):
     """A video among images: its p_fake, frames and their scores are the CLI's on the same file (the
     served model's views, threshold, eval.video_frames and eval.video_aggregate: hflip, 0.5, 16, mean)."""
     status, body = post(server.url, {"inputs": [b64(images[0].read_bytes()), b64(clip.read_bytes())]})
@@ -221,8 +246,26 @@ def test_a_video_is_served_with_the_numbers_of_ffdi_score(server, logged, images
     image, served = body["predictions"]
     assert image["p_fake"] == pytest.approx(expected[0], abs=1e-6)
     monkeypatch.chdir(tmp_path)
-    assert score.main([str(clip), "--model", str(logged.checkpoint), "--tta", *TTA, "--frames", "16",
-                       "--aggregate", "mean", "--out", "s.csv", "--per-frame", "f.csv"]) == 0
+    assert (
+        score.main(
+            [
+                str(clip),
+                "--model",
+                str(logged.checkpoint),
+                "--tta",
+                *TTA,
+                "--frames",
+                "16",
+                "--aggregate",
+                "mean",
+                "--out",
+                "s.csv",
+                "--per-frame",
+                "f.csv",
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     row, frames = pd.read_csv("s.csv").iloc[0], pd.read_csv("f.csv")
@@ -241,8 +284,9 @@ def test_an_oversized_file_is_refused_before_decoding():
 
 
 @pytest.mark.slow
-def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(logged, server, images, expected,
-                                                                       tmp_path, monkeypatch, capsys):
+def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(
+    logged, server, images, expected, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the default experiment, the store from the env
     monkeypatch.setenv("MLFLOW_TRACKING_URI", logged.store)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("ffdi").experiment_id):
@@ -250,7 +294,7 @@ def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(logged, 
     execs = []
     monkeypatch.setattr(os, "execve", lambda path, args, env: execs.append((path, args, env)))
     assert serve.main(["--port", str(server.port)]) == 0
-    (path, args, env), = execs
+    ((path, args, env),) = execs
     assert args[args.index("-m", 2) + 1] == newer != logged.uri
     assert args[-4:] == ["-h", "127.0.0.1", "-p", str(server.port)]
     assert args[1:5] == ["-m", "mlflow", "models", "serve"] and "local" in args
@@ -258,8 +302,9 @@ def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(logged, 
     curl = capsys.readouterr().out.splitlines()[-1].strip()
     assert "face.jpg" in curl
     (tmp_path / "face.jpg").write_bytes(images[0].read_bytes())
-    answer = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, check=True,
-                                       timeout=60).stdout)
+    answer = json.loads(
+        subprocess.run(["bash", "-c", curl], capture_output=True, text=True, check=True, timeout=60).stdout
+    )
     assert abs(answer["predictions"][0]["p_fake"] - expected[0]) < 1e-6
     # A pyfunc model is also a Detector source: it carries checkpoint.pt.
     from_pyfunc = Detector.load(logged.uri, "cpu", tta=TTA).score([str(images[0])])[0]

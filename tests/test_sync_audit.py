@@ -42,8 +42,15 @@ def test_the_audit_counts_what_waits_for_the_device_and_nothing_else():
         host.to(META, non_blocking=True)  # a pinned batch from the loader: no wait
         (x * 2 + 1).sum()  # work queued on the device: no wait
         host.sum().item()  # host values: no wait
-    assert audit.counts == {"read item": 1, "read tolist": 1, "read float": 1, "read cpu": 1, "copy to host": 1,
-                            "host data to device": 1, "blocking copy to device": 1}
+    assert audit.counts == {
+        "read item": 1,
+        "read tolist": 1,
+        "read float": 1,
+        "read cpu": 1,
+        "copy to host": 1,
+        "host data to device": 1,
+        "blocking copy to device": 1,
+    }
 
 
 def _meta_training(steps: int, manifest) -> dict:

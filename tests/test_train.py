@@ -34,8 +34,10 @@ def test_fit_history_and_checkpoints(tiny_data, manifests, tmp_path, capsys):
         assert (r["device"], r["precision"], r["loader_workers"]) == ("cpu", result["precision"], 0)
         assert r["torch_threads"] == torch.get_num_threads() and r["train_img_per_s"] > 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == (f"training on cpu ({cpu_name()}), {result['precision']}, batch 16, 0 loader workers, "
-                      f"{torch.get_num_threads()} torch threads")
+    assert out[0] == (
+        f"training on cpu ({cpu_name()}), {result['precision']}, batch 16, 0 loader workers, "
+        f"{torch.get_num_threads()} torch threads"
+    )
     epoch_lines = [line for line in out if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and all("img/s on cpu, 0 workers" in line for line in epoch_lines)
     best = result["best"]
@@ -188,8 +190,7 @@ def test_loader_workers_follow_the_cpu_share_between_epochs(tiny_data, manifests
 
 
 @pytest.mark.slow
-def test_loader_workers_live_through_the_epochs_with_the_numbers_of_none(tiny_data, manifests, tmp_path,
-                                                                        monkeypatch):
+def test_loader_workers_live_through_the_epochs_with_the_numbers_of_none(tiny_data, manifests, tmp_path, monkeypatch):
     """One set of loader processes for the whole run, not a new one each epoch (each start costs
     seconds at 14 workers on a GPU machine). Each epoch's seed reaches them with every index, so the
     numbers are those of a run without workers, and a resumed run's are an uninterrupted one's."""

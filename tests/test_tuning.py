@@ -127,8 +127,9 @@ def test_another_family_with_every_new_knob_runs_the_pipeline_and_logs_a_servabl
     (run,) = runs
     assert run.data.params["model.arch"] == "vit_tiny_patch16_224" and run.info.status == "FINISHED"
     model = build_model(ModelConfig(arch="vit_tiny_patch16_224", tune="norm", input="rgb+npr"), image_size=32)
-    assert run.data.metrics["trainable_params"] == set_tuning(model, "norm") < sum(
-        q.numel() for q in model.parameters())
+    assert (
+        run.data.metrics["trainable_params"] == set_tuning(model, "norm") < sum(q.numel() for q in model.parameters())
+    )
     best = checkpoint.load(p.repo / "models" / "model.pt")
     assert "artefacts.mix.weight" in best["model"]
     submission = pd.read_csv(p.repo / "submission.csv", dtype={"img_name": str})
@@ -139,8 +140,7 @@ def test_another_family_with_every_new_knob_runs_the_pipeline_and_logs_a_servabl
     test_dir = p.repo / "data" / "sample" / "testset"
     for m in logged:
         det = Detector.load(f"models:/{m.model_id}", "cpu", tta=["hflip"])
-        np.testing.assert_allclose(det.score([test_dir / n for n in submission.img_name]), submission.y_pred,
-                                   atol=1e-6)
+        np.testing.assert_allclose(det.score([test_dir / n for n in submission.img_name]), submission.y_pred, atol=1e-6)
 
 
 def test_unset_size_and_normalisation_come_from_the_model(tiny_data, manifests, tmp_path):

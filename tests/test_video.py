@@ -52,7 +52,7 @@ def numbered(n: int, size=(32, 48)) -> list[np.ndarray]:
 
 def index_of(image: Image.Image) -> int:
     a = np.asarray(image).astype(float)
-    return round((np.median(a[a.shape[0] // 2:]) - 8) / 6)
+    return round((np.median(a[a.shape[0] // 2 :]) - 8) / 6)
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +177,26 @@ def test_a_videos_frames_score_as_the_same_frames_as_images(clips, model, tmp_pa
 def test_the_aggregate_is_the_chosen_one_of_the_frame_scores(clips, model, tmp_path, monkeypatch, how):
     monkeypatch.chdir(tmp_path)
     out, per_frame = tmp_path / "s.csv", tmp_path / "f.csv"
-    assert score.main([str(clips / "real.mkv"), str(clips / "fake.mkv"), "--model", str(model), "--tta",
-                       "--aggregate", how, "--frames", "6", "--out", str(out), "--per-frame", str(per_frame)]) == 0
+    assert (
+        score.main(
+            [
+                str(clips / "real.mkv"),
+                str(clips / "fake.mkv"),
+                "--model",
+                str(model),
+                "--tta",
+                "--aggregate",
+                how,
+                "--frames",
+                "6",
+                "--out",
+                str(out),
+                "--per-frame",
+                str(per_frame),
+            ]
+        )
+        == 0
+    )
     rows, frames = read_rows(out), read_rows(per_frame)
     for _, row in rows.iterrows():
         p = np.sort(frames[frames.path == row.path].p_fake.to_numpy())
@@ -212,8 +230,23 @@ def test_faces_crop_each_frame_and_a_frame_without_one_is_recorded(model, tmp_pa
     clip = write_video(tmp_path / "faces.mkv", [face, none, face, none], FPS, **LOSSLESS)
     Image.fromarray(face).save(tmp_path / "face.png")
     out, per_frame = tmp_path / "s.csv", tmp_path / "f.csv"
-    assert score.main([str(clip), str(tmp_path / "face.png"), "--faces", "--model", str(model), "--tta",
-                       "--out", str(out), "--per-frame", str(per_frame)]) == 0
+    assert (
+        score.main(
+            [
+                str(clip),
+                str(tmp_path / "face.png"),
+                "--faces",
+                "--model",
+                str(model),
+                "--tta",
+                "--out",
+                str(out),
+                "--per-frame",
+                str(per_frame),
+            ]
+        )
+        == 0
+    )
     rows, frames = read_rows(out).set_index("path"), read_rows(per_frame)
     row = rows.loc[str(clip)]
     assert (int(row.frames_scored), int(row.frames_without_face), row.error) == (2, 2, "")
@@ -221,8 +254,9 @@ def test_faces_crop_each_frame_and_a_frame_without_one_is_recorded(model, tmp_pa
     assert (
         list(frames.columns)[-1] == "face_box" and frames.face_box[0] == rows.loc[str(tmp_path / "face.png")].face_box
     )
-    np.testing.assert_allclose(frames.p_fake[[0, 2]].astype(float), float(rows.loc[str(tmp_path / "face.png")].p_fake),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        frames.p_fake[[0, 2]].astype(float), float(rows.loc[str(tmp_path / "face.png")].p_fake), atol=1e-6
+    )
     # No face in any frame: an error row that says so.
     bare = write_video(tmp_path / "bare.mkv", [none, none], FPS, **LOSSLESS)
     v = score_video(Detector.load(model, "cpu"), bare, Sampling(frames=2), faces=FaceCropper())
@@ -267,11 +301,16 @@ def bad_videos(clips, tmp_path_factory):
         s = c.add_stream("mpeg4", rate=FPS)
         s.width = s.height = 32
         c.start_encoding()
-    write_video(out / "rotated.mkv", [np.ascontiguousarray(np.rot90(f, k=1)) for f in real], FPS, rotation=-90,
-                **LOSSLESS)
+    write_video(
+        out / "rotated.mkv", [np.ascontiguousarray(np.rot90(f, k=1)) for f in real], FPS, rotation=-90, **LOSSLESS
+    )
     write_video(out / "vfr.mp4", real[:5], FPS, times=[0, 0.1, 0.15, 0.9, 1.0])
-    write_video(out / "4k.mp4", [np.asarray(Image.fromarray(real[0]).resize((3840, 2160)))], FPS,
-                options={"preset": "ultrafast"})
+    write_video(
+        out / "4k.mp4",
+        [np.asarray(Image.fromarray(real[0]).resize((3840, 2160)))],
+        FPS,
+        options={"preset": "ultrafast"},
+    )
     (out / "notes.mp4").write_text("not a video, only named like one\n")
     Image.fromarray(real[0]).save(out / "photo.mp4", format="JPEG")  # FFmpeg opens it as a 1-frame video
     Image.fromarray(real[0]).save(out / "image.png")
@@ -289,12 +328,24 @@ BAD = {
 }
 
 
-def test_each_bad_video_gets_a_row_naming_the_problem_and_the_rest_are_scored(bad_videos, clips, model, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_each_bad_video_gets_a_row_naming_the_problem_and_the_rest_are_scored(
+    bad_videos, clips, model, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "s.csv"
-    code = score.main([str(bad_videos), str(bad_videos / "missing.webm"), "--model", str(model), "--tta",
-                       "--frames", "4", "--out", str(out)])
+    code = score.main(
+        [
+            str(bad_videos),
+            str(bad_videos / "missing.webm"),
+            "--model",
+            str(model),
+            "--tta",
+            "--frames",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 3
     rows = read_rows(out)
     rows["name"] = [Path(p).name for p in rows.path]
@@ -342,8 +393,12 @@ def test_usage_errors_exit_1(clips, model, tmp_path, monkeypatch, capsys):
 def test_explain_a_video_draws_its_most_suspicious_frames(clips, model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "explained"
-    assert explain.main([str(clips / "mix.mkv"), "--model", str(model), "--out-dir", str(out), "--top", "3",
-                         "--aggregate", "max"]) == 0
+    assert (
+        explain.main(
+            [str(clips / "mix.mkv"), "--model", str(model), "--out-dir", str(out), "--top", "3", "--aggregate", "max"]
+        )
+        == 0
+    )
     rows = read_rows(out / "scores.csv")
     v = score_video(Detector.load(model, "cpu"), clips / "mix.mkv", Sampling(), "max")
     assert rows.p_fake.tolist() == pytest.approx([v.score], abs=1e-8)
@@ -364,12 +419,14 @@ def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, manifests,
 
     root = tmp_path / "videos"
     (root / "valset").mkdir(parents=True)
-    frames = {"real": [pixels(p) for p in sorted((clips / "real").glob("*.png"))],
-              "fake": [pixels(p) for p in sorted((clips / "fake").glob("*.png"))]}
+    frames = {
+        "real": [pixels(p) for p in sorted((clips / "real").glob("*.png"))],
+        "fake": [pixels(p) for p in sorted((clips / "fake").glob("*.png"))],
+    }
     lines = ["video_name,target"]
     for k in range(3):  # three clips of each class, each from a different run of the frames
         for kind, target in (("real", 0), ("fake", 1)):
-            write_video(root / "valset" / f"{kind}{k}.mkv", frames[kind][k:k + 5], FPS, **LOSSLESS)
+            write_video(root / "valset" / f"{kind}{k}.mkv", frames[kind][k : k + 5], FPS, **LOSSLESS)
             lines.append(f"{kind}{k}.mkv,{target}")
     (root / "valset_label.txt").write_text("\n".join(lines) + "\n")
     manifest, digest = labelled_folder("clips", str(root), DataConfig())
@@ -390,8 +447,10 @@ def test_an_extra_set_of_videos_reports_video_level_auc(clips, model, manifests,
     assert got["roc_auc"] == pytest.approx(auc) and got["aggregate"] == "max" and got["data_hash"] == digest
     assert (got["videos"], got["frames_scored"], got["frames_per_video"], got["skipped_videos"]) == (6, 24, 4, 0)
     np.testing.assert_allclose(ev.extra["clips"].y_pred, expected, atol=1e-12)
-    assert any(line.startswith(f"extra set clips: roc_auc {auc:.4f} on 6 videos (max of 4 frames;")
-               for line in summary_lines(ev))
+    assert any(
+        line.startswith(f"extra set clips: roc_auc {auc:.4f} on 6 videos (max of 4 frames;")
+        for line in summary_lines(ev)
+    )
 
     (root / "valset" / "real0.mkv").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"real0.mkv: not a video file .*on_bad_image: skip"):

@@ -41,10 +41,7 @@ def varying_keys(runs: list[Run]) -> list[str]:
     """Params whose value differs between runs. A param absent from some runs (logged by an
     older ffdi) but the same wherever present does not split runs into groups."""
     keys = sorted(set().union(*(r.params for r in runs)))
-    return [
-        k for k in keys
-        if k not in REPLICATE_KEYS and len({r.params[k] for r in runs if k in r.params}) > 1
-    ]
+    return [k for k in keys if k not in REPLICATE_KEYS and len({r.params[k] for r in runs if k in r.params}) > 1]
 
 
 def group_runs(runs: list[Run], by: list[str]) -> dict[str, list[Run]]:
@@ -83,8 +80,9 @@ def bootstrap_auc_difference(
 
     Both groups see the same resampled images, so image difficulty cancels out.
     """
-    return paired_bootstrap(lambda idx: mean_auc(y[idx], probs_b[:, idx]) - mean_auc(y[idx], probs_a[:, idx]),
-                            len(y), n_boot, level, seed)
+    return paired_bootstrap(
+        lambda idx: mean_auc(y[idx], probs_b[:, idx]) - mean_auc(y[idx], probs_a[:, idx]), len(y), n_boot, level, seed
+    )
 
 
 def paired_bootstrap(stat, n: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
@@ -143,8 +141,15 @@ def heldout_rows(groups: dict[str, list[Run]], frame_groups: pd.Series) -> np.nd
 
 def difference_table(what: str, how: str, diffs: dict[str, dict]) -> list[str]:
     """Markdown lines: each group's AUC difference against the reference, its CI and a verdict."""
-    lines = ["", f"## {what} difference against the reference group", "", how, "",
-             "| group | reference | AUC difference | 95% CI | verdict |", "|---|---|---:|---|---|"]
+    lines = [
+        "",
+        f"## {what} difference against the reference group",
+        "",
+        how,
+        "",
+        "| group | reference | AUC difference | 95% CI | verdict |",
+        "|---|---|---:|---|---|",
+    ]
     for label, d in diffs.items():
         verdict = (
             "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "not distinguishable (CI contains 0)"
@@ -156,8 +161,14 @@ def difference_table(what: str, how: str, diffs: dict[str, dict]) -> list[str]:
     return lines
 
 
-def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: dict[str, dict],
-                    warnings: tuple = (), heldout_diffs: dict | None = None) -> str:
+def render_markdown(
+    experiment: str,
+    by: list[str],
+    table: pd.DataFrame,
+    diffs: dict[str, dict],
+    warnings: tuple = (),
+    heldout_diffs: dict | None = None,
+) -> str:
     lines = [
         f"# Comparison of experiment `{experiment}`",
         "",
@@ -168,29 +179,51 @@ def render_markdown(experiment: str, by: list[str], table: pd.DataFrame, diffs: 
     ]
     for _, row in table.iterrows():
         cells = [
-            "n/a" if np.isnan(row[f"{n} mean"]) else
-            f"{row[f'{n} mean']:.4f} ± {row[f'{n} sd']:.4f}" if row["runs"] > 1 else f"{row[f'{n} mean']:.4f} (1 run)"
+            "n/a"
+            if np.isnan(row[f"{n} mean"])
+            else f"{row[f'{n} mean']:.4f} ± {row[f'{n} sd']:.4f}"
+            if row["runs"] > 1
+            else f"{row[f'{n} mean']:.4f} (1 run)"
             for n in SUMMARY_METRICS.values()
         ]
         lines.append(f"| {row['group']} | {row['runs']} | {row['seeds']} | " + " | ".join(cells) + " |")
     if (table.runs < 2).any():
         lines += ["", "A group with one run has no spread: run more seeds (`-S 'train.seed=1,2,3'`)."]
     if diffs:
-        lines += difference_table("Val-AUC", "Paired bootstrap over val images (the same resampled images for both "
-                                  "groups); AUC averaged over each group's runs.", diffs)
+        lines += difference_table(
+            "Val-AUC",
+            "Paired bootstrap over val images (the same resampled images for both "
+            "groups); AUC averaged over each group's runs.",
+            diffs,
+        )
     if heldout_diffs:
-        lines += difference_table("Held-out-AUC", "The same paired bootstrap, over real images and the held-out "
-                                  "manipulations' fakes only.", heldout_diffs)
+        lines += difference_table(
+            "Held-out-AUC",
+            "The same paired bootstrap, over real images and the held-out manipulations' fakes only.",
+            heldout_diffs,
+        )
     if warnings:
-        lines += ["", "## Warning: these runs computed differently", ""] + [f"- {w}" for w in warnings] + [
-            "", "Identical params give different numbers in another precision or on other hardware; see the README's "
-            "reproducibility section for how large that spread was measured to be."]
+        lines += (
+            ["", "## Warning: these runs computed differently", ""]
+            + [f"- {w}" for w in warnings]
+            + [
+                "",
+                "Identical params give different numbers in another precision or on other hardware; see the README's "
+                "reproducibility section for how large that spread was measured to be.",
+            ]
+        )
     lines += ["", "![per-epoch curves](curves.png)", "", "![ROC curves](roc.png)", ""]
     return "\n".join(lines)
 
 
-def compare(cfg: TrackingConfig, out: Path, by: list[str] | None = None, n_boot: int = 1000, log: bool = True,
-            data: str | None = None) -> dict:
+def compare(
+    cfg: TrackingConfig,
+    out: Path,
+    by: list[str] | None = None,
+    n_boot: int = 1000,
+    log: bool = True,
+    data: str | None = None,
+) -> dict:
     """data: the data.hash (or a prefix) of the runs to compare; default the latest run's data set."""
     import mlflow
 
@@ -227,6 +260,13 @@ def compare(cfg: TrackingConfig, out: Path, by: list[str] | None = None, n_boot:
                 {"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)}
             )
             mlflow.log_artifacts(str(out), artifact_path="compare")
-    return {"by": by, "table": table, "diffs": diffs, "heldout_diffs": heldout_diffs, "warnings": warnings,
-            "markdown": markdown, "notes": notes, "runs": [r.run_id for r in runs]}
-
+    return {
+        "by": by,
+        "table": table,
+        "diffs": diffs,
+        "heldout_diffs": heldout_diffs,
+        "warnings": warnings,
+        "markdown": markdown,
+        "notes": notes,
+        "runs": [r.run_id for r in runs],
+    }

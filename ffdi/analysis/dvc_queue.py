@@ -35,11 +35,13 @@ def dvc_env() -> dict:
 
 
 def dvc(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=dvc_env(),
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=dvc_env(), timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise QueueError(f"dvc {' '.join(args)} exited {proc.returncode}: "
-                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        raise QueueError(
+            f"dvc {' '.join(args)} exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
     return proc
 
 
@@ -67,8 +69,9 @@ def start_workers(jobs: int, command: Sequence[str] | None = None, timeout: floa
     command = list(command or [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)])
     run.setdefault("env", dvc_env())
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              timeout=timeout, **run)
+        proc = subprocess.run(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout, **run
+        )
         log.seek(0)
         if proc.returncode != 0:
             raise QueueError(f"{' '.join(command[1:])} exited {proc.returncode}: {log.read().strip()[-2000:]}")
@@ -81,9 +84,24 @@ def queue_status() -> tuple[dict[str, str], int | None]:
 def untracked_code() -> list[str]:
     """Files `dvc exp run --queue` would leave out: queued experiments see git-tracked files only."""
     try:
-        out = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", "ffdi", "stages",
-                              "dvc.yaml", "params.yaml", "requirements.txt"],
-                             capture_output=True, text=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            [
+                "git",
+                "ls-files",
+                "--others",
+                "--exclude-standard",
+                "--",
+                "ffdi",
+                "stages",
+                "dvc.yaml",
+                "params.yaml",
+                "requirements.txt",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [f for f in out.splitlines() if f.endswith((".py", ".yaml", ".txt"))]
@@ -102,8 +120,15 @@ def queue_experiments(experiments: Sequence[tuple[Sequence[str], str]]) -> list[
         names += queued
     return names
 
-def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall_s: float = 120.0,
-             restart=None, restarts: int = 3) -> dict[str, str]:
+
+def wait_for(
+    names: Sequence[str],
+    timeout_s: float,
+    poll_s: float = 10.0,
+    stall_s: float = 120.0,
+    restart=None,
+    restarts: int = 3,
+) -> dict[str, str]:
     """Poll until each named experiment has succeeded or failed, or `timeout_s` passed.
 
     DVC's queue workers may exit while experiments are still queued (here they often stopped after
@@ -130,20 +155,29 @@ def wait_for(names: Sequence[str], timeout_s: float, poll_s: float = 10.0, stall
             waited = time.monotonic() - idle_since
             if restart is not None and fruitless < restarts and waited >= min(stall_s, 2 * poll_s):
                 fruitless += 1
-                print(f"[{time.monotonic() - start:6.0f} s] experiments queued and no queue worker active: "
-                      "starting workers again", flush=True)
+                print(
+                    f"[{time.monotonic() - start:6.0f} s] experiments queued and no queue worker active: "
+                    "starting workers again",
+                    flush=True,
+                )
                 restart()
                 idle_since = None
             elif waited > stall_s:
-                print(f"error: experiments stay queued and no queue worker is active after {stall_s:.0f} s; "
-                      "see `dvc queue status` and `dvc queue start`", file=sys.stderr)
+                print(
+                    f"error: experiments stay queued and no queue worker is active after {stall_s:.0f} s; "
+                    "see `dvc queue status` and `dvc queue start`",
+                    file=sys.stderr,
+                )
                 return status
         else:
             idle_since = None
         if time.monotonic() - start > timeout_s:
-            print(f"error: timed out after {timeout_s / 60:.0f} min with {counts['Queued']} queued and "
-                  f"{counts['Running']} running; they go on in the background. Watch `dvc queue status`, then "
-                  "render with `ffdi generalisation --no-run`", file=sys.stderr)
+            print(
+                f"error: timed out after {timeout_s / 60:.0f} min with {counts['Queued']} queued and "
+                f"{counts['Running']} running; they go on in the background. Watch `dvc queue status`, then "
+                "render with `ffdi generalisation --no-run`",
+                file=sys.stderr,
+            )
             return status
         time.sleep(poll_s)
 
@@ -157,14 +191,18 @@ def report_failures(status: dict[str, str]) -> list[str]:
     return failed
 
 
-def run_experiments(experiments: Sequence[tuple[Sequence[str], str]], jobs: int, timeout_s: float,
-                    poll_s: float = 10.0) -> dict[str, str]:
+def run_experiments(
+    experiments: Sequence[tuple[Sequence[str], str]], jobs: int, timeout_s: float, poll_s: float = 10.0
+) -> dict[str, str]:
     """Queue the experiments (as queue_experiments takes them), run them `jobs` at a time and wait
     for them (see wait_for); return the last status of each."""
     missing = untracked_code()
     if missing:
-        print("warning: queued experiments see only git-tracked files, and these are untracked: "
-              f"{', '.join(missing)}. `git add` them first, or the experiments may fail.", file=sys.stderr)
+        print(
+            "warning: queued experiments see only git-tracked files, and these are untracked: "
+            f"{', '.join(missing)}. `git add` them first, or the experiments may fail.",
+            file=sys.stderr,
+        )
     before, _ = queue_status()
     busy = [n for n, s in before.items() if s in ("Queued", "Running")]
     if busy:

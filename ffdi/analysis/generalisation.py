@@ -37,12 +37,14 @@ def manipulations(params: Params, summary: Path = Path("prepared/summary.json"))
     if len(groups) < 2:
         raise GeneralisationError(
             f"leave-one-out needs at least two manipulations named in column {params.data.group_column!r} of "
-            f"{Path(params.data.root) / params.data.train_labels}; found {groups or 'none'}")
+            f"{Path(params.data.root) / params.data.train_labels}; found {groups or 'none'}"
+        )
     return groups
 
 
-def holdout_sets(groups: Sequence[str], leave_one_out: bool = True, train_on_one: bool = True,
-                 trained_on_all: bool = False) -> list[tuple]:
+def holdout_sets(
+    groups: Sequence[str], leave_one_out: bool = True, train_on_one: bool = True, trained_on_all: bool = False
+) -> list[tuple]:
     """The data.holdout of each experiment, without repeats (with two manipulations, leaving one
     out is training on the other); () is trained on all, the knob table's clean and degraded columns."""
     sets = [()] if trained_on_all else []
@@ -63,19 +65,27 @@ def exp_run_args(holdout: Sequence[str], seeds: Sequence[int], overrides: Sequen
     return args
 
 
-def planned_experiments(groups: Sequence[str], seeds: Sequence[int], overrides: Sequence[str],
-                        leave_one_out: bool = True, train_on_one: bool = True,
-                        trained_on_all: bool = False) -> list[tuple[list[str], str]]:
+def planned_experiments(
+    groups: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    leave_one_out: bool = True,
+    train_on_one: bool = True,
+    trained_on_all: bool = False,
+) -> list[tuple[list[str], str]]:
     """Each experiment to queue: its `dvc exp run --queue` arguments, and the holdout it sets."""
-    return [(exp_run_args(holdout, seeds, overrides), f"{HOLDOUT}={list(holdout)}")
-            for holdout in holdout_sets(groups, leave_one_out, train_on_one, trained_on_all)]
+    return [
+        (exp_run_args(holdout, seeds, overrides), f"{HOLDOUT}={list(holdout)}")
+        for holdout in holdout_sets(groups, leave_one_out, train_on_one, trained_on_all)
+    ]
 
 
 # --- collecting, rendering and logging ------------------------------------------------------------
 
 
-def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Params | None = None,
-                   reference: str | None = None) -> dict:
+def generalisation(
+    cfg: TrackingConfig, out: Path, log: bool = True, params: Params | None = None, reference: str | None = None
+) -> dict:
     import mlflow
 
     mlflow_run.setup(cfg)
@@ -85,8 +95,13 @@ def generalisation(cfg: TrackingConfig, out: Path, log: bool = True, params: Par
         raise GeneralisationError(str(e)) from None
     if log:
         with mlflow_run.run(cfg, run_name="generalisation"):
-            mlflow.set_tags({"ffdi.kind": "generalisation", "generalisation.by": ",".join(result["keys"]),
-                             "generalisation.runs": str(len(result["runs"]))})
+            mlflow.set_tags(
+                {
+                    "ffdi.kind": "generalisation",
+                    "generalisation.by": ",".join(result["keys"]),
+                    "generalisation.runs": str(len(result["runs"])),
+                }
+            )
             mlflow.log_artifacts(str(out), artifact_path="generalisation")
     return result
 
@@ -95,4 +110,3 @@ def default_jobs() -> int:
     """Two at a time from 2 cores: each pipeline takes its share of the cores (hardware.CpuShare),
     and two queued on 2 cores finished in 0.78x the time of one after the other."""
     return 1 if available_cores() < 2 else 2
-

@@ -63,7 +63,7 @@ def group_by_variant(runs: Sequence[Run]) -> tuple[list[str], dict[str, list[Run
 
 
 def manipulations_of(runs: Sequence[Run]) -> list[str]:
-    names = {k[len(GROUP_AUC_PREFIX):] for r in runs for k in r.metrics if k.startswith(GROUP_AUC_PREFIX)}
+    names = {k[len(GROUP_AUC_PREFIX) :] for r in runs for k in r.metrics if k.startswith(GROUP_AUC_PREFIX)}
     return sorted(names | {g for r in runs for g in holdout_of(r)})
 
 
@@ -91,8 +91,10 @@ def variant_tables(runs: Sequence[Run]) -> dict[str, pd.DataFrame]:
         for tested in groups:
             mean, sd, n = _stats([r.metrics.get(f"{GROUP_AUC_PREFIX}{tested}") for r in trained])
             cross_rows.append({"trained_on": g, "tested_on": tested, "mean": mean, "sd": sd, "runs": n})
-    return {"heldout": pd.DataFrame(heldout_rows, columns=["heldout", "metric", "mean", "sd", "runs"]),
-            "train_on_one": pd.DataFrame(cross_rows, columns=["trained_on", "tested_on", "mean", "sd", "runs"])}
+    return {
+        "heldout": pd.DataFrame(heldout_rows, columns=["heldout", "metric", "mean", "sd", "runs"]),
+        "train_on_one": pd.DataFrame(cross_rows, columns=["trained_on", "tested_on", "mean", "sd", "runs"]),
+    }
 
 
 def tables(runs: Sequence[Run]) -> tuple[list[str], dict[str, dict[str, pd.DataFrame]]]:
@@ -105,23 +107,29 @@ def logged(value) -> str:
     return "null" if value is None else str(value)
 
 
-def reference_variant(keys: list[str], variants: dict[str, list[Run]], params: Params | None,
-                      reference: str | None = None) -> str | None:
+def reference_variant(
+    keys: list[str], variants: dict[str, list[Run]], params: Params | None, reference: str | None = None
+) -> str | None:
     """The variant the others are compared with: the one whose label contains `reference`, else the
     one run with params.yaml's values of the params that differ (the defaults)."""
     if reference:
-        found = [label for label in variants if label == reference] or [label for label in variants
-                                                                           if reference in label]
+        found = [label for label in variants if label == reference] or [
+            label for label in variants if reference in label
+        ]
         if len(found) != 1:
-            raise GeneralisationError(f"--reference {reference!r} matches {len(found)} variants; variants: "
-                                      + "; ".join(variants))
+            raise GeneralisationError(
+                f"--reference {reference!r} matches {len(found)} variants; variants: " + "; ".join(variants)
+            )
         return found[0]
     if params is None:
         return None
     defaults = flatten(params.to_dict())
     # Keys that are not params.yaml's (a stage's own record of what it did) do not decide.
-    found = [label for label, rs in variants.items()
-             if all(rs[0].params.get(k) == logged(defaults[k]) for k in keys if k in defaults)]
+    found = [
+        label
+        for label, rs in variants.items()
+        if all(rs[0].params.get(k) == logged(defaults[k]) for k in keys if k in defaults)
+    ]
     return found[0] if found else None
 
 
@@ -130,10 +138,16 @@ def _heldout_probs(runs: Sequence[Run], group: str, frames: dict, names: list) -
     return np.stack([frames[r.run_id].loc[names, "y_pred"].to_numpy() for r in chosen]) if chosen else None
 
 
-def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tuple[np.ndarray, np.ndarray]],
-                    n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+def mean_difference(
+    y: np.ndarray,
+    image_groups: np.ndarray,
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
     """The held-out AUC difference (b - a) averaged over manipulations, with a paired bootstrap CI:
     each replicate resamples the val images once, for every manipulation and both variants alike."""
+
     def stat(idx: np.ndarray) -> float:
         diffs = []
         for group, (a, b) in pairs.items():
@@ -148,17 +162,20 @@ def mean_difference(y: np.ndarray, image_groups: np.ndarray, pairs: dict[str, tu
 def differs_from(variants: dict[str, list[Run]], reference: str):
     """label -> the params where that variant differs from the reference (params.yaml's dotted keys
     first: a stage's own record, like the served model's `tta`, repeats one of them)."""
+
     def short(label: str) -> str:
         mine, ref = variants[label][0].params, variants[reference][0].params
         # A param one of them lacks (logged by another ffdi version) differs in nothing: as in varying_keys.
         differ = [k for k in sorted(set(mine) & set(ref)) if k not in (HOLDOUT, "train.seed") and mine[k] != ref[k]]
         differ = [k for k in differ if "." in k] or differ
         return ", ".join(f"{k}={mine[k]}" for k in differ) or label
+
     return short
 
 
-def reference_differences(variants: dict[str, list[Run]], reference: str, load=val_predictions,
-                          n_boot: int = 1000) -> pd.DataFrame:
+def reference_differences(
+    variants: dict[str, list[Run]], reference: str, load=val_predictions, n_boot: int = 1000
+) -> pd.DataFrame:
     """Per variant and held-out manipulation: held-out AUC (mean, sd over seeds) and its difference
     from the reference variant's, with ffdi compare's paired bootstrap CI over the same val images;
     a row `mean` per variant averages the difference over the manipulations both held out."""
@@ -177,20 +194,34 @@ def reference_differences(variants: dict[str, list[Run]], reference: str, load=v
                 continue
             keep = (y == 0) | (image_groups == g)
             aucs = [roc_auc(y[keep], p[keep]) for p in probs]
-            row = {"variant": label, "differs": short(label) if label != reference else "(reference)",
-                   "heldout": g, "runs": len(aucs), "heldout_auc": float(np.mean(aucs)),
-                   "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else float("nan")}
+            row = {
+                "variant": label,
+                "differs": short(label) if label != reference else "(reference)",
+                "heldout": g,
+                "runs": len(aucs),
+                "heldout_auc": float(np.mean(aucs)),
+                "sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else float("nan"),
+            }
             if label != reference and ref is not None:
                 d = bootstrap_auc_difference(y[keep], ref[:, keep], probs[:, keep], n_boot=n_boot)
                 row.update(difference=d["difference"], ci_low=d["ci_low"], ci_high=d["ci_high"])
                 pairs[g] = (ref, probs)
             rows.append(row)
         if pairs:
-            rows.append({"variant": label, "differs": short(label), "heldout": "mean", "runs": float("nan"),
-                         "heldout_auc": float("nan"),
-                         "sd": float("nan"), **mean_difference(y, image_groups, pairs, n_boot)})
-    return pd.DataFrame(rows, columns=["variant", "differs", "heldout", "runs", "heldout_auc", "sd", "difference",
-                                       "ci_low", "ci_high"])
+            rows.append(
+                {
+                    "variant": label,
+                    "differs": short(label),
+                    "heldout": "mean",
+                    "runs": float("nan"),
+                    "heldout_auc": float("nan"),
+                    "sd": float("nan"),
+                    **mean_difference(y, image_groups, pairs, n_boot),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["variant", "differs", "heldout", "runs", "heldout_auc", "sd", "difference", "ci_low", "ci_high"]
+    )
 
 
 def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
@@ -208,8 +239,11 @@ def differences_markdown(table: pd.DataFrame, reference: str) -> list[str]:
         "|---|---|---:|---:|---:|---|---|",
     ]
     for _, r in table.iterrows():
-        auc = "" if pd.isna(r["heldout_auc"]) else f"{r['heldout_auc']:.4f}" + (
-            "" if pd.isna(r["sd"]) else f" ± {r['sd']:.4f}")
+        auc = (
+            ""
+            if pd.isna(r["heldout_auc"])
+            else f"{r['heldout_auc']:.4f}" + ("" if pd.isna(r["sd"]) else f" ± {r['sd']:.4f}")
+        )
         if pd.isna(r["difference"]):
             diff = ci = verdict = ""
         else:
@@ -243,24 +277,39 @@ def _markdown_table(long: pd.DataFrame, rows: str, cols: str, corner: str) -> li
     return lines
 
 
-def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]], runs: Sequence[Run],
-                    differences: pd.DataFrame | None = None, reference: str | None = None) -> str:
-    lines = ["# Generalisation to unseen manipulations", "",
-             f"{len(runs)} finished runs with `{HOLDOUT}` set, grouped by {', '.join(keys) or '(nothing differs)'}. "
-             "Each cell is the mean ± sd over runs (seeds); a cell with one run shows its value alone.", "",
-             "- **Held out** (a): trained without one manipulation's fakes (nor did they choose the best epoch). "
-             "*held-out AUC/AP/TPR*: that manipulation's val fakes against all real val images; "
-             "*seen AUC*: the other manipulations' fakes against the same real images; "
-             "*val AUC (all)*: every val image.",
-             "- **Train on one** (b): trained on one manipulation's fakes alone (and all real images); each column "
-             "is the AUC of one manipulation's val fakes against all real val images. The diagonal was seen in "
-             "training; the rest were not.", ""]
+def render_markdown(
+    keys: list[str],
+    result: dict[str, dict[str, pd.DataFrame]],
+    runs: Sequence[Run],
+    differences: pd.DataFrame | None = None,
+    reference: str | None = None,
+) -> str:
+    lines = [
+        "# Generalisation to unseen manipulations",
+        "",
+        f"{len(runs)} finished runs with `{HOLDOUT}` set, grouped by {', '.join(keys) or '(nothing differs)'}. "
+        "Each cell is the mean ± sd over runs (seeds); a cell with one run shows its value alone.",
+        "",
+        "- **Held out** (a): trained without one manipulation's fakes (nor did they choose the best epoch). "
+        "*held-out AUC/AP/TPR*: that manipulation's val fakes against all real val images; "
+        "*seen AUC*: the other manipulations' fakes against the same real images; "
+        "*val AUC (all)*: every val image.",
+        "- **Train on one** (b): trained on one manipulation's fakes alone (and all real images); each column "
+        "is the AUC of one manipulation's val fakes against all real val images. The diagonal was seen in "
+        "training; the rest were not.",
+        "",
+    ]
     for label, t in result.items():
         counts = t["heldout"].groupby("heldout")["runs"].max()
         lines += [f"## {label}", "", "### (a) Held-out manipulation", ""]
         lines += _markdown_table(t["heldout"], "heldout", "metric", "held out")
-        lines += ["", "Runs per row: " + ", ".join(f"{g} {n}" for g, n in counts.items()), "",
-                  "### (b) Train on one, test on each (AUC)", ""]
+        lines += [
+            "",
+            "Runs per row: " + ", ".join(f"{g} {n}" for g, n in counts.items()),
+            "",
+            "### (b) Train on one, test on each (AUC)",
+            "",
+        ]
         if t["train_on_one"]["runs"].any():
             lines += _markdown_table(t["train_on_one"], "trained_on", "tested_on", "trained on \\ tested on")
         else:
@@ -276,13 +325,29 @@ def render_markdown(keys: list[str], result: dict[str, dict[str, pd.DataFrame]],
 
 
 def runs_table(runs: Sequence[Run], keys: list[str]) -> pd.DataFrame:
-    return pd.DataFrame([{"run_id": r.run_id, "name": r.name, "holdout": ",".join(holdout_of(r)),
-                          "seed": r.params.get("train.seed"), **{k: r.params.get(k) for k in keys},
-                          "git_commit": r.tags.get("git.commit", "")} for r in runs])
+    return pd.DataFrame(
+        [
+            {
+                "run_id": r.run_id,
+                "name": r.name,
+                "holdout": ",".join(holdout_of(r)),
+                "seed": r.params.get("train.seed"),
+                **{k: r.params.get(k) for k in keys},
+                "git_commit": r.tags.get("git.commit", ""),
+            }
+            for r in runs
+        ]
+    )
 
 
-def knob_table(runs: Sequence[Run], params: Params | None, reference: str | None, load=val_predictions,
-               load_degraded=knobs.robustness_predictions, n_boot: int = 1000):
+def knob_table(
+    runs: Sequence[Run],
+    params: Params | None,
+    reference: str | None,
+    load=val_predictions,
+    load_degraded=knobs.robustness_predictions,
+    n_boot: int = 1000,
+):
     """The knob table (ffdi.analysis.knob_table) of every variant with runs trained on all manipulations, grouped
     by the params that differ among all the runs; None where fewer than two variants or no reference."""
     flat = [r for r in runs if not holdout_of(r)]
@@ -300,8 +365,15 @@ def knob_table(runs: Sequence[Run], params: Params | None, reference: str | None
     return table, knobs.choose(table)
 
 
-def render(runs: Sequence[Run], out: Path, params: Params | None = None, reference: str | None = None,
-           load=val_predictions, n_boot: int = 1000, load_degraded=knobs.robustness_predictions) -> dict:
+def render(
+    runs: Sequence[Run],
+    out: Path,
+    params: Params | None = None,
+    reference: str | None = None,
+    load=val_predictions,
+    n_boot: int = 1000,
+    load_degraded=knobs.robustness_predictions,
+) -> dict:
     """Write report.md, the heatmaps and CSVs for these runs to `out`; return what was written.
 
     With several variants, each is also compared with the reference variant (see reference_variant)
@@ -313,8 +385,9 @@ def render(runs: Sequence[Run], out: Path, params: Params | None = None, referen
     chosen = holdout_runs(runs)
     knob, pick = knob_table(runs, params, reference, load, load_degraded, n_boot)
     if not result and knob is None:
-        raise GeneralisationError(f"no finished, evaluated run has {HOLDOUT} set: run `ffdi generalisation` "
-                                  "without --no-run first")
+        raise GeneralisationError(
+            f"no finished, evaluated run has {HOLDOUT} set: run `ffdi generalisation` without --no-run first"
+        )
     out.mkdir(parents=True, exist_ok=True)
     markdown, differences, ref = "", None, None
     if knob is not None:
@@ -327,27 +400,42 @@ def render(runs: Sequence[Run], out: Path, params: Params | None = None, referen
     else:
         markdown = "# Knob table\n\n" + markdown
     write_text(out / "report.md", markdown)
-    return {"keys": keys, "tables": result, "markdown": markdown, "runs": chosen, "differences": differences,
-            "reference": ref, "knobs": knob, "chosen": pick}
+    return {
+        "keys": keys,
+        "tables": result,
+        "markdown": markdown,
+        "runs": chosen,
+        "differences": differences,
+        "reference": ref,
+        "knobs": knob,
+        "chosen": pick,
+    }
 
 
 def heldout_report(result, keys, chosen, out: Path, params, reference, load, n_boot):
     """The leave-one-out and train-on-one files: CSVs, heatmaps and, with several variants,
     differences.csv/png against the reference."""
-    long = {name: pd.concat([t[name].assign(variant=label) for label, t in result.items()], ignore_index=True)
-            for name in ("heldout", "train_on_one")}
+    long = {
+        name: pd.concat([t[name].assign(variant=label) for label, t in result.items()], ignore_index=True)
+        for name in ("heldout", "train_on_one")
+    }
     for name, frame in long.items():
         write_csv(out / f"{name}.csv", frame[["variant", *frame.columns[:-1]]])
     write_csv(out / "runs.csv", runs_table(chosen, keys))
-    heldout = {label: matrix(t["heldout"], "heldout", "metric").rename_axis(index="held out", columns="")
-               for label, t in result.items()}
-    cross = {label: matrix(t["train_on_one"], "trained_on", "tested_on").rename_axis(index="trained on",
-                                                                                      columns="tested on")
-             for label, t in result.items()}
-    plots.plot_heatmaps(heldout, out / "heldout.png", "held-out manipulation x metric, mean over runs", "mean",
-                         vmin=0.0)
-    plots.plot_heatmaps(cross, out / "train_on_one.png", "trained on one manipulation, tested on each: AUC, "
-                         "mean over runs", "AUC")
+    heldout = {
+        label: matrix(t["heldout"], "heldout", "metric").rename_axis(index="held out", columns="")
+        for label, t in result.items()
+    }
+    cross = {
+        label: matrix(t["train_on_one"], "trained_on", "tested_on").rename_axis(index="trained on", columns="tested on")
+        for label, t in result.items()
+    }
+    plots.plot_heatmaps(
+        heldout, out / "heldout.png", "held-out manipulation x metric, mean over runs", "mean", vmin=0.0
+    )
+    plots.plot_heatmaps(
+        cross, out / "train_on_one.png", "trained on one manipulation, tested on each: AUC, mean over runs", "AUC"
+    )
     differences, ref = None, None
     if len(result) > 1:
         variants = group_by_variant(chosen)[1]

@@ -23,12 +23,17 @@ from ffdi.analysis.runs import Run, aligned_frames, predictions_csv, val_predict
 from ffdi.evaluation.metrics import rank_aucs
 
 COLUMNS = {"clean": "eval_roc_auc", "degraded": "eval_degraded_mean_auc", "heldout": "heldout_roc_auc"}
-TITLES = {"clean": "clean val AUC", "degraded": "mean AUC over the default degradations",
-          "heldout": "mean held-out AUC (leave one manipulation out)"}
+TITLES = {
+    "clean": "clean val AUC",
+    "degraded": "mean AUC over the default degradations",
+    "heldout": "mean held-out AUC (leave one manipulation out)",
+}
 CLEAN_TOLERANCE = 0.01
-RULE = (f"maximise the mean AUC under the default degradations, subject to clean val AUC within "
-        f"{CLEAN_TOLERANCE} of the reference's and mean held-out AUC not worse beyond its CI (the CI's upper "
-        f"end at or above 0)")
+RULE = (
+    f"maximise the mean AUC under the default degradations, subject to clean val AUC within "
+    f"{CLEAN_TOLERANCE} of the reference's and mean held-out AUC not worse beyond its CI (the CI's upper "
+    f"end at or above 0)"
+)
 ROBUSTNESS_PREDICTIONS = "evaluate/robustness_predictions.csv"  # ffdi.evaluation.evaluate.ROBUSTNESS_PREDICTIONS
 
 
@@ -63,16 +68,23 @@ def degraded_difference(ref: list[pd.DataFrame], mine: list[pd.DataFrame], n_boo
         raise ValueError(f"runs were evaluated under different eval.degradations (one lacks {missing[0]})")
     y = frames[0].target.to_numpy()
     # Rows: (degradation, run); the mean AUC over rows is the mean over degradations of the mean over runs.
-    a = np.vstack([f[c].to_numpy() for c in columns for f in frames[:len(ref)]])
-    b = np.vstack([f[c].to_numpy() for c in columns for f in frames[len(ref):]])
-    d = paired_bootstrap(lambda idx: float(rank_aucs(y[idx], b[:, idx]).mean() - rank_aucs(y[idx], a[:, idx]).mean()),
-                         len(y), n_boot)
+    a = np.vstack([f[c].to_numpy() for c in columns for f in frames[: len(ref)]])
+    b = np.vstack([f[c].to_numpy() for c in columns for f in frames[len(ref) :]])
+    d = paired_bootstrap(
+        lambda idx: float(rank_aucs(y[idx], b[:, idx]).mean() - rank_aucs(y[idx], a[:, idx]).mean()), len(y), n_boot
+    )
     return {k: d[k] for k in ("difference", "ci_low", "ci_high")}
 
 
-def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: pd.DataFrame | None = None,
-          differs: Callable[[str], str] | None = None, load_val=val_predictions,
-          load_degraded=robustness_predictions, n_boot: int = 1000) -> pd.DataFrame:
+def table(
+    trained_on_all: dict[str, list[Run]],
+    reference: str,
+    heldout: pd.DataFrame | None = None,
+    differs: Callable[[str], str] | None = None,
+    load_val=val_predictions,
+    load_degraded=robustness_predictions,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
     """One row per variant and column (clean, degraded, heldout): runs, mean, sd, difference, ci_low, ci_high.
 
     trained_on_all: variant label -> its runs without a holdout; heldout: reference_differences' table
@@ -83,8 +95,9 @@ def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: pd.Data
     rows = []
     names, frames = aligned_frames([r for rs in variants.values() for r in rs], load_val) if variants else ([], {})
     robust = {label: rs for label, rs in variants.items() if all(COLUMNS["degraded"] in r.metrics for r in rs)}
-    robust_names, robust_frames = (aligned_frames([r for rs in robust.values() for r in rs], load_degraded)
-                                   if robust else ([], {}))
+    robust_names, robust_frames = (
+        aligned_frames([r for rs in robust.values() for r in rs], load_degraded) if robust else ([], {})
+    )
     degraded = {label: [robust_frames[r.run_id].loc[robust_names] for r in rs] for label, rs in robust.items()}
     y = frames[next(iter(frames))].loc[names, "target"].to_numpy() if frames else None
 
@@ -106,8 +119,10 @@ def table(trained_on_all: dict[str, list[Run]], reference: str, heldout: pd.Data
                     row.update(degraded_difference(degraded[reference], degraded[label], n_boot))
             rows.append(row)
         rows.append({**base, "column": "heldout", **_heldout_row(heldout, label)})
-    return pd.DataFrame(rows, columns=["variant", "differs", "column", "runs", "mean", "sd", "difference",
-                                       "ci_low", "ci_high", "held_out"])
+    return pd.DataFrame(
+        rows,
+        columns=["variant", "differs", "column", "runs", "mean", "sd", "difference", "ci_low", "ci_high", "held_out"],
+    )
 
 
 def _heldout_variants(heldout: pd.DataFrame | None) -> list[str]:
@@ -121,8 +136,12 @@ def _heldout_row(heldout: pd.DataFrame | None, label: str) -> dict:
         return {"runs": 0, "mean": float("nan"), "sd": float("nan")}
     mine = heldout[heldout.variant == label]
     per = mine[mine.heldout != "mean"]
-    out = {"runs": int(per.runs.min()), "mean": float(per.heldout_auc.mean()), "sd": float("nan"),
-           "held_out": ",".join(per.heldout)}
+    out = {
+        "runs": int(per.runs.min()),
+        "mean": float(per.heldout_auc.mean()),
+        "sd": float("nan"),
+        "held_out": ",".join(per.heldout),
+    }
     mean = mine[mine.heldout == "mean"]
     if len(mean):
         out.update({k: float(mean.iloc[0][k]) for k in ("difference", "ci_low", "ci_high")})
@@ -141,7 +160,7 @@ def choose(knobs: pd.DataFrame) -> str | None:
         if label == reference:
             continue
         w = wide.loc[label]
-        ok = (w[("difference", "clean")] >= -CLEAN_TOLERANCE and w[("ci_high", "heldout")] >= 0)
+        ok = w[("difference", "clean")] >= -CLEAN_TOLERANCE and w[("ci_high", "heldout")] >= 0
         if ok and w[("mean", "degraded")] > best_value:
             best, best_value = label, w[("mean", "degraded")]
     return best
@@ -159,17 +178,22 @@ def _cell(r) -> str:
 
 
 def markdown(knobs: pd.DataFrame, chosen: str | None) -> list[str]:
-    lines = ["## Knob table: clean, degraded and held-out AUC", "",
-             "Each cell: the variant's mean ± sd over seeds (held-out: the mean over the manipulations it held "
-             "out), then its difference from the reference with the paired bootstrap 95% CI over the same val "
-             "images (held-out: over the manipulations both held out). "
-             f"Rule for the default: {RULE}.", "",
-             "| variant (what differs from the reference) | seeds | " + " | ".join(TITLES.values()) + " | rule |",
-             "|---|---:|---|---|---|---|"]
+    lines = [
+        "## Knob table: clean, degraded and held-out AUC",
+        "",
+        "Each cell: the variant's mean ± sd over seeds (held-out: the mean over the manipulations it held "
+        "out), then its difference from the reference with the paired bootstrap 95% CI over the same val "
+        "images (held-out: over the manipulations both held out). "
+        f"Rule for the default: {RULE}.",
+        "",
+        "| variant (what differs from the reference) | seeds | " + " | ".join(TITLES.values()) + " | rule |",
+        "|---|---:|---|---|---|---|",
+    ]
     for label, mine in knobs.groupby("variant", sort=False):
         cells = mine.set_index("column")
         seeds = int(cells.loc["clean", "runs"])
         mark = "**chosen**" if label == chosen else ""
-        lines.append(f"| {cells.differs.iloc[0]} | {seeds} | " + " | ".join(_cell(cells.loc[c]) for c in TITLES)
-                     + f" | {mark} |")
+        lines.append(
+            f"| {cells.differs.iloc[0]} | {seeds} | " + " | ".join(_cell(cells.loc[c]) for c in TITLES) + f" | {mark} |"
+        )
     return lines + ["", "![knob table](knobs.png)", ""]

@@ -37,8 +37,14 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
         [exp.experiment_id], filter_string="attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"]
     )
     runs = [
-        Run(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics), r.info.artifact_uri,
-            dict(r.data.tags))
+        Run(
+            r.info.run_id,
+            r.info.run_name,
+            dict(r.data.params),
+            dict(r.data.metrics),
+            r.info.artifact_uri,
+            dict(r.data.tags),
+        )
         for r in found
         if r.data.tags.get("ffdi.kind") != "compare" and "eval_roc_auc" in r.data.metrics
     ]
@@ -67,20 +73,25 @@ def one_data_set(runs: list[Run], experiment: str, data: str | None = None) -> t
     else:
         matches = [h for h in sets if h.startswith(data)]
         if len(matches) != 1:
-            raise CompareError(f"--data {data!r} matches {len(matches)} of the data sets in experiment {experiment!r}: "
-                               + _describe(sets))
+            raise CompareError(
+                f"--data {data!r} matches {len(matches)} of the data sets in experiment {experiment!r}: "
+                + _describe(sets)
+            )
         chosen = matches[0]
     notes = []
     if len(sets) > 1:
-        notes = [f"experiment {experiment!r} holds runs on {len(sets)} data sets ({_describe(sets)}); comparing the "
-                 f"{len(sets[chosen])} on {chosen}. Another: --data <hash>. To keep data sets apart, give each its "
-                 "own experiment: dvc exp run -S tracking.experiment=<name> ..."]
+        notes = [
+            f"experiment {experiment!r} holds runs on {len(sets)} data sets ({_describe(sets)}); comparing the "
+            f"{len(sets[chosen])} on {chosen}. Another: --data <hash>. To keep data sets apart, give each its "
+            "own experiment: dvc exp run -S tracking.experiment=<name> ..."
+        ]
     return sets[chosen], notes
 
 
 def _describe(sets: dict[str, list[Run]]) -> str:
-    return "; ".join(f"{h}: {len(rs)} run{'s' * (len(rs) > 1)} on {rs[-1].tags.get('data.root', '?')}"
-                     for h, rs in sets.items())
+    return "; ".join(
+        f"{h}: {len(rs)} run{'s' * (len(rs) > 1)} on {rs[-1].tags.get('data.root', '?')}" for h, rs in sets.items()
+    )
 
 
 def predictions_csv(run: Run, path: str) -> pd.DataFrame:

@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/compare"))
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
-    ap.add_argument("--data", help="the data set (a data.hash tag, or its start) whose runs to compare, where the "
-                                   "experiment holds several (default: the latest run's)")
+    ap.add_argument(
+        "--data",
+        help="the data set (a data.hash tag, or its start) whose runs to compare, where the "
+        "experiment holds several (default: the latest run's)",
+    )
     args = ap.parse_args(argv)
     cfg = load_params(optional=True).tracking
     if args.experiment:

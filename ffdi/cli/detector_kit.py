@@ -55,37 +55,60 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
-    return _Parser(prog=prog, description=description, epilog=epilog,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return _Parser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_model_arguments(ap: argparse.ArgumentParser, ensemble: bool = False) -> None:
     """The options that pick the detector and how it scores; the same for score and explain."""
-    ap.add_argument("--model", action="append" if ensemble else "store", default=None,
-                    help=f"checkpoint file, runs:/<run id>/<path> or models:/<model id> (default: {DEFAULT_MODEL}, "
-                         "written by `dvc repro`)" + ("; repeat it for an ensemble, whose p_fake is the mean of "
-                                                      "the models'" if ensemble else ""))
-    ap.add_argument("--tta", nargs="*", default=None, metavar="VIEW",
-                    help="test-time views averaged with the image (hflip vflip rot90 rot180 rot270 transpose); "
-                         "`--tta` alone: none. Default: predict.tta of ./params.yaml, as in the submission; "
-                         "none without a params.yaml")
+    ap.add_argument(
+        "--model",
+        action="append" if ensemble else "store",
+        default=None,
+        help=f"checkpoint file, runs:/<run id>/<path> or models:/<model id> (default: {DEFAULT_MODEL}, "
+        "written by `dvc repro`)"
+        + ("; repeat it for an ensemble, whose p_fake is the mean of the models'" if ensemble else ""),
+    )
+    ap.add_argument(
+        "--tta",
+        nargs="*",
+        default=None,
+        metavar="VIEW",
+        help="test-time views averaged with the image (hflip vflip rot90 rot180 rot270 transpose); "
+        "`--tta` alone: none. Default: predict.tta of ./params.yaml, as in the submission; "
+        "none without a params.yaml",
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="p_fake at or above which an image is labelled fake (default: eval.threshold of "
-                         "./params.yaml, as evaluate and the served model use; 0.5 without a params.yaml)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="p_fake at or above which an image is labelled fake (default: eval.threshold of "
+        "./params.yaml, as evaluate and the served model use; 0.5 without a params.yaml)",
+    )
 
 
 def add_video_arguments(ap: argparse.ArgumentParser, aggregate: bool = True) -> None:
     """How videos are sampled (and aggregated); the same for score and explain."""
     group = ap.add_mutually_exclusive_group()
-    group.add_argument("--frames", type=int, default=None, metavar="K",
-                       help="frames per video, uniformly spread (default: eval.video_frames of ./params.yaml, 16)")
+    group.add_argument(
+        "--frames",
+        type=int,
+        default=None,
+        metavar="K",
+        help="frames per video, uniformly spread (default: eval.video_frames of ./params.yaml, 16)",
+    )
     group.add_argument("--fps", type=float, default=None, metavar="F", help="or F frames per second of video")
     if aggregate:
-        ap.add_argument("--aggregate", default=None, metavar="HOW",
-                        help="a video's p_fake from its frames': mean | max | topk:K, the mean of the K highest "
-                             "(default: eval.video_aggregate of ./params.yaml, mean)")
+        ap.add_argument(
+            "--aggregate",
+            default=None,
+            metavar="HOW",
+            help="a video's p_fake from its frames': mean | max | topk:K, the mean of the K highest "
+            "(default: eval.video_aggregate of ./params.yaml, mean)",
+        )
 
 
 def video_defaults(frames: int | None, fps: float | None, aggregate: str | None = None):
@@ -229,7 +252,7 @@ def reason(e: BaseException, path: str) -> str:
     message = str(e).strip()
     for prefix in (f"{path}: ", "image: "):
         if message.startswith(prefix):
-            return message[len(prefix):]
+            return message[len(prefix) :]
     return message
 
 
@@ -238,5 +261,6 @@ def describe_detector(detector, tta_source: str) -> str:
     members = getattr(detector, "members", [detector])
     return "; ".join(
         f"model {m.source}; tta {views} ({tta_source}); device {m.device}; precision {m.precision}; "
-        f"image size {m.augment.image_size}" for m in members) + (
-        f" (an ensemble of {len(members)}: p_fake is their mean)" if len(members) > 1 else "")
+        f"image size {m.augment.image_size}"
+        for m in members
+    ) + (f" (an ensemble of {len(members)}: p_fake is their mean)" if len(members) > 1 else "")

@@ -49,13 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("paths", nargs="+", metavar="IMG", help="image files, videos, folders, or quoted globs")
     ap.add_argument("--out-dir", required=True, help="folder for the overlays and scores.csv")
-    ap.add_argument("--layer", default=None,
-                    help="the module to map, e.g. layer3 (default: the deepest stage with a map of at least 8x8)")
-    ap.add_argument("--method", choices=list(METHODS), default="layercam",
-                    help="layercam (default: faithful on mid-level stages) or gradcam (classic Grad-CAM)")
+    ap.add_argument(
+        "--layer",
+        default=None,
+        help="the module to map, e.g. layer3 (default: the deepest stage with a map of at least 8x8)",
+    )
+    ap.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="layercam",
+        help="layercam (default: faithful on mid-level stages) or gradcam (classic Grad-CAM)",
+    )
     detector_kit.add_video_arguments(ap)
-    ap.add_argument("--top", type=int, default=4, metavar="K",
-                    help="a video's strip shows its K most suspicious sampled frames (default: %(default)s)")
+    ap.add_argument(
+        "--top",
+        type=int,
+        default=4,
+        metavar="K",
+        help="a video's strip shows its K most suspicious sampled frames (default: %(default)s)",
+    )
     detector_kit.add_model_arguments(ap)
     try:
         args = ap.parse_args(argv)
@@ -95,8 +107,14 @@ def run(args) -> int:
             continue
         cams = explainer.cams(torch.stack([px for _, _, px in v.top]))
         label = label_of(v.score, args.threshold)
-        save_strip(v.top, cams, f"{Path(path).name}: p_fake {v.score:.4f} ({label}, {aggregate} of "
-                   f"{v.frames_scored} frames); the {len(v.top)} most suspicious", out_dir / name, explainer.title)
+        save_strip(
+            v.top,
+            cams,
+            f"{Path(path).name}: p_fake {v.score:.4f} ({label}, {aggregate} of "
+            f"{v.frames_scored} frames); the {len(v.top)} most suspicious",
+            out_dir / name,
+            explainer.title,
+        )
         records.append({"path": path, "p_fake": v.score, "label": label, "error": "", "overlay": str(out_dir / name)})
     names = iter([(p, n) for p, n in zip(paths, overlay_names(paths)) if not is_video(p)])
     with tqdm(
@@ -114,25 +132,38 @@ def run(args) -> int:
                     pixels.append(detector.preprocess(path))
                     kept.append((path, name))
                 except (BadImage, OSError) as e:
-                    records.append({"path": path, "p_fake": None, "label": "", "error": detector_kit.reason(e, path),
-                                    "overlay": ""})
+                    records.append(
+                        {
+                            "path": path,
+                            "p_fake": None,
+                            "label": "",
+                            "error": detector_kit.reason(e, path),
+                            "overlay": "",
+                        }
+                    )
             if kept:
                 batch = torch.stack(pixels)
                 probs, maps = explainer.explain(batch)
                 for (path, name), px, p, cam in zip(kept, batch.numpy(), probs, maps):
                     label = label_of(p, args.threshold)
-                    save_overlay(px, cam, f"{Path(path).name}: p_fake {p:.4f} ({label})", out_dir / name,
-                                 explainer.title)
-                    records.append({"path": path, "p_fake": float(p), "label": label, "error": "",
-                                    "overlay": str(out_dir / name)})
+                    save_overlay(
+                        px, cam, f"{Path(path).name}: p_fake {p:.4f} ({label})", out_dir / name, explainer.title
+                    )
+                    records.append(
+                        {"path": path, "p_fake": float(p), "label": label, "error": "", "overlay": str(out_dir / name)}
+                    )
             bar.update(len(chunk))
     order = {p: i for i, p in enumerate(paths)}
-    frame = pd.DataFrame(sorted(records, key=lambda r: order[r["path"]]),
-                         columns=["path", "p_fake", "label", "error", "overlay"])
+    frame = pd.DataFrame(
+        sorted(records, key=lambda r: order[r["path"]]), columns=["path", "p_fake", "label", "error", "overlay"]
+    )
     write_csv(out_dir / "scores.csv", frame)
     errors = int(frame.p_fake.isna().sum())
-    print(f"explained {len(frame) - errors} of {len(paths)} files -> {out_dir}/ (scores.csv, one PNG each); "
-          f"{errors} could not be read; {explainer.title} of class fake on {explainer.layer}", file=sys.stderr)
+    print(
+        f"explained {len(frame) - errors} of {len(paths)} files -> {out_dir}/ (scores.csv, one PNG each); "
+        f"{errors} could not be read; {explainer.title} of class fake on {explainer.layer}",
+        file=sys.stderr,
+    )
     print(detector_kit.describe_detector(detector, tta_source), file=sys.stderr)
     return detector_kit.EXIT_SOME_FAILED if errors else detector_kit.EXIT_OK
 

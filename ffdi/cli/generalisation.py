@@ -41,25 +41,44 @@ from ffdi.config import TrackingConfig, load_params
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ffdi generalisation", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    ap.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="passed on to `dvc exp run -S` (repeatable; 'model.se=false,true' sweeps both)")
+    ap = argparse.ArgumentParser(
+        prog="ffdi generalisation",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    ap.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed on to `dvc exp run -S` (repeatable; 'model.se=false,true' sweeps both)",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[], help="train.seed values (default: params.yaml's)")
     ap.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="experiments at once (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=480, help="minutes to wait for the queue (default: %(default)s)")
     ap.add_argument("--poll", type=float, default=10, help="seconds between looks at the queue (default: %(default)s)")
-    ap.add_argument("--only", nargs="+", choices=KINDS, default=list(KINDS[1:]), metavar="KIND",
-                    help=f"the kinds of experiment to queue, of {', '.join(KINDS)} (default: %(default)s); "
-                    "trained-on-all gives the knob table its clean and degraded columns")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS[1:]),
+        metavar="KIND",
+        help=f"the kinds of experiment to queue, of {', '.join(KINDS)} (default: %(default)s); "
+        "trained-on-all gives the knob table its clean and degraded columns",
+    )
     ap.add_argument("--groups", nargs="+", help="the manipulations (default: those named in the train labels)")
     ap.add_argument("--no-run", action="store_true", help="only render from the runs already in MLflow")
     ap.add_argument("--out", type=Path, default=Path("reports/generalisation"))
     ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     ap.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
-    ap.add_argument("--reference", help="the variant the others are compared with: text its label contains "
-                    "(default: the variant run with params.yaml's values)")
+    ap.add_argument(
+        "--reference",
+        help="the variant the others are compared with: text its label contains "
+        "(default: the variant run with params.yaml's values)",
+    )
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
@@ -75,13 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         if len(groups) < 2:
             raise GeneralisationError(f"--groups: name at least two manipulations, got {groups}")
         print(f"manipulations: {', '.join(groups)}", flush=True)
-        experiments = planned_experiments(groups, args.seeds, args.overrides, "leave-one-out" in args.only,
-                                          "train-on-one" in args.only, "trained-on-all" in args.only)
+        experiments = planned_experiments(
+            groups,
+            args.seeds,
+            args.overrides,
+            "leave-one-out" in args.only,
+            "train-on-one" in args.only,
+            "trained-on-all" in args.only,
+        )
         status = run_experiments(experiments, args.jobs, args.timeout * 60, poll_s=args.poll)
         failed = report_failures(status)
         unfinished = [n for n, s in status.items() if s not in ("Success", "Failed")]
-        print(f"{sum(s == 'Success' for s in status.values())} succeeded, {len(failed)} failed, "
-              f"{len(unfinished)} unfinished", flush=True)
+        print(
+            f"{sum(s == 'Success' for s in status.values())} succeeded, {len(failed)} failed, "
+            f"{len(unfinished)} unfinished",
+            flush=True,
+        )
     result = generalisation(cfg, args.out, log=not args.no_log, params=params, reference=args.reference)
     print(result["markdown"])
     written = ["report.md"]
@@ -93,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         written += ["knobs.csv", "knobs.png"]
     print(f"written to {args.out}/ ({', '.join(written)})")
     if failed or unfinished:
-        print(f"error: {len(failed)} experiments failed and {len(unfinished)} did not finish; the tables "
-              "leave them out", file=sys.stderr)
+        print(
+            f"error: {len(failed)} experiments failed and {len(unfinished)} did not finish; the tables leave them out",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        ap = argparse.ArgumentParser(prog="ffdi", description="Deepfake image detection: train with `dvc repro`, "
-                                     "then use the trained detector with these commands.")
+        ap = argparse.ArgumentParser(
+            prog="ffdi",
+            description="Deepfake image detection: train with `dvc repro`, "
+            "then use the trained detector with these commands.",
+        )
         ap.add_argument("command", choices=list(commands), help="; ".join(f"{k}: {v[1]}" for k, v in commands.items()))
         ap.parse_args(argv[:1])
         return 2

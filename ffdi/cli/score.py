@@ -97,8 +97,9 @@ def score_rows(detector, paths: Iterable[str], batch_size: int = 64, faces=None)
         yield from rows
 
 
-def score_files(detector, paths: Iterable[str], batch_size: int = 64, faces=None, sampling=None,
-                aggregate: str = "mean") -> Iterator[Row]:
+def score_files(
+    detector, paths: Iterable[str], batch_size: int = 64, faces=None, sampling=None, aggregate: str = "mean"
+) -> Iterator[Row]:
     """score_rows for images, and one Row per video (ffdi.inference.video.score_video), in the order given."""
     from itertools import groupby
 
@@ -151,9 +152,15 @@ class RowWriter:
                 record["face_box"] = list(row.face_box) if row.face_box is not None else None
             if "aggregate" in self.columns:
                 v = row.video
-                record.update(dict.fromkeys(VIDEO_COLUMNS) if v is None else {
-                    "frames_scored": v.frames_scored, "frames_without_face": v.frames_without_face,
-                    "aggregate": v.aggregate})
+                record.update(
+                    dict.fromkeys(VIDEO_COLUMNS)
+                    if v is None
+                    else {
+                        "frames_scored": v.frames_scored,
+                        "frames_without_face": v.frames_without_face,
+                        "aggregate": v.aggregate,
+                    }
+                )
             self.stream.write(("\n  " if self.first else ",\n  ") + json.dumps(record))
             self.first = False
 
@@ -199,7 +206,6 @@ class Summary:
             self.fake += row.label(threshold) == "fake"
 
 
-
 def main(argv: list[str] | None = None) -> int:
     ap = make_parser(
         "ffdi score",
@@ -209,19 +215,27 @@ def main(argv: list[str] | None = None) -> int:
         "Unreadable files get a row with the reason and an empty p_fake; the run goes on.",
         EXIT_STATUS_HELP + "\n" + VIDEO_HELP,
     )
-    ap.add_argument("paths", nargs="+", metavar="PATH",
-                    help="image files, videos, folders, or quoted globs ('imgs/**/*.jpg')")
+    ap.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, videos, folders, or quoted globs ('imgs/**/*.jpg')"
+    )
     ap.add_argument(
         "--out",
         default=None,
         help="results.csv or results.json, written atomically; default: CSV on stdout, the summary on stderr",
     )
-    ap.add_argument("--faces", action="store_true",
-                    help="score the largest face of each image (MTCNN), cropped as the training images are framed; "
-                         "an image with no face gets a row saying so")
+    ap.add_argument(
+        "--faces",
+        action="store_true",
+        help="score the largest face of each image (MTCNN), cropped as the training images are framed; "
+        "an image with no face gets a row saying so",
+    )
     add_video_arguments(ap)
-    ap.add_argument("--per-frame", default=None, metavar="FILE",
-                    help="a CSV of every sampled video frame: path, time (s), p_fake, label, error")
+    ap.add_argument(
+        "--per-frame",
+        default=None,
+        metavar="FILE",
+        help="a CSV of every sampled video frame: path, time (s), p_fake, label, error",
+    )
     add_model_arguments(ap, ensemble=True)
     try:
         args = ap.parse_args(argv)
@@ -265,8 +279,7 @@ def run(args: argparse.Namespace) -> int:
         if frames is not None:
             frame_writer = csv.writer(frames, lineterminator="\n")
             frame_writer.writerow(FRAME_COLUMNS + (["face_box"] if faces is not None else []))
-        with tqdm(total=len(paths), desc="score", unit="file", mininterval=1.0, file=sys.stderr,
-                  leave=False) as bar:
+        with tqdm(total=len(paths), desc="score", unit="file", mininterval=1.0, file=sys.stderr, leave=False) as bar:
             for row in score_files(detector, paths, args.batch_size, faces, sampling, aggregate):
                 writer.write(row)
                 if frame_writer is not None and row.video is not None:
@@ -298,9 +311,12 @@ def run(args: argparse.Namespace) -> int:
         else f"files ({len(paths) - videos} images, {videos} videos of {sampling.describe()}"
         f", {aggregate} of their frames)"
     )
-    print(f"scored {summary.scored} of {len(paths)} {what}{where}: {summary.fake} fake, "
-          f"{summary.scored - summary.fake} real at threshold {args.threshold}; "
-          f"{summary.errors} could not be scored ({summary.seconds:.1f} s)", file=sys.stderr)
+    print(
+        f"scored {summary.scored} of {len(paths)} {what}{where}: {summary.fake} fake, "
+        f"{summary.scored - summary.fake} real at threshold {args.threshold}; "
+        f"{summary.errors} could not be scored ({summary.seconds:.1f} s)",
+        file=sys.stderr,
+    )
     print(describe_detector(detector, tta_source), file=sys.stderr)
     return EXIT_SOME_FAILED if summary.errors else EXIT_OK
 

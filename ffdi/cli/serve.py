@@ -42,14 +42,29 @@ def latest_detector(experiment: str) -> str:
     # keeps the status as a number, and `status = 'READY'` matches nothing.
     ready = [m for m in found if m.status == LoggedModelStatus.READY]
     if not ready:
-        raise TrackingError(f"no {MODEL_NAME!r} model logged in experiment {experiment!r} of {store}; "
-                            "train with tracking.log_model: true, or pass --model models:/<id>")
+        raise TrackingError(
+            f"no {MODEL_NAME!r} model logged in experiment {experiment!r} of {store}; "
+            "train with tracking.log_model: true, or pass --model models:/<id>"
+        )
     return ready[0].model_uri
 
 
 def serve_command(model_uri: str, host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-            "-h", host, "-p", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
 
 
 def serve_env(tracking: str) -> dict[str, str]:
@@ -66,8 +81,10 @@ def curl_example(host: str, port: int, image: str = "face.jpg") -> str:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/invocations"
-    return (f"printf '{{\"inputs\": [\"%s\"]}}' \"$(base64 -w0 {shlex.quote(image)})\" | "
-            f"curl -s {url} -H 'Content-Type: application/json' --data-binary @-")
+    return (
+        f'printf \'{{"inputs": ["%s"]}}\' "$(base64 -w0 {shlex.quote(image)})" | '
+        f"curl -s {url} -H 'Content-Type: application/json' --data-binary @-"
+    )
 
 
 def example_image(params_file: Path = Path("params.yaml")) -> str:
@@ -88,10 +105,15 @@ def example_image(params_file: Path = Path("params.yaml")) -> str:
 def main(argv: list[str] | None = None) -> int:
     from ffdi.config import load_params
 
-    ap = argparse.ArgumentParser(prog="ffdi serve", description="Serve a logged detector over HTTP with "
-                                 "`mlflow models serve`: POST base64 image files, get P(fake) back.")
-    ap.add_argument("--model", help="models:/<id> or runs:/<run id>/detector (default: the latest detector "
-                    "logged in the experiment)")
+    ap = argparse.ArgumentParser(
+        prog="ffdi serve",
+        description="Serve a logged detector over HTTP with "
+        "`mlflow models serve`: POST base64 image files, get P(fake) back.",
+    )
+    ap.add_argument(
+        "--model",
+        help="models:/<id> or runs:/<run id>/detector (default: the latest detector logged in the experiment)",
+    )
     ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     ap.add_argument("--port", type=int, default=5001)
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept requests from other machines")
@@ -104,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.set_tracking_uri(store)
     model = args.model or latest_detector(args.experiment or cfg.experiment)
     command = serve_command(model, args.host, args.port)
-    print(f"serving {model} from {store} on http://{args.host}:{args.port} (Ctrl-C stops it)\n"
-          f"score an image, up to {MAX_IMAGES} per request:\n  {curl_example(args.host, args.port, example_image())}",
-          flush=True)  # exec drops whatever is still buffered
+    print(
+        f"serving {model} from {store} on http://{args.host}:{args.port} (Ctrl-C stops it)\n"
+        f"score an image, up to {MAX_IMAGES} per request:\n  {curl_example(args.host, args.port, example_image())}",
+        flush=True,
+    )  # exec drops whatever is still buffered
     os.execve(command[0], command, serve_env(store))
     return 0  # not reached
 

@@ -135,8 +135,7 @@ class Batch:
         """What DataLoader(pin_memory=True) calls. Without it a Batch is left in pageable memory,
         and a copy to the GPU from pageable memory waits for the GPU's queue to drain first, each
         step (non_blocking or not): the host cannot run ahead of the device."""
-        return Batch(self.x.pin_memory() if self.x is not None else None, self.y.pin_memory(), self.index,
-                     self.skipped)
+        return Batch(self.x.pin_memory() if self.x is not None else None, self.y.pin_memory(), self.index, self.skipped)
 
 
 def skip_collate(items: list) -> Batch:
@@ -191,8 +190,9 @@ def make_loader(
     return _loader(dataset, EpochSampler(dataset, train, shard, seed), batch_size, workers, persistent, drop_last)
 
 
-def _loader(dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int,
-            persistent: bool, drop_last: bool) -> DataLoader:
+def _loader(
+    dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int, persistent: bool, drop_last: bool
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,

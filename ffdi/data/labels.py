@@ -88,8 +88,10 @@ def read_labels(path: str | Path, require_target: bool = True, group_column: str
         if group_idx is not None:
             group = row[group_idx].strip() or ("real" if target == 0 else "unknown")
             if target == 0 and group != "real":
-                raise DataError(f"{path} line {line}: a real image (target 0) has {group_column} {group!r}; "
-                                "leave it empty or write 'real'")
+                raise DataError(
+                    f"{path} line {line}: a real image (target 0) has {group_column} {group!r}; "
+                    "leave it empty or write 'real'"
+                )
             if target == 1 and group == "real":
                 raise DataError(f"{path} line {line}: a fake image (target 1) has {group_column} 'real'")
         names.append(name)
@@ -116,8 +118,9 @@ def list_images(folder: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> set[str]:
         raise DataError(f"{folder}: image folder not found") from None
 
 
-def build_manifest(root: Path, split_dir: str, labels: pd.DataFrame, labels_path: Path,
-                   suffixes: set[str] = IMAGE_SUFFIXES) -> pd.DataFrame:
+def build_manifest(
+    root: Path, split_dir: str, labels: pd.DataFrame, labels_path: Path, suffixes: set[str] = IMAGE_SUFFIXES
+) -> pd.DataFrame:
     """Check every labelled image (or file of `suffixes`) exists; add the path that loaders open."""
     folder = root / split_dir
     present = list_images(folder, suffixes)
@@ -235,8 +238,11 @@ def listing(cfg: DataConfig) -> dict:
             continue  # prepare names a missing train or val folder; a test folder is optional
         files = sorted(_image_files(str(root / folder), ""))
         text = "".join(f"{name}\t{size}\n" for name, size in files)
-        folders[folder] = {"images": len(files), "bytes": sum(size for _, size in files),
-                           "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        folders[folder] = {
+            "images": len(files),
+            "bytes": sum(size for _, size in files),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
     label_files = {}
     for name in dict.fromkeys(f for f in (cfg.train_labels, cfg.val_labels, cfg.test_labels) if f):
         if (root / name).is_file():

@@ -84,8 +84,10 @@ def norm_stats(cfg: AugmentConfig) -> tuple[tuple[float, ...], tuple[float, ...]
     if cfg.normalize == "none":
         return None
     if cfg.mean is None or cfg.std is None:
-        raise ValueError("augment.normalize: model needs the model's mean and std: resolve the augment "
-                         "config with ffdi.model.networks.resolve_augment first")
+        raise ValueError(
+            "augment.normalize: model needs the model's mean and std: resolve the augment "
+            "config with ffdi.model.networks.resolve_augment first"
+        )
     return tuple(cfg.mean), tuple(cfg.std)
 
 
@@ -186,7 +188,6 @@ def stats_on(stats: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Te
     """(mean, std) as tensors on `device`, made once: making them per batch copied them from the
     host each time, and on a GPU such a copy waits for the device, so every step synchronised."""
     return torch.tensor(stats[0], device=device), torch.tensor(stats[1], device=device)
-
 
 
 def tta_view(x: torch.Tensor, view: str) -> torch.Tensor:

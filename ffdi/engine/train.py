@@ -157,9 +157,7 @@ def _plain(net: nn.Module) -> nn.Module:
 def validate(detector: Detector, loader: DataLoader, skipped: list | None = None) -> dict[str, float]:
     """Val metrics of what the Detector scores; in a DDP group over every shard, each image once."""
     res = detector.score_loader(loader, desc="val")
-    res.index, res.view_logp, targets = distributed.gather_rows(
-        res.index, res.view_logp, torch.as_tensor(res.targets)
-    )
+    res.index, res.view_logp, targets = distributed.gather_rows(res.index, res.view_logp, torch.as_tensor(res.targets))
     res.targets = targets.numpy()
     if skipped is not None:
         skipped.extend(distributed.gather_set(res.skipped))
@@ -255,16 +253,29 @@ def fit(
     # Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with
     # every index, ffdi.data.dataset.EpochSampler). On a GPU every training batch has one shape, so that
     # cuDNN's benchmark tunes its kernels once; on a CPU the last images of an epoch still count.
-    train_loader = make_loader(train_manifest, params.augment, cfg.batch_size, workers, True, policy, shard, cfg.seed,
-                               persistent=True, drop_last=device.type == "cuda")
+    train_loader = make_loader(
+        train_manifest,
+        params.augment,
+        cfg.batch_size,
+        workers,
+        True,
+        policy,
+        shard,
+        cfg.seed,
+        persistent=True,
+        drop_last=device.type == "cuda",
+    )
     # Inference keeps no activations for a backward pass: twice the batch fits where training did.
-    val_loader = make_loader(val_manifest, params.augment, 2 * cfg.batch_size, workers, False, policy, shard,
-                             persistent=True)
+    val_loader = make_loader(
+        val_manifest, params.augment, 2 * cfg.batch_size, workers, False, policy, shard, persistent=True
+    )
     key, maximise = cfg.best_metric, MAXIMISE[cfg.best_metric]
     where = device_label(device)
     if rank == 0:
-        tqdm.write(f"training on {where}, {precision}, batch {cfg.batch_size}, {workers} loader workers, "
-                   f"{threads} torch threads")
+        tqdm.write(
+            f"training on {where}, {precision}, batch {cfg.batch_size}, {workers} loader workers, "
+            f"{threads} torch threads"
+        )
 
     for epoch in range(len(history), cfg.epochs):
         # Another pipeline may have started or ended: take this epoch's share of the cores.
@@ -277,13 +288,28 @@ def fit(
         seed_everything(epoch_seed(cfg.seed, epoch, rank))
         train_loader.sampler.set_epoch(epoch, epoch_seed(cfg.seed, epoch, rank))
         t0 = time.perf_counter()
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "device": str(device), "precision": precision,
-               "loader_workers": workers, "torch_threads": threads}
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "device": str(device),
+            "precision": precision,
+            "loader_workers": workers,
+            "torch_threads": threads,
+        }
         epoch_skipped: list = []
         row.update(
             train_one_epoch(
-                net, train_loader, optimizer, device, cfg.channels_last, f"epoch {epoch}", epoch_skipped, amp, scaler,
-                params.model.tune, after_step if ema is not None else None,
+                net,
+                train_loader,
+                optimizer,
+                device,
+                cfg.channels_last,
+                f"epoch {epoch}",
+                epoch_skipped,
+                amp,
+                scaler,
+                params.model.tune,
+                after_step if ema is not None else None,
             )
         )
         # Training alone, loading included, validation not: what a bigger data set scales with.
@@ -317,5 +343,11 @@ def fit(
             )
         on_epoch(row)
     distributed.barrier()  # rank 0's last checkpoint is on disk before any process moves on
-    return {"history": history, "best": best, "skipped": skipped, "precision": precision, "device": device,
-            "trainable_params": trainable}
+    return {
+        "history": history,
+        "best": best,
+        "skipped": skipped,
+        "precision": precision,
+        "device": device,
+        "trainable_params": trainable,
+    }

@@ -74,8 +74,9 @@ class Degradation:
             return encode(img, self.kind, int(self.severity))
         if self.kind == "social":
             w, h = img.size
-            return encode(img.resize((max(1, round(w / 2)), max(1, round(h / 2))), Image.BICUBIC), "jpeg",
-                          int(self.severity))
+            return encode(
+                img.resize((max(1, round(w / 2)), max(1, round(h / 2))), Image.BICUBIC), "jpeg", int(self.severity)
+            )
         if self.kind == "blur":
             return img.filter(ImageFilter.GaussianBlur(self.severity))
         if self.kind == "downscale":
@@ -110,8 +111,9 @@ def parse_all(specs: Sequence[str]) -> list[Degradation]:
     return [
         d
         for kind in kinds
-        for d in sorted((d for d in parsed if d.kind == kind), key=lambda d: d.severity,
-                        reverse=kind in MILDER_WHEN_LARGER)
+        for d in sorted(
+            (d for d in parsed if d.kind == kind), key=lambda d: d.severity, reverse=kind in MILDER_WHEN_LARGER
+        )
     ]
 
 
@@ -123,8 +125,9 @@ class DegradedImages(Dataset):
     decode included), and an image goes through the same resize and centre crop.
     """
 
-    def __init__(self, paths: Sequence[str], names: Sequence[str], degradations: Sequence[Degradation],
-                 augment: AugmentConfig):
+    def __init__(
+        self, paths: Sequence[str], names: Sequence[str], degradations: Sequence[Degradation], augment: AugmentConfig
+    ):
         self.paths, self.names = list(paths), list(names)
         self.degradations = list(degradations)
         self.resize = augment.resize
@@ -144,8 +147,13 @@ class DegradedImages(Dataset):
         return torch.stack(views), i
 
 
-def score_degraded(detector: Detector, manifest: pd.DataFrame, degradations: Sequence[Degradation],
-                   batch_size: int = 128, workers: int = 0) -> dict[Degradation, np.ndarray]:
+def score_degraded(
+    detector: Detector,
+    manifest: pd.DataFrame,
+    degradations: Sequence[Degradation],
+    batch_size: int = 128,
+    workers: int = 0,
+) -> dict[Degradation, np.ndarray]:
     """P(fake) of every image of `manifest` under each degradation, from the Detector's forward pass.
 
     A forward batch holds about `batch_size` images: batch_size // K originals, K degradations each.
@@ -178,8 +186,13 @@ def subset(manifest: pd.DataFrame, n, seed: int = 0) -> pd.DataFrame:
     return pd.concat(picked).sort_index()
 
 
-def robustness(manifest: pd.DataFrame, clean_prob: np.ndarray, degraded: dict[Degradation, np.ndarray],
-               threshold: float = 0.5, fprs: Sequence[float] = ()) -> dict[Degradation, dict[str, float]]:
+def robustness(
+    manifest: pd.DataFrame,
+    clean_prob: np.ndarray,
+    degraded: dict[Degradation, np.ndarray],
+    threshold: float = 0.5,
+    fprs: Sequence[float] = (),
+) -> dict[Degradation, dict[str, float]]:
     """Metrics of `manifest` under each degradation: `degraded` holds its P(fake) per degradation
     (`score_degraded`), `clean_prob` its scores undegraded.
 
@@ -205,8 +218,14 @@ def predictions(
     """Per image: img_name, target, group, P(fake) clean, then one column per degradation (its label,
     e.g. `jpeg:50`): robustness_predictions.csv, from which `ffdi generalisation` bootstraps the
     degraded AUC of two variants over the same images."""
-    frame = pd.DataFrame({"img_name": manifest.img_name.to_numpy(), "target": manifest.target.to_numpy(),
-                          "group": manifest.group.to_numpy(), "clean": clean_prob})
+    frame = pd.DataFrame(
+        {
+            "img_name": manifest.img_name.to_numpy(),
+            "target": manifest.target.to_numpy(),
+            "group": manifest.group.to_numpy(),
+            "clean": clean_prob,
+        }
+    )
     return frame.assign(**{d.label: prob for d, prob in degraded.items()})
 
 

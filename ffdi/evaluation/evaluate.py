@@ -63,14 +63,19 @@ def labelled_folder(name: str, root: str, data: DataConfig) -> tuple[pd.DataFram
     labels_path = folder / data.val_labels
     labels = read_labels(labels_path, require_target=True, group_column=data.group_column)
     if set(labels.target) != {0, 1}:
-        raise DataError(f"{labels_path} ({key}): both real (0) and fake (1) images are needed for ROC-AUC, "
-                        f"got only target {sorted(set(labels.target))}")
+        raise DataError(
+            f"{labels_path} ({key}): both real (0) and fake (1) images are needed for ROC-AUC, "
+            f"got only target {sorted(set(labels.target))}"
+        )
     videos = labels.img_name.map(lambda n: Path(n).suffix.lower() in VIDEO_SUFFIXES)
     if videos.any() and not videos.all():
-        raise DataError(f"{labels_path} ({key}): names {videos.sum()} videos and {(~videos).sum()} images; "
-                        "a set is one or the other")
-    manifest = build_manifest(folder, data.val_dir, labels, labels_path,
-                              VIDEO_SUFFIXES if videos.any() else IMAGE_SUFFIXES)
+        raise DataError(
+            f"{labels_path} ({key}): names {videos.sum()} videos and {(~videos).sum()} images; "
+            "a set is one or the other"
+        )
+    manifest = build_manifest(
+        folder, data.val_dir, labels, labels_path, VIDEO_SUFFIXES if videos.any() else IMAGE_SUFFIXES
+    )
     digest = hashlib.sha256(manifest[["img_name", "target", "group"]].to_csv(index=False).encode())
     for path in manifest.path:
         digest.update(f"{os.path.getsize(path)}\n".encode())
@@ -81,8 +86,9 @@ def is_video_set(manifest: pd.DataFrame) -> bool:
     return len(manifest) > 0 and all(Path(p).suffix.lower() in VIDEO_SUFFIXES for p in manifest.path)
 
 
-def score_video_set(detector, manifest: pd.DataFrame, cfg: EvalConfig, on_bad_image: str = "error",
-                    desc: str = "score") -> tuple[np.ndarray, np.ndarray, list, dict]:
+def score_video_set(
+    detector, manifest: pd.DataFrame, cfg: EvalConfig, on_bad_image: str = "error", desc: str = "score"
+) -> tuple[np.ndarray, np.ndarray, list, dict]:
     """(kept row positions, video P(fake)s, skipped (path, reason), extra metrics) of a set of videos.
 
     One video at a time through the Detector (ffdi.inference.video), so memory stays that of one batch of
@@ -105,10 +111,16 @@ def score_video_set(detector, manifest: pd.DataFrame, cfg: EvalConfig, on_bad_im
         prob.append(v.score)
         frame_probs.append(v.probs())
     y = manifest.target.to_numpy()[kept]
-    extra = {"videos": len(kept), "frames_scored": int(sum(map(len, frame_probs))),
-             "frames_per_video": cfg.video_frames, "aggregate": cfg.video_aggregate,
-             "aggregate_auc": {how: metrics.roc_auc(y, np.array([video.aggregate(f, how) for f in frame_probs]))
-                               for how in dict.fromkeys((cfg.video_aggregate, *COMPARED_AGGREGATES))}}
+    extra = {
+        "videos": len(kept),
+        "frames_scored": int(sum(map(len, frame_probs))),
+        "frames_per_video": cfg.video_frames,
+        "aggregate": cfg.video_aggregate,
+        "aggregate_auc": {
+            how: metrics.roc_auc(y, np.array([video.aggregate(f, how) for f in frame_probs]))
+            for how in dict.fromkeys((cfg.video_aggregate, *COMPARED_AGGREGATES))
+        },
+    }
     return np.asarray(kept, dtype=int), np.asarray(prob, dtype=np.float64), skipped, extra
 
 
@@ -123,9 +135,16 @@ def scored_metrics(frame: pd.DataFrame, prob: np.ndarray, cfg: EvalConfig) -> di
     return out
 
 
-def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str] = (),
-             extra: dict[str, tuple[pd.DataFrame, str]] | None = None, ensemble=None, workers: int = 0,
-             on_bad_image: str = "error") -> Evaluation:
+def evaluate(
+    detector,
+    val: pd.DataFrame,
+    cfg: EvalConfig,
+    holdout: Sequence[str] = (),
+    extra: dict[str, tuple[pd.DataFrame, str]] | None = None,
+    ensemble=None,
+    workers: int = 0,
+    on_bad_image: str = "error",
+) -> Evaluation:
     """Score `val` (and each extra set, and the ensemble if given) and measure it all.
 
     extra: name -> (manifest, fingerprint), from `labelled_folder`. ensemble: an Ensemble holding
@@ -167,8 +186,9 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
     for name, (manifest, data_hash) in (extra or {}).items():
         t0 = time.perf_counter()
         if is_video_set(manifest):
-            index, set_prob, set_skipped, counts = score_video_set(detector, manifest, cfg, on_bad_image,
-                                                                   f"extra {name}")
+            index, set_prob, set_skipped, counts = score_video_set(
+                detector, manifest, cfg, on_bad_image, f"extra {name}"
+            )
             counts["skipped_videos"] = len(set_skipped)
         else:
             r = detector.score_manifest(manifest, cfg.batch_size, workers, on_bad_image, f"extra {name}")
@@ -177,8 +197,11 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
         frame = manifest.iloc[index].reset_index(drop=True)
         extra_rows[name] = frame[["img_name", "target", "group"]].assign(y_pred=set_prob)
         skipped[f"extra_{name}"] = set_skipped
-        out.setdefault("extra_sets", {})[name] = {**scored_metrics(frame, set_prob, cfg), **counts,
-                                                  "data_hash": data_hash}
+        out.setdefault("extra_sets", {})[name] = {
+            **scored_metrics(frame, set_prob, cfg),
+            **counts,
+            "data_hash": data_hash,
+        }
         seconds[f"extra_{name}"] = time.perf_counter() - t0
 
     # Robustness: the same images degraded, real and fake alike, before the Detector's preprocessing.
@@ -192,15 +215,33 @@ def evaluate(detector, val: pd.DataFrame, cfg: EvalConfig, holdout: Sequence[str
     if degradations:
         # The clean per-manipulation AUCs of these images: `groups` is all of val, which may be more.
         clean_groups = metrics.group_aucs(rows.target, clean, rows.group)
-        out["robustness"] = {"clean": {"roc_auc": clean_auc, "images": int(len(rows)), **clean_groups},
-                             **degrade.nested(robust)}
+        out["robustness"] = {
+            "clean": {"roc_auc": clean_auc, "images": int(len(rows)), **clean_groups},
+            **degrade.nested(robust),
+        }
         out.update(degrade.summary(robust))
         seconds["robustness"] = time.perf_counter() - t0
 
-    predictions = pd.DataFrame({"img_name": kept.img_name, "target": y, "group": kept.group, "y_pred": prob,
-                                "predicted": (prob >= cfg.threshold).astype(int), "path": kept.path})
-    return Evaluation(out, predictions, robust, clean_auc, extra_rows, skipped, seconds,
-                      degrade.predictions(rows, clean, degraded) if degradations else None)
+    predictions = pd.DataFrame(
+        {
+            "img_name": kept.img_name,
+            "target": y,
+            "group": kept.group,
+            "y_pred": prob,
+            "predicted": (prob >= cfg.threshold).astype(int),
+            "path": kept.path,
+        }
+    )
+    return Evaluation(
+        out,
+        predictions,
+        robust,
+        clean_auc,
+        extra_rows,
+        skipped,
+        seconds,
+        degrade.predictions(rows, clean, degraded) if degradations else None,
+    )
 
 
 ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation, in the reports folder: DVC draws one plot each
@@ -212,10 +253,15 @@ def robustness_tables(ev: Evaluation) -> dict[str, pd.DataFrame]:
     holds the clean references (clean_roc_auc, clean_auc_<manipulation>): DVC plots only the columns
     of one file against its own x."""
     robust_table = degrade.table(ev.robustness)
-    clean = {f"clean_{k}": v for k, v in ev.report.get("robustness", {}).get("clean", {}).items()
-             if k.startswith(metrics.GROUP_AUC)}
-    return {kind: frame.drop(columns=["kind"]).reset_index(drop=True).assign(clean_roc_auc=ev.clean_auc, **clean)
-            for kind, frame in (robust_table.groupby("kind", sort=False) if len(robust_table) else ())}
+    clean = {
+        f"clean_{k}": v
+        for k, v in ev.report.get("robustness", {}).get("clean", {}).items()
+        if k.startswith(metrics.GROUP_AUC)
+    }
+    return {
+        kind: frame.drop(columns=["kind"]).reset_index(drop=True).assign(clean_roc_auc=ev.clean_auc, **clean)
+        for kind, frame in (robust_table.groupby("kind", sort=False) if len(robust_table) else ())
+    }
 
 
 def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout: Sequence[str] = ()) -> None:
@@ -238,11 +284,17 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
 
     per_group = r.get("groups") or {"all fakes": metrics.ranking_metrics(y, prob, cfg.fprs)}
     fakes = p.group[p.target == 1]
-    rows = [{"group": g, "fakes": int((fakes == g).sum()) if g != "all fakes" else len(fakes),
-             "heldout": g in heldout, **m} for g, m in per_group.items()]
+    rows = [
+        {"group": g, "fakes": int((fakes == g).sum()) if g != "all fakes" else len(fakes), "heldout": g in heldout, **m}
+        for g, m in per_group.items()
+    ]
     write_csv(out / "groups.csv", pd.DataFrame(rows))
-    plots.plot_groups(per_group, out / "groups.png", tuple(heldout),
-                       "AUC per manipulation, val" if "groups" in r else "AUC, val (the labels name no manipulation)")
+    plots.plot_groups(
+        per_group,
+        out / "groups.png",
+        tuple(heldout),
+        "AUC per manipulation, val" if "groups" in r else "AUC, val (the labels name no manipulation)",
+    )
 
     folder = out / ROBUSTNESS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -270,18 +322,24 @@ def summary_lines(ev: Evaluation) -> list[str]:
     r = ev.report
     lines = [", ".join(f"{k} {v:.4f}" for k, v in r["val"].items())]
     if "ensemble" in r:
-        lines.append(f"ensemble of {len(r['ensemble']['models'])} (the submission's scorer): "
-                     f"roc_auc {r['ensemble']['roc_auc']:.4f}")
+        lines.append(
+            f"ensemble of {len(r['ensemble']['models'])} (the submission's scorer): "
+            f"roc_auc {r['ensemble']['roc_auc']:.4f}"
+        )
     for name, m in r.get("extra_sets", {}).items():
         if "videos" in m:
-            lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['videos']} videos "
-                         f"({m['aggregate']} of {m['frames_per_video']} frames; "
-                         + ", ".join(f"{k} {v:.4f}" for k, v in m["aggregate_auc"].items()) + ")")
+            lines.append(
+                f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['videos']} videos "
+                f"({m['aggregate']} of {m['frames_per_video']} frames; "
+                + ", ".join(f"{k} {v:.4f}" for k, v in m["aggregate_auc"].items())
+                + ")"
+            )
         else:
             lines.append(f"extra set {name}: roc_auc {m['roc_auc']:.4f} on {m['images']} images")
     if ev.robustness:
-        lines.append(f"robustness (AUC): clean {ev.clean_auc:.4f}; "
-                     + ", ".join(f"{d.label} {m['roc_auc']:.4f}{_worst_group(m)}"
-                                 for d, m in ev.robustness.items()))
+        lines.append(
+            f"robustness (AUC): clean {ev.clean_auc:.4f}; "
+            + ", ".join(f"{d.label} {m['roc_auc']:.4f}{_worst_group(m)}" for d, m in ev.robustness.items())
+        )
     lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in ev.seconds.items()))
     return lines

@@ -13,8 +13,15 @@ from ffdi.files import save_figure
 from ffdi.inference.cams import Explainer, draw_map, pyplot
 
 
-def gallery(detector, rows: pd.DataFrame, out_png, n: int = 4, threshold: float = 0.5,
-            layer: str | None = None, method: str = "layercam") -> dict[str, list[str]]:
+def gallery(
+    detector,
+    rows: pd.DataFrame,
+    out_png,
+    n: int = 4,
+    threshold: float = 0.5,
+    layer: str | None = None,
+    method: str = "layercam",
+) -> dict[str, list[str]]:
     """One PNG: the n most confident false positives, the n most confident false negatives and
     the n top true positives of a scored split, each with its map and score.
 

@@ -15,9 +15,7 @@ def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise MetricError(f"labels {y_true.shape} and probabilities {y_prob.shape} must be 1-D and the same length")
     classes = set(np.unique(y_true).tolist())
     if classes != {0, 1}:
-        raise MetricError(
-            f"ROC-AUC needs both real (0) and fake (1) images; these labels hold only {sorted(classes)}"
-        )
+        raise MetricError(f"ROC-AUC needs both real (0) and fake (1) images; these labels hold only {sorted(classes)}")
     if not np.isfinite(y_prob).all():
         raise MetricError("probabilities contain nan or inf (did training diverge?)")
     return y_true, y_prob

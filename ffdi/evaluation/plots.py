@@ -42,8 +42,9 @@ def plot_confusion(cm: np.ndarray, out: Path) -> None:
     save_figure(fig, out)
 
 
-def plot_groups(per_group: dict[str, dict[str, float]], out: Path, heldout: tuple = (),
-                title: str = "AUC per manipulation, val") -> None:
+def plot_groups(
+    per_group: dict[str, dict[str, float]], out: Path, heldout: tuple = (), title: str = "AUC per manipulation, val"
+) -> None:
     """One bar per manipulation (its fakes against every real image), best at the top; the worst
     is drawn in red, the mean as a dashed line, and held-out manipulations are hatched."""
     names = sorted(per_group, key=lambda g: per_group[g]["roc_auc"], reverse=True)
@@ -59,8 +60,15 @@ def plot_groups(per_group: dict[str, dict[str, float]], out: Path, heldout: tupl
                 bar.set_hatch("//")
                 bar.set_edgecolor("white")
             note = ("held out, " if g in heldout else "") + ("worst, " if i == worst and len(names) > 1 else "")
-            ax.text(max(aucs[i], low + 0.1 * (1 - low)) - 0.005, i, f"{note}{aucs[i]:.4f}", va="center", ha="right",
-                    fontsize=8, color="white")
+            ax.text(
+                max(aucs[i], low + 0.1 * (1 - low)) - 0.005,
+                i,
+                f"{note}{aucs[i]:.4f}",
+                va="center",
+                ha="right",
+                fontsize=8,
+                color="white",
+            )
         ax.axvline(aucs.mean(), ls="--", c="black", lw=1, label=f"mean {aucs.mean():.4f}")
         ax.set(yticks=range(len(names)), yticklabels=names)
         ax.invert_yaxis()
@@ -85,8 +93,14 @@ def plot_robustness(table, clean_auc: float, out: Path, title: str = "AUC under 
             c = colours[i % len(colours)]
             ax.plot(rows.level, rows.roc_auc, marker="o", color=c, label=kind)
             for _, r in rows.iterrows():
-                ax.annotate(f"{r.severity:g}", (r.level, r.roc_auc), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=c)
+                ax.annotate(
+                    f"{r.severity:g}",
+                    (r.level, r.roc_auc),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=c,
+                )
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     else:
         ax.text(0.5, 0.3, "no degradations in eval.degradations", ha="center", transform=ax.transAxes)
@@ -94,5 +108,3 @@ def plot_robustness(table, clean_auc: float, out: Path, title: str = "AUC under 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     save_figure(fig, out)
-
-

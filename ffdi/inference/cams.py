@@ -44,8 +44,10 @@ class ExplainError(FfdiError):
 def stage_shapes(model: nn.Module, image_size: int, device) -> list[tuple[str, tuple[int, ...]]]:
     """(name, output shape) of each top-level module, in the order a forward pass runs them."""
     shapes: list[tuple[str, tuple[int, ...]]] = []
-    hooks = [module.register_forward_hook(lambda m, i, o, name=name: shapes.append((name, tuple(o.shape))))
-             for name, module in model.named_children()]
+    hooks = [
+        module.register_forward_hook(lambda m, i, o, name=name: shapes.append((name, tuple(o.shape))))
+        for name, module in model.named_children()
+    ]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
@@ -57,11 +59,15 @@ def stage_shapes(model: nn.Module, image_size: int, device) -> list[tuple[str, t
 
 def pick_layer(model: nn.Module, image_size: int, device="cpu", min_cells: int = MIN_CELLS) -> str:
     """The deepest top-level stage whose feature map is at least min_cells x min_cells."""
-    fine = [name for name, shape in stage_shapes(model, image_size, device)
-            if len(shape) == 4 and min(shape[2:]) >= min_cells]
+    fine = [
+        name
+        for name, shape in stage_shapes(model, image_size, device)
+        if len(shape) == 4 and min(shape[2:]) >= min_cells
+    ]
     if not fine:
-        raise ExplainError(f"no stage of the model keeps a {min_cells}x{min_cells} map at {image_size} px; "
-                         "pass --layer")
+        raise ExplainError(
+            f"no stage of the model keeps a {min_cells}x{min_cells} map at {image_size} px; pass --layer"
+        )
     return fine[-1]
 
 

@@ -102,12 +102,24 @@ class Detector:
         model = checkpoint.rebuild_model(ckpt).to(dev).eval()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return cls(model, checkpoint.augment_config(ckpt), dev, precision or ckpt.get("precision", "fp32"), tta,
-                   channels_last, str(source))
+        return cls(
+            model,
+            checkpoint.augment_config(ckpt),
+            dev,
+            precision or ckpt.get("precision", "fp32"),
+            tta,
+            channels_last,
+            str(source),
+        )
 
     def describe(self) -> dict:
-        return {"source": self.source, "device": str(self.device), "precision": self.precision,
-                "tta": list(self.views[1:]), "image_size": self.augment.image_size}
+        return {
+            "source": self.source,
+            "device": str(self.device),
+            "precision": self.precision,
+            "tta": list(self.views[1:]),
+            "image_size": self.augment.image_size,
+        }
 
     # --- the forward pass: every score comes from here ---
 
@@ -176,7 +188,11 @@ class Detector:
         return Scores(torch.cat(logp).cpu(), torch.cat(targets).numpy(), torch.cat(index).numpy(), skipped)
 
     def score_manifest(
-        self, manifest: pd.DataFrame, batch_size: int = 128, workers: int = 0, on_bad_image: str = "error",
+        self,
+        manifest: pd.DataFrame,
+        batch_size: int = 128,
+        workers: int = 0,
+        on_bad_image: str = "error",
         desc: str = "score",
     ) -> Scores:
         loader = make_loader(manifest, self.augment, batch_size, workers, train=False, on_bad_image=on_bad_image)
@@ -219,15 +235,24 @@ class Ensemble:
         images = list(images)
         return np.mean([m.score(images, batch_size) for m in self.members], axis=0)
 
-    def score_manifest(self, manifest: pd.DataFrame, batch_size: int = 128, workers: int = 0,
-                       on_bad_image: str = "error", desc: str = "score") -> Scores:
-        scores = [m.score_manifest(manifest, batch_size, workers, on_bad_image, f"{desc} {k + 1}/{len(self.members)}")
-                  for k, m in enumerate(self.members)]
+    def score_manifest(
+        self,
+        manifest: pd.DataFrame,
+        batch_size: int = 128,
+        workers: int = 0,
+        on_bad_image: str = "error",
+        desc: str = "score",
+    ) -> Scores:
+        scores = [
+            m.score_manifest(manifest, batch_size, workers, on_bad_image, f"{desc} {k + 1}/{len(self.members)}")
+            for k, m in enumerate(self.members)
+        ]
         first = scores[0]
         if any(not np.array_equal(s.index, first.index) for s in scores[1:]):
             raise RuntimeError("the members of the ensemble could not read the same images")
-        return Scores(torch.cat([s.view_logp for s in scores], 1), first.targets, first.index, first.skipped,
-                      models=len(scores))
+        return Scores(
+            torch.cat([s.view_logp for s in scores], 1), first.targets, first.index, first.skipped, models=len(scores)
+        )
 
 
 @contextlib.contextmanager
@@ -244,5 +269,6 @@ def local_checkpoint(source: str) -> Iterator[Path]:
         found = [local] if local.is_file() else sorted(local.rglob(checkpoint.CHECKPOINT_NAME))
         if not found:
             raise FileNotFoundError(
-                f"{source}: no {checkpoint.CHECKPOINT_NAME} inside; was it logged by ffdi's train stage?")
+                f"{source}: no {checkpoint.CHECKPOINT_NAME} inside; was it logged by ffdi's train stage?"
+            )
         yield found[0]

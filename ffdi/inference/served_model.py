@@ -78,13 +78,15 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         if len(model_input) == 0:
             raise RequestError('no images: send {"inputs": ["<base64 of an image file>", ...]}')
         if len(model_input) > self.max_images:
-            raise RequestError(f"{len(model_input)} images in one request; at most {self.max_images}: "
-                               "split them over several requests")
+            raise RequestError(
+                f"{len(model_input)} images in one request; at most {self.max_images}: split them over several requests"
+            )
         files = [decode_base64(text, i) for i, text in enumerate(model_input)]
         videos = [i for i, data in enumerate(files) if sniff_video(data)]
         if len(videos) > MAX_VIDEOS:
-            raise RequestError(f"{len(videos)} videos in one request; at most {MAX_VIDEOS}: "
-                               "split them over several requests")
+            raise RequestError(
+                f"{len(videos)} videos in one request; at most {MAX_VIDEOS}: split them over several requests"
+            )
         out: list[dict] = [{} for _ in files]
         images = [i for i in range(len(files)) if i not in set(videos)]
         if images:
@@ -103,25 +105,38 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
 
         from ffdi.inference.video import Sampling, score_video
 
-        v = score_video(self.detector, io.BytesIO(data), Sampling(frames=self.video_frames), self.video_aggregate,
-                        name=f"inputs[{index}]")
+        v = score_video(
+            self.detector,
+            io.BytesIO(data),
+            Sampling(frames=self.video_frames),
+            self.video_aggregate,
+            name=f"inputs[{index}]",
+        )
         if v.error:
             raise RequestError(f"inputs[{index}]: {v.error}")
-        return {"p_fake": v.score, "label": self.label(v.score), "frames_scored": v.frames_scored,
-                "frames_without_face": v.frames_without_face, "aggregate": v.aggregate,
-                "frames": [{"time": f.time, "p_fake": f.p_fake} for f in v.frames]}
+        return {
+            "p_fake": v.score,
+            "label": self.label(v.score),
+            "frames_scored": v.frames_scored,
+            "frames_without_face": v.frames_without_face,
+            "aggregate": v.aggregate,
+            "frames": [{"time": f.time, "p_fake": f.p_fake} for f in v.frames],
+        }
 
 
 def decode_base64(text: str, index: int, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """One request item -> the image file's bytes. Line breaks are allowed (`base64` without -w0)."""
     if isinstance(text, str) and len(text) > (max_bytes + 2) // 3 * 4 * 1.02:  # before decoding it; 2% for line breaks
-        raise RequestError(f"inputs[{index}]: about {len(text) * 3 / 4 / 2**20:.0f} MiB; a file may be at most "
-                           f"{max_bytes / 2**20:.0f} MiB")
+        raise RequestError(
+            f"inputs[{index}]: about {len(text) * 3 / 4 / 2**20:.0f} MiB; a file may be at most "
+            f"{max_bytes / 2**20:.0f} MiB"
+        )
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as e:
-        raise RequestError(f"inputs[{index}]: not base64 ({e}); send each image file base64-encoded, "
-                           "e.g. `base64 -w0 face.jpg`") from None
+        raise RequestError(
+            f"inputs[{index}]: not base64 ({e}); send each image file base64-encoded, e.g. `base64 -w0 face.jpg`"
+        ) from None
     if not data:
         raise RequestError(f"inputs[{index}]: empty: no image bytes")
     return data

@@ -66,8 +66,11 @@ def is_video(path: str | Path) -> bool:
 def sniff_video(data: bytes) -> bool:
     """Whether encoded bytes start like an MP4/MOV, Matroska/WebM or AVI file (for requests,
     which carry no file name)."""
-    return (data[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
-            or data[:4] == b"\x1aE\xdf\xa3" or (data[:4] == b"RIFF" and data[8:12] == b"AVI "))
+    return (
+        data[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+        or data[:4] == b"\x1aE\xdf\xa3"
+        or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
+    )
 
 
 @dataclass(frozen=True)
@@ -131,20 +134,24 @@ def _open(source: Source, name: str):
         raise BadVideo(f"{name}: truncated or empty: the file ends inside its header") from None
     except av.error.FFmpegError as e:
         if sniff_video(head):  # starts like a video: its index or header is cut or damaged
-            raise BadVideo(f"{name}: truncated or corrupt video: cannot read its header or index "
-                           f"({e.strerror})") from None
+            raise BadVideo(
+                f"{name}: truncated or corrupt video: cannot read its header or index ({e.strerror})"
+            ) from None
         raise BadVideo(f"{name}: not a video file ({e.strerror})") from None
     formats = container.format.name.split(",")
     if not any(f in CONTAINERS for f in formats):
         long_name = container.format.long_name
         container.close()
-        raise BadVideo(f"{name}: not a video file (its content reads as {long_name}); "
-                       f"videos: {', '.join(sorted(VIDEO_SUFFIXES))}")
+        raise BadVideo(
+            f"{name}: not a video file (its content reads as {long_name}); videos: {', '.join(sorted(VIDEO_SUFFIXES))}"
+        )
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         container.close()
-        raise BadVideo(f"{name}: no video stream" + (" (audio only)" if kinds == ["audio"] else
-                                                     f" (streams: {', '.join(kinds) or 'none'})"))
+        raise BadVideo(
+            f"{name}: no video stream"
+            + (" (audio only)" if kinds == ["audio"] else f" (streams: {', '.join(kinds) or 'none'})")
+        )
     stream = container.streams.video[0]
     w, h = stream.codec_context.width, stream.codec_context.height
     if w * h > MAX_FRAME_PIXELS:
@@ -199,10 +206,12 @@ def _upright(image: Image.Image, rotation: int, name: str) -> Image.Image:
     if turn == 0:
         return image
     if turn % 90:
-        raise BadVideo(f"{name}: its display matrix rotates frames by {rotation} degrees; "
-                       "only quarter turns are supported")
-    return image.transpose({90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
-                            270: Image.Transpose.ROTATE_270}[turn])
+        raise BadVideo(
+            f"{name}: its display matrix rotates frames by {rotation} degrees; only quarter turns are supported"
+        )
+    return image.transpose(
+        {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}[turn]
+    )
 
 
 def sample_frames(source: Source, sampling: Sampling = Sampling(), name: str | None = None) -> Iterator[Frame]:
@@ -255,13 +264,15 @@ def sample_frames(source: Source, sampling: Sampling = Sampling(), name: str | N
                     break  # the stream ended before target i
         except av.error.FFmpegError as e:
             at = f"{last.time:.2f} s" if last is not None else "its start"
-            raise BadVideo(f"{name}: truncated or corrupt: decoding failed after {at} of {end - start:.2f} s "
-                           f"({e.strerror})") from None
+            raise BadVideo(
+                f"{name}: truncated or corrupt: decoding failed after {at} of {end - start:.2f} s ({e.strerror})"
+            ) from None
         if i < len(targets) and last is not None:
             shown_until = last.time + _frame_span(last, stream)
             if end - shown_until > max(TRUNCATION_SLACK_S, 0.05 * (end - start)):
-                raise BadVideo(f"{name}: truncated: its frames stop at {shown_until:.2f} s, "
-                               f"its header says {end:.2f} s")
+                raise BadVideo(
+                    f"{name}: truncated: its frames stop at {shown_until:.2f} s, its header says {end:.2f} s"
+                )
             if last_taken != last.time:
                 # Target i falls while the last frame is on screen, after it began (K frames from a
                 # video of fewer, or a last 1/fps step past the last frame's start): that frame.
@@ -349,8 +360,11 @@ def crop_face(faces, image: Image.Image) -> tuple[Image.Image, tuple[int, int, i
     scale = min(1.0, FACE_SEARCH_SIDE / max(image.size))
     if scale == 1.0:
         return faces.crop(image, "frame")
-    small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.Resampling.BILINEAR, reducing_gap=2.0)
+    small = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.BILINEAR,
+        reducing_gap=2.0,
+    )
     box = faces.largest_face(small)
     if box is None:
         raise NoFace("frame: no face found")
@@ -359,8 +373,16 @@ def crop_face(faces, image: Image.Image) -> tuple[Image.Image, tuple[int, int, i
     return image.crop(faces.crop_box(box, image.size)), box
 
 
-def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: str = "mean",
-                batch_size: int = 64, faces=None, name: str | None = None, keep_top: int = 0) -> VideoScore:
+def score_video(
+    detector,
+    source: Source,
+    sampling: Sampling = Sampling(),
+    how: str = "mean",
+    batch_size: int = 64,
+    faces=None,
+    name: str | None = None,
+    keep_top: int = 0,
+) -> VideoScore:
     """Score the sampled frames of one video, `batch_size` at a time, and aggregate them.
 
     detector: a Detector or an Ensemble (its preprocess and prob_batch), so each frame gets the
@@ -414,8 +436,11 @@ def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: 
         return result
     probs = result.probs()
     if not probs:
-        result.error = (f"no face in any of the {len(result.frames)} frames sampled" if faces is not None
-                        else "no frame could be scored")
+        result.error = (
+            f"no face in any of the {len(result.frames)} frames sampled"
+            if faces is not None
+            else "no frame could be scored"
+        )
         return result
     result.score = aggregate(probs, how)
     result.top = [(p, t, px) for p, _, t, px in sorted(heap, key=lambda e: (-e[0], e[2]))]
@@ -425,9 +450,16 @@ def score_video(detector, source: Source, sampling: Sampling = Sampling(), how: 
 # --- writing (test clips, benchmark clips, labelled sets made from images) -----------------------
 
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25, codec: str = "libx264",
-                pix_fmt: str = "yuv420p", options: dict | None = None, rotation: int | None = None,
-                times: Sequence[float] | None = None) -> Path:
+def write_video(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    options: dict | None = None,
+    rotation: int | None = None,
+    times: Sequence[float] | None = None,
+) -> Path:
     """Encode uint8 (H, W, 3) RGB frames into a video file; the container follows the suffix.
 
     codec "ffv1" (pix_fmt "bgr0") or "libx264rgb" (options {"qp": "0"}) are lossless.

@@ -36,8 +36,9 @@ def resume_dir(params: Params, data_hash: str) -> Path:
     project root (temp executors are deleted too). Keyed by everything that shapes
     training, so only an identical rerun resumes.
     """
-    key = json.dumps([model_config(params), data_hash, list(params.data.holdout), params.tracking.experiment],
-                     sort_keys=True)
+    key = json.dumps(
+        [model_config(params), data_hash, list(params.data.holdout), params.tracking.experiment], sort_keys=True
+    )
     return project_root() / ".ffdi" / "resume" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -72,8 +72,11 @@ def resolve_augment(aug: AugmentConfig, model: nn.Module) -> AugmentConfig:
     resize = aug.resize or max(size, int(math.floor(size / data_cfg["crop_pct"])))
     changes: dict[str, Any] = {"image_size": size, "resize": resize}
     if aug.normalize in (None, "model"):
-        changes.update(normalize="model", mean=tuple(float(m) for m in data_cfg["mean"]),
-                       std=tuple(float(s) for s in data_cfg["std"]))
+        changes.update(
+            normalize="model",
+            mean=tuple(float(m) for m in data_cfg["mean"]),
+            std=tuple(float(s) for s in data_cfg["std"]),
+        )
     # Validated again, like every config: e.g. an image_size set above the resize the model chose.
     return dataclasses.replace(aug, **changes)
 
@@ -119,8 +122,11 @@ def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> d
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise WeightsError(f"weights have keys the model lacks: {', '.join(result.unexpected_keys[:5])}")
-    fresh_ok = [k for k in result.missing_keys
-                if ".se." in k or k.startswith(head_prefix(model)) or k.startswith(ARTEFACTS + ".")]
+    fresh_ok = [
+        k
+        for k in result.missing_keys
+        if ".se." in k or k.startswith(head_prefix(model)) or k.startswith(ARTEFACTS + ".")
+    ]
     not_ok = sorted(set(result.missing_keys) - set(fresh_ok))
     if not_ok:
         raise WeightsError(f"weights lack parameters of the model: {', '.join(not_ok[:5])}")

@@ -185,8 +185,9 @@ def splice(img: Image.Image, donors: list[Image.Image], rng: np.random.Generator
     # Warped into place as a face swap aligns the source face: rotated and rescaled by bilinear
     # interpolation, which softens it unlike the target's own detail.
     # Up to 10 degrees and at least 1.16x, so that the rotation's empty corners are cropped away.
-    donor = donor.rotate(rng.uniform(3, 10) * rng.choice([-1, 1]), Image.BILINEAR,
-                         expand=False).resize((round(size * rng.uniform(1.16, 1.3)),) * 2, Image.BILINEAR)
+    donor = donor.rotate(rng.uniform(3, 10) * rng.choice([-1, 1]), Image.BILINEAR, expand=False).resize(
+        (round(size * rng.uniform(1.16, 1.3)),) * 2, Image.BILINEAR
+    )
     donor = _center_fit(donor, size)
     mask = blend_mask(size, rng)
     # Without colour matching the pasted region would be told by its colour alone.
@@ -219,8 +220,10 @@ def regenerate(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image,
     small = max(1, size // grain)
     noise = rng.standard_normal((small, small, channels)).astype(np.float32)
     if grain > 1 or small != size:
-        noise = np.stack([np.asarray(Image.fromarray(noise[..., c]).resize((size, size), Image.BILINEAR))
-                          for c in range(channels)], -1)
+        noise = np.stack(
+            [np.asarray(Image.fromarray(noise[..., c]).resize((size, size), Image.BILINEAR)) for c in range(channels)],
+            -1,
+        )
         noise /= noise.std() + 1e-6
     source = smooth + rng.uniform(10.0, 20.0) * noise
     mask = patch_mask(size, rng)

@@ -22,8 +22,13 @@ def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, f
     m = {f"eval_{k}": v for k, v in report["val"].items()}
     m["eval_roc_auc_no_tta"] = report["val_no_tta"]["roc_auc"]
     m.update({f"{GROUP_AUC}{g}": gm["roc_auc"] for g, gm in report.get("groups", {}).items()})
-    m.update({f"eval_{k}": report[k] for k in ("group_mean_auc", "group_worst_auc", "degraded_mean_auc",
-                                                 "degraded_worst_auc") if k in report})
+    m.update(
+        {
+            f"eval_{k}": report[k]
+            for k in ("group_mean_auc", "group_worst_auc", "degraded_mean_auc", "degraded_worst_auc")
+            if k in report
+        }
+    )
     for prefix, key in ((HELDOUT, "heldout"), (SEEN, "seen")):
         m.update({f"{prefix}{k}": v for k, v in report.get(key, {}).items()})
     m.update({f"ensemble_{k}": v for k, v in report.get("ensemble", {}).items() if _number(v)})
@@ -62,8 +67,16 @@ def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str,
         mlflow.log_text(ev.extra[name].to_csv(index=False), f"evaluate/extra_sets/{name}_predictions.csv")
     for stage, skipped in ev.skipped.items():
         log_skipped(skipped, stage)
-    for name in ("roc.png", "confusion.png", "roc.csv", "val_predictions.csv", "groups.png", "groups.csv",
-                 "robustness.png", "explain.png"):
+    for name in (
+        "roc.png",
+        "confusion.png",
+        "roc.csv",
+        "val_predictions.csv",
+        "groups.png",
+        "groups.csv",
+        "robustness.png",
+        "explain.png",
+    ):
         mlflow.log_artifact(str(reports / name), artifact_path="evaluate")
     if "robustness" in ev.report:
         mlflow.log_artifacts(str(reports / "robustness"), artifact_path="evaluate/robustness")

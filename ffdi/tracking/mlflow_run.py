@@ -255,5 +255,3 @@ def read_run_ref(path: str | Path) -> str:
 
 
 # --- the metric names of an evaluation: defined here, and only here ---------------------------
-
-

@@ -18,15 +18,31 @@ MODEL_NAME = "detector"
 
 # What ffdi's scoring path imports, recorded with the model (`mlflow models build-docker`
 # installs them); passing them skips MLflow's slow requirement inference.
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "PyYAML", "pydantic", "tqdm",
-                "av")
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pandas",
+    "pillow",
+    "PyYAML",
+    "pydantic",
+    "tqdm",
+    "av",
+)
 
 
 FFDI_PACKAGE = Path(__file__).resolve().parents[1]  # ffdi/
 
 
-def log_pyfunc(checkpoint_file: Path, tta: list[str], threshold: float = DEFAULT_THRESHOLD,
-               video_frames: int = 16, video_aggregate: str = "mean") -> str:
+def log_pyfunc(
+    checkpoint_file: Path,
+    tta: list[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    video_frames: int = 16,
+    video_aggregate: str = "mean",
+) -> str:
     """Log the servable detector in the active MLflow run; return its models:/ URI.
 
     It carries the checkpoint (as checkpoint.pt, so `Detector.load("models:/<id>")` finds it
