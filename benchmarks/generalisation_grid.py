@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ffdi.schema import EVAL_ROC_AUC, HELDOUT_ROC_AUC
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -216,7 +218,7 @@ def cmd_run(args) -> int:
                 continue
             print(
                 f"[{time.perf_counter() - t0:5.0f} s] {i}/{len(jobs)} {name}: held-out AUC "
-                f"{r['metrics']['heldout_roc_auc']:.4f}, val AUC {r['metrics']['eval_roc_auc']:.4f}, "
+                f"{r['metrics'][HELDOUT_ROC_AUC]:.4f}, val AUC {r['metrics'][EVAL_ROC_AUC]:.4f}, "
                 f"{np.mean(r['train_img_per_s']):.0f} train img/s, {r['train_seconds']:.0f} s",
                 flush=True,
             )

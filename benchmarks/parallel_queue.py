@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ffdi.schema import EVAL_ROC_AUC
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ def run_batch(repo: Path, seeds: list[int], jobs: int, overrides: list[str]) -> 
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("ffdi")
     runs = client.search_runs([exp.experiment_id])
-    metrics = {r.data.params["train.seed"]: r.data.metrics["eval_roc_auc"] for r in runs}
+    metrics = {r.data.params["train.seed"]: r.data.metrics[EVAL_ROC_AUC] for r in runs}
     threads = {r.data.params["train.seed"]: r.data.tags.get("hw.cpu_threads") for r in runs}
     return {"jobs": jobs, "seconds": seconds, "val_auc_by_seed": metrics, "threads_at_start": threads}
 

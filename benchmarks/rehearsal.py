@@ -38,6 +38,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.tree import distinct_images, write_tree
+from ffdi.schema import CHECKPOINT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SHARE = 524_429 / (524_429 + 147_363)  # multiFFDI phase 1
@@ -92,7 +93,7 @@ def step_model() -> dict:
         fit(params, train, val, state, on_epoch=lambda row: mlflow_run.log_epoch(row, steps))
         ckpt = checkpoint.load(state / "best.pt")
         t0 = time.perf_counter()
-        named = state / checkpoint.CHECKPOINT_NAME
+        named = state / CHECKPOINT_NAME
         shutil.copyfile(state / "best.pt", named)
         log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
         seconds["log_model"] = time.perf_counter() - t0

@@ -26,6 +26,7 @@ from ffdi.config import flatten, load_params
 from ffdi.data.labels import read_manifest
 from ffdi.evaluation import metrics
 from ffdi.inference.detector import Detector
+from ffdi.schema import EVAL_ROC_AUC, HELDOUT_ROC_AUC, RUN_KIND_TAG
 from ffdi.tracking import mlflow_run
 
 # Params that differ between the runs of one variant, or that never change a model's scores.
@@ -51,7 +52,7 @@ def scored(detector: Detector, val: pd.DataFrame) -> pd.DataFrame:
 
 def heldout_metrics(frame: pd.DataFrame, holdout: str) -> dict:
     y, p = frame.target.to_numpy(), frame.y_pred.to_numpy()
-    out = {"eval_roc_auc": metrics.roc_auc(y, p)}
+    out = {EVAL_ROC_AUC: metrics.roc_auc(y, p)}
     for side, values in metrics.heldout_metrics(y, p, frame.group, [holdout], (1e-3,)).items():
         out.update({f"{side}_{k}": v for k, v in values.items()})
     return out
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         r
         for r in gen_report.holdout_runs(finished_pipeline_runs(params.tracking.experiment))
         if len(gen_report.holdout_of(r)) == 1
-        and r.tags.get("ffdi.kind") == "pipeline"
+        and r.tags.get(RUN_KIND_TAG) == "pipeline"
         and all(r.params.get(k, defaults[k]) == defaults[k] for k in defaults if k not in IGNORED)
     ]
     if not runs:
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
             )
         print(
             f"{r.name} (held out {holdout}, seed {r.params['train.seed']}): held-out AUC "
-            f"{rescored[-2].metrics['heldout_roc_auc']:.4f} -> {rescored[-1].metrics['heldout_roc_auc']:.4f}",
+            f"{rescored[-2].metrics[HELDOUT_ROC_AUC]:.4f} -> {rescored[-1].metrics[HELDOUT_ROC_AUC]:.4f}",
             flush=True,
         )
     reference = "views=" + "+".join(["image", *params.predict.tta])  # the exact group label

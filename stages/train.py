@@ -19,6 +19,7 @@ from ffdi.errors import ConfigError, DataError
 from ffdi.files import project_root, write_csv
 from ffdi.model import checkpoint
 from ffdi.sample import manipulations
+from ffdi.schema import CHECKPOINT_NAME
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 from ffdi.tracking.pytorch_model import log_model
@@ -98,7 +99,7 @@ def main(params, prepared, model, run_ref, history):
             if params.tracking.log_model:
                 ckpt = checkpoint.load(state_dir / "best.pt")
                 with tempfile.TemporaryDirectory() as tmp:
-                    named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / checkpoint.CHECKPOINT_NAME))
+                    named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / CHECKPOINT_NAME))
                     log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
             checkpoint.finish(state_dir, model)
             mlflow_run.write_run_ref(run_ref, run.info.run_id, params.tracking.experiment)

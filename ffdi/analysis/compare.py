@@ -22,16 +22,24 @@ from ffdi.analysis.runs import Run, aligned_predictions, finished_pipeline_runs,
 from ffdi.config import TrackingConfig
 from ffdi.evaluation.metrics import rank_aucs
 from ffdi.files import write_csv, write_text
+from ffdi.schema import (
+    EVAL_ACCURACY,
+    EVAL_GROUP_WORST_AUC,
+    EVAL_ROC_AUC,
+    EVAL_TPR_AT_FPR,
+    HELDOUT_ROC_AUC,
+    RUN_KIND_TAG,
+)
 from ffdi.tracking import mlflow_run
 
 # Params that vary between runs of the same variant rather than define one.
 REPLICATE_KEYS = ("train.seed",)
 SUMMARY_METRICS = {
-    "eval_roc_auc": "val AUC",
-    "heldout_roc_auc": "held-out AUC",
-    "eval_group_worst_auc": "worst-group AUC",
-    "eval_tpr_at_fpr": "TPR@FPR",
-    "eval_accuracy": "accuracy",
+    EVAL_ROC_AUC: "val AUC",
+    HELDOUT_ROC_AUC: "held-out AUC",
+    EVAL_GROUP_WORST_AUC: "worst-group AUC",
+    EVAL_TPR_AT_FPR: "TPR@FPR",
+    EVAL_ACCURACY: "accuracy",
 }
 # Tags that say how a run computed; runs that differ in them differ for reasons other than params.
 HARDWARE_TAGS = {"hw.precision": "precision", "hw.device_name": "hardware"}
@@ -257,7 +265,7 @@ def compare(
     if log:
         with mlflow_run.run(cfg, run_name="compare"):
             mlflow.set_tags(
-                {"ffdi.kind": "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)}
+                {RUN_KIND_TAG: "compare", "compare.by": ",".join(by), "compare.runs": ",".join(r.run_id for r in runs)}
             )
             mlflow.log_artifacts(str(out), artifact_path="compare")
     return {

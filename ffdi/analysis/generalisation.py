@@ -15,12 +15,13 @@ from ffdi.analysis.runs import CompareError, finished_pipeline_runs
 from ffdi.config import Params, TrackingConfig
 from ffdi.data.labels import read_labels
 from ffdi.hardware import available_cores
+from ffdi.schema import RUN_KIND_TAG
 from ffdi.tracking import mlflow_run
 
 # --- what to run ---------------------------------------------------------------------------------
 
 
-KINDS = ("trained-on-all", "leave-one-out", "train-on-one")
+EXPERIMENT_KINDS = ("trained-on-all", "leave-one-out", "train-on-one")
 
 
 def manipulations(params: Params, summary: Path = Path("prepared/summary.json")) -> list[str]:
@@ -97,7 +98,7 @@ def generalisation(
         with mlflow_run.run(cfg, run_name="generalisation"):
             mlflow.set_tags(
                 {
-                    "ffdi.kind": "generalisation",
+                    RUN_KIND_TAG: "generalisation",
                     "generalisation.by": ",".join(result["keys"]),
                     "generalisation.runs": str(len(result["runs"])),
                 }

@@ -22,17 +22,17 @@ from ffdi.config import Params, flatten
 from ffdi.errors import FfdiError
 from ffdi.evaluation.metrics import fpr_key, roc_auc
 from ffdi.files import write_csv, write_text
+from ffdi.schema import EVAL_GROUP_AUC, EVAL_ROC_AUC, HELDOUT_ROC_AUC
 
 HOLDOUT = "data.holdout"
 # Table (a): MLflow metric -> column.
 HELDOUT_COLUMNS = {
-    "heldout_roc_auc": "held-out AUC",
+    HELDOUT_ROC_AUC: "held-out AUC",
     "heldout_average_precision": "held-out AP",
     f"heldout_{fpr_key(1e-3)}": "held-out TPR@FPR 1e-3",
     "seen_roc_auc": "seen AUC",
-    "eval_roc_auc": "val AUC (all)",
+    EVAL_ROC_AUC: "val AUC (all)",
 }
-GROUP_AUC_PREFIX = "eval_auc_"  # evaluate logs eval_auc_<manipulation>
 
 
 class GeneralisationError(FfdiError):
@@ -63,7 +63,7 @@ def group_by_variant(runs: Sequence[Run]) -> tuple[list[str], dict[str, list[Run
 
 
 def manipulations_of(runs: Sequence[Run]) -> list[str]:
-    names = {k[len(GROUP_AUC_PREFIX) :] for r in runs for k in r.metrics if k.startswith(GROUP_AUC_PREFIX)}
+    names = {k[len(EVAL_GROUP_AUC) :] for r in runs for k in r.metrics if k.startswith(EVAL_GROUP_AUC)}
     return sorted(names | {g for r in runs for g in holdout_of(r)})
 
 
@@ -89,7 +89,7 @@ def variant_tables(runs: Sequence[Run]) -> dict[str, pd.DataFrame]:
             heldout_rows.append({"heldout": g, "metric": column, "mean": mean, "sd": sd, "runs": n})
         trained = [r for r in runs if set(holdout_of(r)) == set(groups) - {g}]
         for tested in groups:
-            mean, sd, n = _stats([r.metrics.get(f"{GROUP_AUC_PREFIX}{tested}") for r in trained])
+            mean, sd, n = _stats([r.metrics.get(f"{EVAL_GROUP_AUC}{tested}") for r in trained])
             cross_rows.append({"trained_on": g, "tested_on": tested, "mean": mean, "sd": sd, "runs": n})
     return {
         "heldout": pd.DataFrame(heldout_rows, columns=["heldout", "metric", "mean", "sd", "runs"]),

@@ -21,8 +21,15 @@ import pandas as pd
 from ffdi.analysis.compare import bootstrap_auc_difference, paired_bootstrap
 from ffdi.analysis.runs import Run, aligned_frames, predictions_csv, val_predictions
 from ffdi.evaluation.metrics import rank_aucs
+from ffdi.schema import (
+    EVAL_DEGRADED_MEAN_AUC,
+    EVAL_ROC_AUC,
+    EVALUATE_ARTIFACTS,
+    HELDOUT_ROC_AUC,
+    ROBUSTNESS_PREDICTIONS,
+)
 
-COLUMNS = {"clean": "eval_roc_auc", "degraded": "eval_degraded_mean_auc", "heldout": "heldout_roc_auc"}
+METRIC_OF_COLUMN = {"clean": EVAL_ROC_AUC, "degraded": EVAL_DEGRADED_MEAN_AUC, "heldout": HELDOUT_ROC_AUC}
 TITLES = {
     "clean": "clean val AUC",
     "degraded": "mean AUC over the default degradations",
@@ -34,11 +41,10 @@ RULE = (
     f"{CLEAN_TOLERANCE} of the reference's and mean held-out AUC not worse beyond its CI (the CI's upper "
     f"end at or above 0)"
 )
-ROBUSTNESS_PREDICTIONS = "evaluate/robustness_predictions.csv"  # ffdi.evaluation.evaluate.ROBUSTNESS_PREDICTIONS
 
 
 def robustness_predictions(run: Run) -> pd.DataFrame:
-    return predictions_csv(run, ROBUSTNESS_PREDICTIONS)
+    return predictions_csv(run, f"{EVALUATE_ARTIFACTS}/{ROBUSTNESS_PREDICTIONS}")
 
 
 def latest_per_seed(runs: Sequence[Run]) -> list[Run]:
@@ -94,7 +100,7 @@ def table(
     variants = {label: latest_per_seed(rs) for label, rs in trained_on_all.items() if rs}
     rows = []
     names, frames = aligned_frames([r for rs in variants.values() for r in rs], load_val) if variants else ([], {})
-    robust = {label: rs for label, rs in variants.items() if all(COLUMNS["degraded"] in r.metrics for r in rs)}
+    robust = {label: rs for label, rs in variants.items() if all(METRIC_OF_COLUMN["degraded"] in r.metrics for r in rs)}
     robust_names, robust_frames = (
         aligned_frames([r for rs in robust.values() for r in rs], load_degraded) if robust else ([], {})
     )
@@ -109,7 +115,7 @@ def table(
         base = {"variant": label, "differs": "(reference)" if label == reference else differs(label)}
         runs = variants.get(label, [])
         for column in ("clean", "degraded"):
-            mean, sd, n = _seeds(runs, COLUMNS[column])
+            mean, sd, n = _seeds(runs, METRIC_OF_COLUMN[column])
             row = {**base, "column": column, "runs": n, "mean": mean, "sd": sd}
             if label != reference and n and reference in variants:
                 if column == "clean":

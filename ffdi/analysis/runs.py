@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ffdi.schema import DATA_HASH_TAG, EVAL_ROC_AUC, EVALUATE_ARTIFACTS, RUN_KIND_TAG, VAL_PREDICTIONS
+
 
 class CompareError(ValueError):
     """Runs that cannot be compared: no such experiment, no evaluated run, different val images."""
@@ -46,21 +48,18 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
             dict(r.data.tags),
         )
         for r in found
-        if r.data.tags.get("ffdi.kind") != "compare" and "eval_roc_auc" in r.data.metrics
+        if r.data.tags.get(RUN_KIND_TAG) != "compare" and EVAL_ROC_AUC in r.data.metrics
     ]
     if not runs:
         raise CompareError(f"experiment {experiment!r} has no finished, evaluated runs to compare")
     return runs
 
 
-DATA_TAG = "data.hash"  # the train stage's fingerprint of the data a run trained and was evaluated on
-
-
 def data_sets(runs: list[Run]) -> dict[str, list[Run]]:
     """The runs by the data set they ran on (their data.hash tag), the latest run's data set first."""
     out: dict[str, list[Run]] = {}
     for r in reversed(runs):  # runs come oldest first
-        out.setdefault(r.tags.get(DATA_TAG, "unknown"), []).insert(0, r)
+        out.setdefault(r.tags.get(DATA_HASH_TAG, "unknown"), []).insert(0, r)
     return out
 
 
@@ -104,7 +103,7 @@ def predictions_csv(run: Run, path: str) -> pd.DataFrame:
 
 
 def val_predictions(run: Run) -> pd.DataFrame:
-    return predictions_csv(run, "evaluate/val_predictions.csv")
+    return predictions_csv(run, f"{EVALUATE_ARTIFACTS}/{VAL_PREDICTIONS}")
 
 
 def aligned_frames(runs: list[Run], load=val_predictions) -> tuple[list[str], dict[str, pd.DataFrame]]:

@@ -35,7 +35,13 @@ import sys
 from pathlib import Path
 
 from ffdi.analysis.dvc_queue import report_failures, run_experiments
-from ffdi.analysis.generalisation import KINDS, default_jobs, generalisation, manipulations, planned_experiments
+from ffdi.analysis.generalisation import (
+    EXPERIMENT_KINDS,
+    default_jobs,
+    generalisation,
+    manipulations,
+    planned_experiments,
+)
 from ffdi.analysis.generalisation_report import GeneralisationError
 from ffdi.config import TrackingConfig, load_params
 
@@ -63,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=KINDS,
-        default=list(KINDS[1:]),
+        choices=EXPERIMENT_KINDS,
+        default=list(EXPERIMENT_KINDS[1:]),
         metavar="KIND",
-        help=f"the kinds of experiment to queue, of {', '.join(KINDS)} (default: %(default)s); "
+        help=f"the kinds of experiment to queue, of {', '.join(EXPERIMENT_KINDS)} (default: %(default)s); "
         "trained-on-all gives the knob table its clean and degraded columns",
     )
     ap.add_argument("--groups", nargs="+", help="the manipulations (default: those named in the train labels)")

@@ -32,6 +32,7 @@ from ffdi.data.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, build_manifest, rea
 from ffdi.errors import DataError
 from ffdi.evaluation import degrade, metrics
 from ffdi.files import write_csv
+from ffdi.schema import GROUP_AUC, ROBUSTNESS_DIR, ROBUSTNESS_PREDICTIONS, VAL_PREDICTIONS
 
 # The aggregations whose video-level AUC an extra set of videos reports beside the configured one.
 COMPARED_AGGREGATES = ("mean", "max", "topk:2", "topk:4")
@@ -244,19 +245,13 @@ def evaluate(
     )
 
 
-ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation, in the reports folder: DVC draws one plot each
-ROBUSTNESS_PREDICTIONS = "robustness_predictions.csv"  # per image and degradation, for paired bootstraps
-
-
 def robustness_tables(ev: Evaluation) -> dict[str, pd.DataFrame]:
     """{kind: its severities mild -> severe}, the CSVs of reports/evaluate/robustness/. Each row also
     holds the clean references (clean_roc_auc, clean_auc_<manipulation>): DVC plots only the columns
     of one file against its own x."""
     robust_table = degrade.table(ev.robustness)
     clean = {
-        f"clean_{k}": v
-        for k, v in ev.report.get("robustness", {}).get("clean", {}).items()
-        if k.startswith(metrics.GROUP_AUC)
+        f"clean_{k}": v for k, v in ev.report.get("robustness", {}).get("clean", {}).items() if k.startswith(GROUP_AUC)
     }
     return {
         kind: frame.drop(columns=["kind"]).reset_index(drop=True).assign(clean_roc_auc=ev.clean_auc, **clean)
@@ -275,7 +270,7 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
     t0 = time.perf_counter()
     p, r, threshold = ev.predictions, ev.report, cfg.threshold
     y, prob = p.target.to_numpy(), p.y_pred.to_numpy()
-    write_csv(out / "val_predictions.csv", p.drop(columns=["path"]))
+    write_csv(out / VAL_PREDICTIONS, p.drop(columns=["path"]))
     roc = metrics.roc_points(y, prob)
     write_csv(out / "roc.csv", pd.DataFrame(roc))
     plots.plot_roc(roc, r["val"]["roc_auc"], out / "roc.png")
@@ -310,7 +305,7 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
 
 def _worst_group(m: dict) -> str:
     """' (worst splice 0.8123)': the manipulation a degradation hides best, where there are several."""
-    aucs = {k.removeprefix(metrics.GROUP_AUC): v for k, v in m.items() if k.startswith(metrics.GROUP_AUC)}
+    aucs = {k.removeprefix(GROUP_AUC): v for k, v in m.items() if k.startswith(GROUP_AUC)}
     if len(aucs) < 2:
         return ""
     worst = min(aucs, key=aucs.get)

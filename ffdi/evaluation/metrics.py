@@ -6,6 +6,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ffdi.errors import MetricError
+from ffdi.schema import GROUP_AUC
 
 
 def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,9 +128,6 @@ def group_metrics(y_true, y_prob, groups, fprs: tuple[float, ...] = ()) -> dict[
         rows = real | ((y_true == 1) & (groups == g))
         out[g] = ranking_metrics(y_true[rows], y_prob[rows], fprs)
     return out
-
-
-GROUP_AUC = "auc_"  # + manipulation: a flat key beside the metrics it goes with (robustness.jpeg.70.auc_splice)
 
 
 def group_aucs(y_true, y_prob, groups) -> dict[str, float]:

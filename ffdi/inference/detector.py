@@ -27,6 +27,7 @@ from ffdi.data.dataset import make_loader
 from ffdi.data.transforms import build_uint8_transform, load_image, norm_stats, normalize_batch, to_rgb, tta_view
 from ffdi.hardware import autocast, autocast_dtype, select_device
 from ffdi.model import checkpoint
+from ffdi.schema import CHECKPOINT_NAME
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -266,9 +267,7 @@ def local_checkpoint(source: str) -> Iterator[Path]:
 
     with tempfile.TemporaryDirectory(prefix="ffdi-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
-        found = [local] if local.is_file() else sorted(local.rglob(checkpoint.CHECKPOINT_NAME))
+        found = [local] if local.is_file() else sorted(local.rglob(CHECKPOINT_NAME))
         if not found:
-            raise FileNotFoundError(
-                f"{source}: no {checkpoint.CHECKPOINT_NAME} inside; was it logged by ffdi's train stage?"
-            )
+            raise FileNotFoundError(f"{source}: no {CHECKPOINT_NAME} inside; was it logged by ffdi's train stage?")
         yield found[0]

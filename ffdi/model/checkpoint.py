@@ -19,9 +19,6 @@ from ffdi.config import AugmentConfig, ModelConfig, Params
 from ffdi.files import atomic_path, project_root, torch_save
 from ffdi.model.networks import build_model
 
-# The file name a checkpoint has inside a logged MLflow model, where Detector.load finds it.
-CHECKPOINT_NAME = "checkpoint.pt"
-
 
 def model_config(params: Params) -> dict:
     """What a checkpoint needs to rebuild its model and input pipeline."""

@@ -7,24 +7,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ffdi.evaluation.metrics import GROUP_AUC as GROUP_KEY
+from ffdi.schema import (
+    EVAL,
+    EVAL_GROUP_AUC,
+    EVALUATE_ARTIFACTS,
+    GROUP_AUC,
+    HELDOUT,
+    ROBUSTNESS_DIR,
+    ROBUSTNESS_PREDICTIONS,
+    SEEN,
+    VAL_PREDICTIONS,
+)
 from ffdi.tracking.mlflow_run import log_skipped
-
-GROUP_AUC = "eval_auc_"  # + manipulation: its fakes against all real images
-
-
-HELDOUT, SEEN = "heldout_", "seen_"  # + metric: the held-out manipulations' fakes (or the others') vs real
 
 
 def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, float]:
     """The MLflow metrics of an evaluation report (what metrics.json holds), by name. Everything that
     reads runs back (compare, generalisation, the benchmarks without MLflow) uses these names."""
-    m = {f"eval_{k}": v for k, v in report["val"].items()}
-    m["eval_roc_auc_no_tta"] = report["val_no_tta"]["roc_auc"]
-    m.update({f"{GROUP_AUC}{g}": gm["roc_auc"] for g, gm in report.get("groups", {}).items()})
+    m = {f"{EVAL}{k}": v for k, v in report["val"].items()}
+    m[f"{EVAL}roc_auc_no_tta"] = report["val_no_tta"]["roc_auc"]
+    m.update({f"{EVAL_GROUP_AUC}{g}": gm["roc_auc"] for g, gm in report.get("groups", {}).items()})
     m.update(
         {
-            f"eval_{k}": report[k]
+            f"{EVAL}{k}": report[k]
             for k in ("group_mean_auc", "group_worst_auc", "degraded_mean_auc", "degraded_worst_auc")
             if k in report
         }
@@ -40,14 +45,14 @@ def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, f
             for key, r in severities.items():
                 m.update({f"robust_{kind}_{key}_auc": r["roc_auc"], f"robust_{kind}_{key}_accuracy": r["accuracy"]})
                 # + manipulation: robust_jpeg_70_auc_splice, beside eval_auc_splice
-                m.update({f"robust_{kind}_{key}_{k}": v for k, v in r.items() if k.startswith(GROUP_KEY)})
-    m.update({f"eval_seconds_{k}": v for k, v in (seconds or {}).items()})
+                m.update({f"robust_{kind}_{key}_{k}": v for k, v in r.items() if k.startswith(GROUP_AUC)})
+    m.update({f"{EVAL}seconds_{k}": v for k, v in (seconds or {}).items()})
     return m
 
 
 def group_aucs(metrics: dict[str, float]) -> dict[str, float]:
     """A run's per-manipulation AUCs, from its metrics: {manipulation: AUC}."""
-    return {k.removeprefix(GROUP_AUC): v for k, v in metrics.items() if k.startswith(GROUP_AUC)}
+    return {k.removeprefix(EVAL_GROUP_AUC): v for k, v in metrics.items() if k.startswith(EVAL_GROUP_AUC)}
 
 
 def _number(v) -> bool:
@@ -64,21 +69,21 @@ def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str,
         mlflow.set_tag("predict.ensemble", " + ".join(ev.report["ensemble"]["models"]))
     for name, e in ev.report.get("extra_sets", {}).items():
         mlflow.set_tags({f"extra.{name}.data_hash": e["data_hash"], f"extra.{name}.path": extra_paths[name]})
-        mlflow.log_text(ev.extra[name].to_csv(index=False), f"evaluate/extra_sets/{name}_predictions.csv")
+        mlflow.log_text(ev.extra[name].to_csv(index=False), f"{EVALUATE_ARTIFACTS}/extra_sets/{name}_predictions.csv")
     for stage, skipped in ev.skipped.items():
         log_skipped(skipped, stage)
     for name in (
         "roc.png",
         "confusion.png",
         "roc.csv",
-        "val_predictions.csv",
+        VAL_PREDICTIONS,
         "groups.png",
         "groups.csv",
         "robustness.png",
         "explain.png",
     ):
-        mlflow.log_artifact(str(reports / name), artifact_path="evaluate")
+        mlflow.log_artifact(str(reports / name), artifact_path=EVALUATE_ARTIFACTS)
     if "robustness" in ev.report:
-        mlflow.log_artifacts(str(reports / "robustness"), artifact_path="evaluate/robustness")
-        mlflow.log_artifact(str(reports / "robustness_predictions.csv"), artifact_path="evaluate")
-    mlflow.log_artifact(str(metrics_file), artifact_path="evaluate")
+        mlflow.log_artifacts(str(reports / ROBUSTNESS_DIR), artifact_path=f"{EVALUATE_ARTIFACTS}/{ROBUSTNESS_DIR}")
+        mlflow.log_artifact(str(reports / ROBUSTNESS_PREDICTIONS), artifact_path=EVALUATE_ARTIFACTS)
+    mlflow.log_artifact(str(metrics_file), artifact_path=EVALUATE_ARTIFACTS)

@@ -19,6 +19,7 @@ from typing import Any
 from ffdi.config import Params, TrackingConfig, flatten
 from ffdi.errors import TrackingError
 from ffdi.files import project_root, write_json
+from ffdi.schema import DATA_HASH_TAG, RUN_KIND_TAG
 
 # MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
 # this one makes it show the runs table and metric charts of model training.
@@ -154,10 +155,10 @@ def git_info(root: Path) -> dict[str, str]:
 
 def start_tags(params: Params, data_hash: str) -> dict[str, str]:
     return {
-        "ffdi.kind": "pipeline",
+        RUN_KIND_TAG: "pipeline",
         **git_info(Path.cwd()),
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
-        "data.hash": data_hash,
+        DATA_HASH_TAG: data_hash,
         "data.root": params.data.root,
         "model.variant": f"{params.model.arch}{'-se' if params.model.se else ''}",
         **dvc_lock_hashes(),

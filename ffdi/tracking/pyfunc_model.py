@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 
 from ffdi.inference.served_model import DEFAULT_THRESHOLD, MAX_FILE_BYTES, MAX_IMAGES, MAX_VIDEOS, DetectorModel
+from ffdi.schema import CHECKPOINT_NAME
 
 # The LoggedModel's name: `ffdi serve` finds the latest one of this name.
 MODEL_NAME = "detector"
@@ -61,8 +62,8 @@ def log_pyfunc(
     ckpt = checkpoint.load(checkpoint_file)
     with tempfile.TemporaryDirectory(prefix="ffdi-") as tmp:
         named = checkpoint_file
-        if checkpoint_file.name != checkpoint.CHECKPOINT_NAME:
-            named = Path(shutil.copyfile(checkpoint_file, Path(tmp) / checkpoint.CHECKPOINT_NAME))
+        if checkpoint_file.name != CHECKPOINT_NAME:
+            named = Path(shutil.copyfile(checkpoint_file, Path(tmp) / CHECKPOINT_NAME))
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=DetectorModel(),
