@@ -273,14 +273,12 @@ class Check:
     def _trainer(self, model, net, optimizer, ema: bool):
         """(batches, steps or until) -> images: ffdi's training epoch over them, with the EMA update
         after each step as fit makes it."""
-        from timm.utils import ModelEmaV3
-
         from ffdi.data.transforms import norm_stats
+        from ffdi.engine.checkpoint_saver import WeightAverage
         from ffdi.engine.train import train_one_epoch
         from ffdi.hardware import autocast_dtype
 
-        average = ModelEmaV3(model, decay=self.params.train.ema or 0.999, use_warmup=True) if ema else None
-        clock = itertools.count(1)
+        average = WeightAverage(model, self.params.train.ema or 0.999) if ema else None
 
         def epoch(batches, steps=None, until=None) -> int:
             feed = Feed(batches, norm_stats(self.params.augment), steps, until)
@@ -289,9 +287,9 @@ class Check:
                 feed,
                 optimizer,
                 self.device,
-                self.params.train.channels_last,
+                channels_last=self.params.train.channels_last,
                 amp=autocast_dtype(self.precision),
-                after_step=(lambda: average.update(model, step=next(clock))) if ema else None,
+                after_step=average,
             )
             return feed.images
 

@@ -161,7 +161,7 @@ def measure(
     for part in (head, timed):
         t0 = time.perf_counter()
         if ffdi:
-            train_one_epoch(model, loader(part, True), optimizer, device, True, amp=amp)
+            train_one_epoch(model, loader(part, True), optimizer, device, channels_last=True, amp=amp)
         else:
             reference_train(model, loader(part, True), optimizer, device)
         sync(device)

@@ -84,7 +84,9 @@ def main(params, prepared, model, run_ref, history):
                 for row in rows:  # an epoch saved but killed before it was logged
                     mlflow_run.log_epoch(row, steps)
 
-            result = fit(params, train_rows, val_rows, state_dir, on_epoch, on_resume, cpu_share=share)
+            result = fit(
+                params, train_rows, val_rows, state_dir, on_epoch=on_epoch, on_resume=on_resume, cpu_share=share
+            )
             # Again after fit: a resumed run with no epochs left wrote no history, and DVC deleted it.
             write_csv(history, pd.DataFrame(result["history"]))
             best = result["best"]

@@ -43,8 +43,12 @@ def test_the_names_read_back_are_the_names_written():
     the same prefixes."""
     from ffdi.tracking.evaluation import evaluation_metrics, group_aucs
 
-    report = {"val": {"roc_auc": 0.9, "accuracy": 0.8}, "val_no_tta": {"roc_auc": 0.85},
-              "groups": {"splice": {"roc_auc": 0.7}}, "heldout": {"roc_auc": 0.6}}
+    report = {
+        "val": {"roc_auc": 0.9, "accuracy": 0.8},
+        "val_no_tta": {"roc_auc": 0.85},
+        "groups": {"splice": {"roc_auc": 0.7}},
+        "heldout": {"roc_auc": 0.6},
+    }
     m = evaluation_metrics(report)
     assert m[schema.EVAL_ROC_AUC] == 0.9 and m[schema.EVAL_ACCURACY] == 0.8 and m[schema.HELDOUT_ROC_AUC] == 0.6
     assert m[schema.EVAL_GROUP_AUC + "splice"] == 0.7 and group_aucs(m) == {"splice": 0.7}

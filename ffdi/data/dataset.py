@@ -164,6 +164,7 @@ def make_loader(
     batch_size: int,
     workers: int,
     train: bool,
+    *,
     on_bad_image: str = "error",
     shard: bool = False,
     seed: int = 0,

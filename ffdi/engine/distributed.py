@@ -80,15 +80,16 @@ def gather_set(items: list) -> list:
     return sorted({tuple(s) for p in parts for s in p})
 
 
-def sync_buffers(model: nn.Module) -> None:
-    """Give every process rank 0's BatchNorm statistics, which are the ones it checkpoints.
+def sync_buffers(*models: nn.Module) -> None:
+    """Give every process rank 0's BatchNorm statistics of each model, which are the ones it checkpoints.
 
     DDP syncs buffers before each forward, so after the last training step each process
     holds the statistics of its own last batch.
     """
     if is_distributed():
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
+        for model in models:
+            for buf in model.buffers():
+                dist.broadcast(buf, src=0)
 
 
 def barrier() -> None:

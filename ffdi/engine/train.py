@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -32,6 +31,7 @@ from ffdi.config import Params, TrainConfig
 from ffdi.data.dataset import make_loader, set_workers
 from ffdi.data.transforms import normalize_batch
 from ffdi.engine import distributed
+from ffdi.engine.checkpoint_saver import CheckpointSaver, WeightAverage
 from ffdi.evaluation.metrics import roc_auc
 from ffdi.hardware import (
     CpuShare,
@@ -46,11 +46,7 @@ from ffdi.hardware import (
     select_device,
 )
 from ffdi.inference.detector import Detector
-from ffdi.model import checkpoint
 from ffdi.model.networks import build_model, resolve_augment, set_tuning, train_mode
-
-# Which direction is better for each selectable metric.
-MAXIMISE = {"val_auc": True, "val_acc": True, "val_loss": False}
 
 
 def seed_everything(seed: int) -> None:
@@ -85,6 +81,7 @@ def train_one_epoch(
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    *,
     channels_last: bool = True,
     desc: str = "train",
     skipped: list | None = None,
@@ -177,6 +174,7 @@ def fit(
     train_manifest: pd.DataFrame,
     val_manifest: pd.DataFrame,
     state_dir: Path,
+    *,
     on_epoch: Callable[[dict], None] = lambda row: None,
     on_resume: Callable[[list[dict]], None] = lambda history: None,
     cpu_share: CpuShare | None = None,
@@ -184,139 +182,55 @@ def fit(
     """Train for params.train.epochs, keeping `state_dir/last.pt` and `state_dir/best.pt` current.
 
     If `state_dir/last.pt` exists (a killed run with the same config), training resumes after
-    its last complete epoch. cpu_share: re-sizes threads and loader workers each epoch.
-    With train.ema, the moving average of the weights is what is validated and checkpointed.
-    Returns {'history', 'best', 'skipped', 'precision', 'device', 'trainable_params'}.
+    its last complete epoch (on_resume gets its history). cpu_share: re-sizes threads and loader
+    workers each epoch. With train.ema, the moving average of the weights is what is validated and
+    checkpointed. Returns {'history', 'best', 'skipped', 'precision', 'device', 'trainable_params'}.
     """
     cfg, runtime = params.train, params.runtime
     rank, world = distributed.rank_and_world()
-    device = select_device(runtime.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())  # process_group set it per rank
-        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
+    device = _training_device(runtime.device)
     precision = resolve_precision(cfg.amp, device)
-    amp = autocast_dtype(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    seed_everything(cfg.seed)
-    model = build_model(params.model, params.augment.image_size).to(device)
-    # Sizes and normalisation left unset come from the model; the checkpoint keeps them resolved.
-    params = dataclasses.replace(params, augment=resolve_augment(params.augment, model))
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainable = set_tuning(model, params.model.tune)
-    # Warm-up: the decay grows with the step count, so a run of a few hundred steps is not
-    # dominated by its random initial weights.
-    ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True) if cfg.ema else None
-    steps = [0]  # optimiser steps so far: the EMA warm-up's clock
-
-    def after_step():
-        steps[0] += 1
-        ema.update(model, step=steps[0])
-
+    params, model, trainable = _build(params, device)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-
-    history: list[dict] = []
-    best: dict = {}
-    skipped: list = []  # (path, reason), every epoch's
-    last_path, best_path = state_dir / "last.pt", state_dir / "best.pt"
-    if last_path.is_file():
-        state = checkpoint.load(last_path, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-            steps[0] = state["ema_steps"]
-        history, best = list(state["history"]), dict(state["best"])
-        skipped = [tuple(s) for s in state.get("skipped", [])]
-        tqdm.write(f"resuming from {last_path} after epoch {state['epoch']}")
-        on_resume(history)
-
-    # `model` stays the plain module: checkpoints hold its state dict, loadable in one process.
-    net = model
-    if world > 1:
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    scored = ema.module if ema is not None else model  # what is validated and checkpointed
-    eval_net = torch.compile(scored) if cfg.compile else scored
-    detector = Detector(eval_net, params.augment, device, precision, params.predict.tta, cfg.channels_last)
-
-    policy = params.data.on_bad_image
-    shard = world > 1
-    cores = core_share(cpu_share)
-    threads = resolve_threads(runtime.threads, cores, device)
-    workers = resolve_workers(runtime.workers, cores, device)
-    # Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with
-    # every index, ffdi.data.dataset.EpochSampler). On a GPU every training batch has one shape, so that
-    # cuDNN's benchmark tunes its kernels once; on a CPU the last images of an epoch still count.
-    train_loader = make_loader(
-        train_manifest,
-        params.augment,
-        cfg.batch_size,
-        workers,
-        True,
-        policy,
-        shard,
-        cfg.seed,
-        persistent=True,
-        drop_last=device.type == "cuda",
+    saver = CheckpointSaver(
+        state_dir, params, precision, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema
     )
-    # Inference keeps no activations for a backward pass: twice the batch fits where training did.
-    val_loader = make_loader(
-        val_manifest, params.augment, 2 * cfg.batch_size, workers, False, policy, shard, persistent=True
+    history, skipped = saver.resume(device)  # skipped: (path, reason), every epoch's
+    on_resume(history)
+    net, detector = _wrapped(model, saver.scored, params, device, precision, world)
+    share = _share(runtime, cpu_share, device)
+    train_loader, val_loader = _loaders(params, train_manifest, val_manifest, share["loader_workers"], world, device)
+    step = dict(
+        channels_last=cfg.channels_last,
+        amp=autocast_dtype(precision),
+        scaler=scaler,
+        tune=params.model.tune,
+        after_step=ema,
     )
-    key, maximise = cfg.best_metric, MAXIMISE[cfg.best_metric]
-    where = device_label(device)
     if rank == 0:
-        tqdm.write(
-            f"training on {where}, {precision}, batch {cfg.batch_size}, {workers} loader workers, "
-            f"{threads} torch threads"
-        )
+        tqdm.write(_start_line(device, precision, cfg.batch_size, share))
 
     for epoch in range(len(history), cfg.epochs):
         # Another pipeline may have started or ended: take this epoch's share of the cores.
-        cores = core_share(cpu_share)
-        threads = resolve_threads(runtime.threads, cores, device)
-        apply_threads(threads)
-        workers = resolve_workers(runtime.workers, cores, device)
-        train_loader = set_workers(train_loader, workers, persistent=True)
-        val_loader = set_workers(val_loader, workers, persistent=True)
+        share = _share(runtime, cpu_share, device)
+        apply_threads(share["torch_threads"])
+        train_loader = set_workers(train_loader, share["loader_workers"], persistent=True)
+        val_loader = set_workers(val_loader, share["loader_workers"], persistent=True)
         seed_everything(epoch_seed(cfg.seed, epoch, rank))
         train_loader.sampler.set_epoch(epoch, epoch_seed(cfg.seed, epoch, rank))
         t0 = time.perf_counter()
-        row = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "device": str(device),
-            "precision": precision,
-            "loader_workers": workers,
-            "torch_threads": threads,
-        }
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "device": str(device), "precision": precision}
+        row.update(share)
         epoch_skipped: list = []
         row.update(
-            train_one_epoch(
-                net,
-                train_loader,
-                optimizer,
-                device,
-                cfg.channels_last,
-                f"epoch {epoch}",
-                epoch_skipped,
-                amp,
-                scaler,
-                params.model.tune,
-                after_step if ema is not None else None,
-            )
+            train_one_epoch(net, train_loader, optimizer, device, desc=f"epoch {epoch}", skipped=epoch_skipped, **step)
         )
         # Training alone, loading included, validation not: what a bigger data set scales with.
         row["train_img_per_s"] = len(train_loader.dataset) / (time.perf_counter() - t0)
-        distributed.sync_buffers(model)
-        if ema is not None:
-            distributed.sync_buffers(ema.module)
+        distributed.sync_buffers(model, *([ema.module] if ema is not None else []))
         epoch_skipped = distributed.gather_set(epoch_skipped)  # each process saw its own bad training images
         row.update(validate(detector, val_loader, epoch_skipped))
         row["skipped_images"] = len(set(epoch_skipped))
@@ -324,30 +238,98 @@ def fit(
         scheduler.step()
         row["epoch_seconds"] = time.perf_counter() - t0
         history.append(row)
-
-        value = row[key]
-        improved = not best or (value > best["value"] if maximise else value < best["value"])
-        if improved:
-            best = {"metric": key, "value": value, "epoch": epoch}
+        best = saver.is_best(epoch, row)
         if rank == 0:  # every process holds the same weights and metrics; rank 0 writes them
-            if improved:
-                checkpoint.save(best_path, checkpoint.snapshot(scored, params, epoch, row, precision))
-            state = checkpoint.resume_state(model, optimizer, scheduler, scaler, params, epoch, history, best, skipped)
-            if ema is not None:
-                state.update(ema=ema.module.state_dict(), ema_steps=steps[0])
-            checkpoint.save(last_path, state)
-            tqdm.write(
-                f"epoch {epoch}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-                f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s; "
-                f"training {row['train_img_per_s']:.0f} img/s on {device}, {workers} workers, {threads} threads)"
-            )
+            saver.save(epoch, row, history, skipped, best)
+            tqdm.write(_epoch_line(row, device))
         on_epoch(row)
     distributed.barrier()  # rank 0's last checkpoint is on disk before any process moves on
+    result = dict(history=history, best=saver.best, skipped=skipped, precision=precision, device=device)
+    return result | {"trainable_params": trainable}
+
+
+def _training_device(setting: str) -> torch.device:
+    device = select_device(setting)
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # process_group or claim_gpu chose it
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
+    return device
+
+
+def _build(params: Params, device: torch.device) -> tuple[Params, nn.Module, int]:
+    """(params with the augment sizes resolved, the model on `device`, its trainable parameter count)."""
+    seed_everything(params.train.seed)  # the initial weights
+    model = build_model(params.model, params.augment.image_size).to(device)
+    # Sizes and normalisation left unset come from the model; the checkpoint keeps them resolved.
+    params = dataclasses.replace(params, augment=resolve_augment(params.augment, model))
+    if params.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return params, model, set_tuning(model, params.model.tune)
+
+
+def _wrapped(model, scored, params: Params, device, precision: str, world: int) -> tuple[nn.Module, Detector]:
+    """The network that trains (DDP, torch.compile) and the Detector that validates `scored`. `model` stays
+    the plain module: checkpoints hold its state dict, loadable in one process."""
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
+    if params.train.compile:
+        net, scored = torch.compile(net), torch.compile(scored)
+    detector = Detector(
+        scored, params.augment, device, precision, params.predict.tta, channels_last=params.train.channels_last
+    )
+    return net, detector
+
+
+def _share(runtime, cpu_share: CpuShare | None, device: torch.device) -> dict[str, int]:
+    """Torch threads and loader workers for this process's share of the cores now (history columns)."""
+    cores = core_share(cpu_share)
     return {
-        "history": history,
-        "best": best,
-        "skipped": skipped,
-        "precision": precision,
-        "device": device,
-        "trainable_params": trainable,
+        "loader_workers": resolve_workers(runtime.workers, cores, device),
+        "torch_threads": resolve_threads(runtime.threads, cores, device),
     }
+
+
+def _loaders(params: Params, train_manifest, val_manifest, workers: int, world: int, device) -> tuple:
+    """Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with every
+    index, ffdi.data.dataset.EpochSampler). On a GPU every training batch has one shape, so that cuDNN's
+    benchmark tunes its kernels once; on a CPU the last images of an epoch still count."""
+    cfg, policy, shard = params.train, params.data.on_bad_image, world > 1
+    train = make_loader(
+        train_manifest,
+        params.augment,
+        cfg.batch_size,
+        workers,
+        True,
+        on_bad_image=policy,
+        shard=shard,
+        seed=cfg.seed,
+        persistent=True,
+        drop_last=device.type == "cuda",
+    )
+    # Inference keeps no activations for a backward pass: twice the batch fits where training did.
+    val = make_loader(
+        val_manifest,
+        params.augment,
+        2 * cfg.batch_size,
+        workers,
+        False,
+        on_bad_image=policy,
+        shard=shard,
+        persistent=True,
+    )
+    return train, val
+
+
+def _start_line(device: torch.device, precision: str, batch_size: int, share: dict) -> str:
+    return (
+        f"training on {device_label(device)}, {precision}, batch {batch_size}, {share['loader_workers']} loader "
+        f"workers, {share['torch_threads']} torch threads"
+    )
+
+
+def _epoch_line(row: dict, device: torch.device) -> str:
+    return (
+        f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+        f"val_acc {row['val_acc']:.4f} val_auc {row['val_auc']:.4f} ({row['epoch_seconds']:.0f}s; training "
+        f"{row['train_img_per_s']:.0f} img/s on {device}, {row['loader_workers']} workers, "
+        f"{row['torch_threads']} threads)"
+    )

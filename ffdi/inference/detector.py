@@ -71,6 +71,7 @@ class Detector:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         tta: Sequence[str] = (),
+        *,
         channels_last: bool = True,
         source: str = "",
     ):
@@ -109,8 +110,8 @@ class Detector:
             dev,
             precision or ckpt.get("precision", "fp32"),
             tta,
-            channels_last,
-            str(source),
+            channels_last=channels_last,
+            source=str(source),
         )
 
     def describe(self) -> dict:

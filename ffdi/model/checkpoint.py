@@ -50,7 +50,7 @@ def snapshot(model: nn.Module, params: Params, epoch: int, metrics: dict, precis
     }
 
 
-def resume_state(model, optimizer, scheduler, scaler, params: Params, epoch: int, history, best, skipped) -> dict:
+def resume_state(model, optimizer, scheduler, scaler, params: Params, *, epoch: int, history, best, skipped) -> dict:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
