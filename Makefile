@@ -87,7 +87,7 @@ rehearsal: setup
 	python -m benchmarks.rehearsal $(ARGS)
 
 bench-prepare: setup
-	python -m benchmarks.prepare_scale
+	python -m benchmarks.studies.prepare_scale
 
 # Five minutes on a lent GPU machine: loader, training step, fit, syncs per step, scoring
 # (benchmarks/gpu_check.py; where there is no GPU, a tiny rehearsal on the CPU in under a minute).

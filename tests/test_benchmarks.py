@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.generalisation_grid import parse_override, parse_variant
+from benchmarks.studies.generalisation_grid import parse_override, parse_variant
 
 
 def test_variant_overrides_keep_lists_and_the_word_off():

@@ -263,7 +263,7 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
     """val_predictions.csv, roc.csv/png, confusion.png, groups.csv/png, robustness/*.csv and .png, and
     explain.png (where the detector sees fake evidence, for its worst mistakes) in `out`."""
     # Here, not at the top: evaluate() must run where matplotlib and grad-cam are not installed
-    # (benchmarks.generalisation_grid on the lent GPU machines).
+    # (benchmarks.studies.generalisation_grid on the lent GPU machines).
     from ffdi.evaluation import plots
     from ffdi.evaluation.gallery import gallery
 

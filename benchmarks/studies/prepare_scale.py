@@ -3,7 +3,7 @@
 Generates label files and image folders of the real size (524,429 train and 147,363 val images)
 made of tiny files, then times ffdi.data.labels.prepare on them. Prints a table and writes a JSON.
 
-    python -m benchmarks.prepare_scale [--train N] [--val N] [--keep DIR]
+    python -m benchmarks.studies.prepare_scale [--train N] [--val N] [--keep DIR]
 """
 
 from __future__ import annotations

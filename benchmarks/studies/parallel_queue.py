@@ -5,7 +5,7 @@ Copies this project (tracked files) to a temp folder, queues the same N experime
 `-j J`, from a clean MLflow store and DVC cache each time. Prints wall-clock times and whether
 the two batches gave the same metrics, and writes a JSON to benchmarks/results/.
 
-    python -m benchmarks.parallel_queue [--seeds 1 2] [--jobs 2] [-S key=value ...]
+    python -m benchmarks.studies.parallel_queue [--seeds 1 2] [--jobs 2] [-S key=value ...]
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ and val, as stages/train.py does) -> the best checkpoint evaluated on all of val
 ffdi.evaluation.evaluate.evaluate, as the evaluate stage does, with the metric names it logs to MLflow.
 Several experiments run at once, one process each.
 
-    python -m benchmarks.generalisation_grid run --out DIR [--work DIR] --variant baseline \\
+    python -m benchmarks.studies.generalisation_grid run --out DIR [--work DIR] --variant baseline \\
         --variant ema:train.ema=0.999 \\
         [--holdouts self_blend resample ...] [--seeds 0 1 2] [--jobs 6] [--set train.amp=off] \\
         [--sample sample.size=512 ...] [--deadline-min 6]
-    python -m benchmarks.generalisation_grid render --out DIR [--reference baseline]
+    python -m benchmarks.studies.generalisation_grid render --out DIR [--reference baseline]
 
 `run` writes DIR/<variant>__<holdout>__seed<k>.{json,csv} (results, val predictions) as each
 experiment finishes (flat: the device tool returns no deeper files) (nothing is lost if the machine goes away)

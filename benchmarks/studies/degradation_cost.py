@@ -3,7 +3,7 @@ itself and of decoding its result as the Detector would (ffdi.evaluation.degrade
 multiFFDI's 512 px. CPU time (time.process_time), not wall time, so other work on the machine
 does not inflate it; one thread.
 
-    python -m benchmarks.degradation_cost [--images 40] [--out benchmarks/results/degradation_cost.json]
+    python -m benchmarks.studies.degradation_cost [--images 40] [--out benchmarks/results/degradation_cost.json]
 """
 
 from __future__ import annotations

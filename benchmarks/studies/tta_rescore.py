@@ -1,6 +1,6 @@
 """Test-time views alone: the same trained models scored with predict.tta's views and with others.
 
-    python -m benchmarks.tta_rescore [--views hflip,vflip,rot90,rot180,rot270] [--out reports/tta_rescore]
+    python -m benchmarks.studies.tta_rescore [--views hflip,vflip,rot90,rot180,rot270] [--out reports/tta_rescore]
 
 Takes the finished leave-one-out runs of one variant from MLflow (default: the runs made with
 params.yaml's values apart from data.holdout and the seed), loads each run's logged model through

@@ -5,7 +5,7 @@
 #   B. ResNet-18 vs ConvNeXt-T on a generated multiFFDI-sized set (512 px JPEGs, 20k train),
 #      splice held out, bf16: training img/s and held-out AUC.
 # Results (small) go to $OUT/{knobs,big}; images and checkpoints to $WORK.
-#   OUT=/tmp/o WORK=/tmp/w SCALE=tiny bash benchmarks/gpu_generalisation.sh   # a quick CPU rehearsal
+#   OUT=/tmp/o WORK=/tmp/w SCALE=tiny bash benchmarks/studies/gpu_generalisation.sh   # a quick CPU rehearsal
 set -u
 OUT=${OUT:?set OUT}; WORK=${WORK:-/tmp/ffdi_grid}; SCALE=${SCALE:-full}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} TQDM_DISABLE=1 PYTHONUNBUFFERED=1
@@ -24,14 +24,14 @@ else
 fi
 
 echo "=== B $(date +%T)"
-timeout $B_TIMEOUT python -m benchmarks.generalisation_grid run --out "$OUT/big" --work "$WORK/big" \
+timeout $B_TIMEOUT python -m benchmarks.studies.generalisation_grid run --out "$OUT/big" --work "$WORK/big" \
   $B_SAMPLE --sample sample.n_test=0 $B_SET --set eval.degradations=[] \
   --holdouts splice --seeds 0 --jobs 1 --deadline-min 2.3 \
   --variant resnet18 --variant "$B_ARCH:model.arch=$B_ARCH" 2>&1 | tee "$OUT/big.log" | grep -v "^ *$" | tail -20
 rm -rf "$WORK/big"
 
 echo "=== A $(date +%T)"
-timeout $A_TIMEOUT python -m benchmarks.generalisation_grid run --out "$OUT/knobs" --work "$WORK/knobs" \
+timeout $A_TIMEOUT python -m benchmarks.studies.generalisation_grid run --out "$OUT/knobs" --work "$WORK/knobs" \
   $A_SAMPLE --sample sample.n_test=0 $A_SET --set train.amp=off --set runtime.threads=1 --set runtime.workers=1 \
   --set eval.degradations=[] --seeds $A_SEEDS --jobs $A_JOBS --deadline-min $A_DEADLINE \
   --variant baseline --variant ema:train.ema=0.999 --variant "tta6:predict.tta=[hflip,vflip,rot90,rot180,rot270]" \

@@ -1,6 +1,6 @@
 """Video scoring speed: frames scored per second on a 1080p, 60-second clip.
 
-    python -m benchmarks.video_speed [--model models/model.pt] [--clip .ffdi/bench/clip_1080p_60s.mp4]
+    python -m benchmarks.studies.video_speed [--model models/model.pt] [--clip .ffdi/bench/clip_1080p_60s.mp4]
                                      [--out benchmarks/results/video_speed.json] [--figure docs/img/video_speed.png]
 
 The clip is made once (and kept at --clip): 1920x1080, 30 fps, 60 s, H.264 (libx264 preset veryfast,
@@ -89,7 +89,7 @@ def best_of(runs: int, fn):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.video_speed", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.studies.video_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--clip", default=".ffdi/bench/clip_1080p_60s.mp4")
     ap.add_argument("--runs", type=int, default=2)
