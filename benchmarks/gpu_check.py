@@ -88,33 +88,15 @@ class Plan:
 # 290 s in all. The model step's share is mostly torch.compile's two compilations (one per batch size).
 # The rehearsal's bounds leave room for a CPU shared with other jobs; unshared it takes a fraction.
 GPU = Plan(
-    400,
-    512,
-    8192,
-    1024,
-    256,
-    64,
-    (32, 64),
-    2,
-    loader_s=15,
-    cell_s=4,
-    warmup=3,
+    distinct=400, jpeg_px=512, train=8192, val=1024, size=256, batch=64, cells=(32, 64), epochs=2,
+    loader_s=15, cell_s=4, warmup=3,
     deadlines={"tree": 30, "loader": 30, "model": 125, "fit": 45, "syncs": 20, "detector": 25},
-)
+)  # fmt: skip
 REHEARSAL = Plan(
-    32,
-    64,
-    64,
-    24,
-    32,
-    8,
-    (4, 8),
-    1,
-    loader_s=2,
-    cell_s=1,
-    warmup=1,
+    distinct=32, jpeg_px=64, train=64, val=24, size=32, batch=8, cells=(4, 8), epochs=1,
+    loader_s=2, cell_s=1, warmup=1,
     deadlines={"tree": 20, "loader": 15, "model": 30, "fit": 45, "syncs": 5, "detector": 15},
-)
+)  # fmt: skip
 
 
 class Cut(BaseException):

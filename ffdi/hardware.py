@@ -40,8 +40,8 @@ def select_device(name: str) -> torch.device:
             raise DeviceError(
                 f"runtime.device is auto and this machine has {len(gpus)} NVIDIA GPU(s) ({gpus[0]}), but torch "
                 f"{torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU-only build'}) cannot use them: "
-                f"{cuda_refusal()}. Install a torch build for this driver, or set runtime.device: cpu to train "
-                "on the CPU anyway"
+                f"{cuda_refusal()}. Install a torch build for this driver, or set runtime.device: cpu (`--device cpu` "
+                "for ffdi score and explain) to compute on the CPU anyway"
             )
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
