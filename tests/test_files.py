@@ -28,3 +28,23 @@ def test_write_json_replaces_whole_file(tmp_path):
     files.write_json(tmp_path / "m.json", {"a": 1})
     files.write_json(tmp_path / "m.json", {"b": 2})
     assert (tmp_path / "m.json").read_text() == '{\n  "b": 2\n}\n'
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask_as_open_would(tmp_path, umask, mode):
+    """A submission or metrics.json must be readable by whoever the umask lets read it (mkstemp's
+    0o600, kept by the rename, made every file private)."""
+    import os
+    import stat
+
+    import pandas as pd
+
+    before = os.umask(umask)
+    try:
+        files.write_json(tmp_path / "metrics.json", {"a": 1})
+        files.write_csv(tmp_path / "submission.csv", pd.DataFrame({"img_name": ["x.jpg"], "y_pred": [0.5]}))
+        files.torch_save(tmp_path / "model.pt", {"w": torch.ones(1)})
+    finally:
+        os.umask(before)
+    for name in ("metrics.json", "submission.csv", "model.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
