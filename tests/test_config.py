@@ -1,8 +1,18 @@
 import dataclasses
 
 import pytest
+import yaml
 
-from ffdi.config import AugmentConfig, ConfigError, Params, TrainConfig, flatten, load_params
+from ffdi.config import (
+    REGENERATE,
+    AugmentConfig,
+    ConfigError,
+    Params,
+    TrainConfig,
+    flatten,
+    load_params,
+    render_params,
+)
 from tests.conftest import ROOT
 
 
@@ -12,10 +22,26 @@ def write(tmp_path, text):
     return p
 
 
+def test_repo_params_are_rendered_from_config():
+    # Each default and its help are written once, in ffdi/config.py; params.yaml is their text.
+    assert (ROOT / "params.yaml").read_text() == render_params(), f"params.yaml is stale: run `{REGENERATE}`"
+
+
 def test_repo_params_are_the_defaults():
-    # params.yaml lists every knob with its default: one source of truth, nothing hidden.
-    params = load_params(ROOT / "params.yaml")
-    assert flatten(params.to_dict()) == flatten(Params().to_dict())
+    # params.yaml lists every knob with its default: nothing hidden.
+    assert load_params(ROOT / "params.yaml") == Params()
+    assert yaml.safe_load(render_params()) == Params().to_dict()  # every group and key, in order, as YAML reads it
+
+
+def test_rendered_values_and_comments():
+    text = render_params()
+    assert text.startswith(f"# Generated from ffdi/config.py by `{REGENERATE}`")
+    assert "\n  holdout: []" in text and "\n  jpeg: [30, 95]" in text and "\n  tta: [hflip]" in text
+    assert "\n  extra_sets: {}" in text and "\n  mean: null" in text
+    assert "\n  size: 64              # px; multiFFDI is 512\n" in text  # a comment at column 24
+    assert not [e for e in yaml.parse(text) if getattr(e, "anchor", None)]  # plain YAML: no anchors or aliases
+    for line in text.splitlines():
+        assert len(line) <= 120, line
 
 
 def test_missing_groups_take_defaults(tmp_path):
