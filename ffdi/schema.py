@@ -33,3 +33,6 @@ VAL_PREDICTIONS = "val_predictions.csv"  # per val image: target, P(fake), group
 ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation: DVC draws one plot each
 ROBUSTNESS_PREDICTIONS = "robustness_predictions.csv"  # per image and degradation, for paired bootstraps
 CHECKPOINT_NAME = "checkpoint.pt"  # a checkpoint's name inside a logged MLflow model, where Detector.load finds it
+
+# --- class activation maps: `ffdi explain --method` and ffdi.inference.cams --------------------------
+CAM_METHODS = {"layercam": ("LayerCAM", "LayerCAM"), "gradcam": ("GradCAM", "Grad-CAM")}  # name -> (class, title)

@@ -21,9 +21,6 @@ from ffdi.tracking import mlflow_run
 # --- what to run ---------------------------------------------------------------------------------
 
 
-EXPERIMENT_KINDS = ("trained-on-all", "leave-one-out", "train-on-one")
-
-
 def manipulations(params: Params, summary: Path = Path("prepared/summary.json")) -> list[str]:
     """The manipulations named among the train fakes: from prepare's summary when it describes
     data.root, else read from the train label file."""

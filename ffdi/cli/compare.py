@@ -12,8 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ffdi.analysis.compare import compare
-from ffdi.analysis.runs import CompareError
 from ffdi.config import TrackingConfig
 
 
@@ -32,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         "experiment holds several (default: the latest run's)",
     )
     args = ap.parse_args(argv)
+    # Imported once the arguments are parsed: `ffdi compare --help` answers without loading MLflow.
+    from ffdi.analysis.compare import compare
+    from ffdi.analysis.runs import CompareError
+
     cfg = load_params(optional=True).tracking
     if args.experiment:
         cfg = TrackingConfig(experiment=args.experiment, uri=cfg.uri, log_model=cfg.log_model)

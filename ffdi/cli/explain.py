@@ -15,13 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-import torch
-
 from ffdi.cli import detector_kit
 from ffdi.errors import BadImage, FfdiError, user_error_message
 from ffdi.files import write_csv
-from ffdi.inference.cams import METHODS, Explainer, save_overlay, save_strip
+from ffdi.schema import CAM_METHODS
 
 
 def label_of(p: float, threshold: float) -> str:
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--method",
-        choices=list(METHODS),
+        choices=list(CAM_METHODS),
         default="layercam",
         help="layercam (default: faithful on mid-level stages) or gradcam (classic Grad-CAM)",
     )
@@ -78,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    # Imported once the arguments are parsed: `ffdi explain --help` answers without loading torch.
     from itertools import islice
 
+    import pandas as pd
+    import torch
     from tqdm import tqdm
+
+    from ffdi.inference.cams import Explainer, save_overlay, save_strip
 
     if args.batch_size < 1:
         raise detector_kit.UsageError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -34,16 +34,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ffdi.analysis.dvc_queue import report_failures, run_experiments
-from ffdi.analysis.generalisation import (
-    EXPERIMENT_KINDS,
-    default_jobs,
-    generalisation,
-    manipulations,
-    planned_experiments,
-)
-from ffdi.analysis.generalisation_report import GeneralisationError
 from ffdi.config import TrackingConfig, load_params
+
+EXPERIMENT_KINDS = ("trained-on-all", "leave-one-out", "train-on-one")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         help="passed on to `dvc exp run -S` (repeatable; 'model.se=false,true' sweeps both)",
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=[], help="train.seed values (default: params.yaml's)")
-    ap.add_argument("--jobs", "-j", type=int, default=default_jobs(), help="experiments at once (default: %(default)s)")
+    ap.add_argument(
+        "--jobs", "-j", type=int, help="experiments at once (default: 2 where there are 2 cores or more, else 1)"
+    )
     ap.add_argument("--timeout", type=float, default=480, help="minutes to wait for the queue (default: %(default)s)")
     ap.add_argument("--poll", type=float, default=10, help="seconds between looks at the queue (default: %(default)s)")
     ap.add_argument(
@@ -86,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the variant run with params.yaml's values)",
     )
     args = ap.parse_args(argv)
+    # Imported once the arguments are parsed: `ffdi generalisation --help` answers without loading MLflow.
+    from ffdi.analysis.dvc_queue import report_failures, run_experiments
+    from ffdi.analysis.generalisation import default_jobs, generalisation, manipulations, planned_experiments
+    from ffdi.analysis.generalisation_report import GeneralisationError
+
+    args.jobs = default_jobs() if args.jobs is None else args.jobs
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
 

@@ -16,17 +16,16 @@ import shlex
 import sys
 from pathlib import Path
 
-import mlflow
-from mlflow.entities import LoggedModelStatus
-
 from ffdi.errors import TrackingError
-from ffdi.inference.served_model import MAX_IMAGES
-from ffdi.tracking import mlflow_run
-from ffdi.tracking.pyfunc_model import MODEL_NAME
 
 
 def latest_detector(experiment: str) -> str:
     """The models:/ URI of the newest detector logged in the experiment of the current store."""
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+
+    from ffdi.tracking.pyfunc_model import MODEL_NAME
+
     exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
     store = mlflow.get_tracking_uri()
     if exp is None:
@@ -115,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         help="models:/<id> or runs:/<run id>/detector (default: the latest detector logged in the experiment)",
     )
     ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
-    ap.add_argument("--port", type=int, default=5001)
+    ap.add_argument("--port", type=int, default=5001, help="(default: %(default)s)")
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept requests from other machines")
     args = ap.parse_args(argv)
+    # Imported once the arguments are parsed: `ffdi serve --help` answers without loading MLflow.
+    import mlflow
+
+    from ffdi.inference.served_model import MAX_IMAGES
+    from ffdi.tracking import mlflow_run
+
     cfg = load_params(optional=True).tracking
     store = mlflow_run.tracking_uri(cfg)
     local = Path(store.removeprefix("sqlite:///"))

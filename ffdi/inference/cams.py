@@ -31,10 +31,11 @@ from torch import nn
 from ffdi.data.transforms import norm_stats, normalize_batch, tta_view
 from ffdi.errors import FfdiError
 from ffdi.files import save_figure
+from ffdi.schema import CAM_METHODS
 
 FAKE = 1  # the class index whose evidence is mapped
 MIN_CELLS = 8  # the map's coarsest acceptable grid, per side
-METHODS = {"layercam": ("LayerCAM", "LayerCAM"), "gradcam": ("GradCAM", "Grad-CAM")}  # name -> (class, title)
+METHODS = CAM_METHODS  # name -> (pytorch_grad_cam's class, title)
 
 
 class ExplainError(FfdiError):
