@@ -1,0 +1,258 @@
+"""MLflow tracking: one MLflow run per pipeline run, shared by train, evaluate and predict.
+
+The train stage opens the run and writes its id to a small JSON file (a DVC
+output); evaluate and predict reopen that run by id. The store is SQLite at the
+project root, anchored on DVC_ROOT: `dvc exp run --temp/--queue` run stages in
+temporary copies of the repo, and a cwd-relative store would vanish with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ffdi.config import Params, TrackingConfig, flatten
+from ffdi.errors import TrackingError
+from ffdi.files import project_root, write_json
+from ffdi.schema import DATA_HASH_TAG, RUN_KIND_TAG
+
+# MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
+# this one makes it show the runs table and metric charts of model training.
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
+
+
+def check_reachable(cfg: TrackingConfig, timeout: float = 5.0) -> None:
+    """Fail in seconds, before any training, if a remote tracking server does not answer.
+
+    MLflow's own client retries with backoff for minutes; a typo in tracking.uri
+    should not cost an epoch of compute before it shows.
+    """
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            r.read()
+    except urllib.error.HTTPError:
+        return  # it answered; auth or routing is MLflow's business
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"tracking.uri {uri}: server unreachable ({reason}). Start it, or set tracking.uri: null "
+            "to use the local SQLite store"
+        ) from None
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> str:
+    return (project_root() / "mlartifacts").as_uri()
+
+
+@contextlib.contextmanager
+def store_lock(timeout: float = 120.0) -> Iterator[None]:
+    """Serialise the few heavy writes to a local SQLite store across processes.
+
+    `dvc queue start -j N` runs N pipelines at once against one mlflow.db. The
+    first ones race to create the tables and the experiment ("table already
+    exists", "database is locked"); run starts and ends are short transactions
+    that we also serialise. Per-metric writes rely on SQLite's busy timeout.
+    """
+    from filelock import FileLock
+
+    path = project_root() / ".ffdi" / "mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=timeout):
+        yield
+
+
+def setup(cfg: TrackingConfig) -> str:
+    """Point MLflow at the store; return the experiment id, creating the experiment if new."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    with store_lock():
+        client = mlflow.MlflowClient()  # creates or migrates the tables on first use
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            location = artifact_root() if uri.startswith("sqlite:") else None
+            return client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
+        if exp.tags.get(KIND_TAG) is None:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
+        return exp.experiment_id
+
+
+@contextlib.contextmanager
+def run(cfg: TrackingConfig, run_id: str | None = None, run_name: str | None = None) -> Iterator[Any]:
+    """Start (or reopen, given `run_id`) a run; an exception marks it FAILED with the error."""
+    import mlflow
+
+    experiment_id = setup(cfg)
+    with store_lock():
+        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        _end("KILLED", "interrupted")
+        raise
+    except BaseException as e:
+        _end("FAILED", f"{type(e).__name__}: {e}"[:5000])
+        raise
+    else:
+        _end("FINISHED")
+
+
+def _end(status: str, error: str | None = None) -> None:
+    import mlflow
+
+    with store_lock():
+        if error:
+            mlflow.set_tag("ffdi.error", error)
+        mlflow.end_run(status)
+
+
+def run_name(params: Params) -> str:
+    exp = os.environ.get("DVC_EXP_NAME")
+    if exp:
+        return exp
+    return f"{params.model.arch}{'-se' if params.model.se else ''}-seed{params.train.seed}"
+
+
+CODE_PATHS = ("ffdi", "stages", "dvc.yaml", "requirements.txt")
+
+
+def git_info(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    # Dirty means the *code* differs from the commit. Outputs that the pipeline rewrites and
+    # params.yaml (which `dvc exp run -S` edits, and which is logged in full) don't count.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower() if commit else "unknown"}
+
+
+def start_tags(params: Params, data_hash: str) -> dict[str, str]:
+    return {
+        RUN_KIND_TAG: "pipeline",
+        **git_info(Path.cwd()),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        DATA_HASH_TAG: data_hash,
+        "data.root": params.data.root,
+        "model.variant": f"{params.model.arch}{'-se' if params.model.se else ''}",
+        **dvc_lock_hashes(),
+    }
+
+
+def dvc_lock_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The md5s DVC recorded for the data and the prepared manifests of this run.
+
+    The stage runs in the experiment's own copy under `--temp/--queue`, whose
+    dvc.lock DVC updates stage by stage, so cwd's dvc.lock is this run's.
+    """
+    import yaml
+
+    try:
+        prepare = yaml.safe_load(lock.read_text())["stages"]["prepare"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return {}
+    tags = {}
+    for dep in prepare.get("deps", []):
+        if not dep["path"].endswith(".py"):
+            tags["dvc.data_md5"] = dep.get("md5", "")
+    for out in prepare.get("outs", []):
+        tags["dvc.prepared_md5"] = out.get("md5", "")
+    return tags
+
+
+def environment_report() -> str:
+    """Python, platform and every installed distribution with its version."""
+    import platform
+    from importlib.metadata import distributions
+
+    import torch
+
+    lines = [
+        f"# python {platform.python_version()} on {platform.platform()}",
+        f"# torch {torch.__version__}, cuda available: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}",
+    ]
+    pkgs = sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}, key=str.lower)
+    return "\n".join(lines + pkgs) + "\n"
+
+
+def log_params(params: Params) -> None:
+    """All params, flattened, plus the resolved params file and the package versions as artifacts."""
+    import mlflow
+    import yaml
+
+    flat = {k: ("null" if v is None else v) for k, v in flatten(params.to_dict()).items()}
+    mlflow.log_params(flat)
+    mlflow.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "reproduce/params.yaml")
+    mlflow.log_text(environment_report(), "reproduce/packages.txt")
+
+
+def log_epoch(row: dict, logged_steps: set[int]) -> None:
+    """Log one epoch's metrics with step = epoch, unless that step is already there."""
+    import mlflow
+
+    epoch = int(row["epoch"])
+    if epoch in logged_steps:
+        return
+    # Strings (the device, the precision) are the run's tags already.
+    metrics = {k: float(v) for k, v in row.items() if k != "epoch" and not isinstance(v, str)}
+    mlflow.log_metrics(metrics, step=epoch)
+    logged_steps.add(epoch)
+
+
+def logged_steps(run_id: str, key: str = "val_auc") -> set[int]:
+    import mlflow
+
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+
+
+def log_skipped(skipped: list, stage: str) -> None:
+    """Under data.on_bad_image=skip: list the skipped files in an artifact, count them in MLflow."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.log_metric(f"skipped_images_{stage}", len(skipped))
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable images skipped in {stage}; see skipped_images.csv in MLflow")
+        frame = pd.DataFrame(sorted(set(skipped)), columns=["path", "reason"])
+        mlflow.log_text(frame.to_csv(index=False), f"{stage}/skipped_images.csv")
+
+
+def write_run_ref(path: str | Path, run_id: str, experiment: str) -> None:
+    write_json(path, {"run_id": run_id, "experiment": experiment})
+
+
+def read_run_ref(path: str | Path) -> str:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())["run_id"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no MLflow run reference; run the train stage first") from None
+
+
+# --- the metric names of an evaluation: defined here, and only here ---------------------------
