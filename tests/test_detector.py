@@ -61,8 +61,9 @@ def test_tta_is_the_exact_mean_of_the_views_softmax(saved):
 
 def test_unreadable_input_raises_a_named_error(saved, tmp_path):
     det = Detector.load(saved[0], "cpu")
-    with pytest.raises(BadImage, match="image bytes: cannot decode"):
+    with pytest.raises(BadImage, match="image bytes: cannot decode") as err:
         det.score([b"not an image"])
+    assert str(err.value) == "image bytes: cannot decode (cannot identify image file)"  # no "<_io.BytesIO at 0x..>"
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(BadImage, match="empty.jpg: empty file"):

@@ -50,7 +50,9 @@ def load_image(path, draft_size: int | None = None, name: str | None = None) -> 
     except IsADirectoryError:
         raise BadImage(f"{label}: is a directory, not an image") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        reason = "empty file" if _size(path) == 0 else f"cannot decode ({e})"
+        # Pillow names a file object by its repr ("<_io.BytesIO object at 0x...>"): the label says which.
+        why = str(e) if isinstance(path, str | os.PathLike) else str(e).replace(repr(path), "").strip()
+        reason = "empty file" if _size(path) == 0 else f"cannot decode ({why})"
         raise BadImage(f"{label}: {reason}") from None
     ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no EXIF rotation
     return to_rgb(img)
