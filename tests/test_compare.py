@@ -78,3 +78,23 @@ def test_runs_on_several_data_sets_are_compared_one_data_set_at_a_time():
         one_data_set(runs, "ffdi", data="cccc")
     alone, notes = one_data_set(runs[:1], "ffdi")
     assert [r.run_id for r in alone] == ["0"] and notes == []
+
+
+def test_the_reference_group_is_the_one_run_with_params_yaml_values_not_the_first_by_name():
+    """With a held-out or lr variant in the store, sorting put it first and every difference's sign was
+    the reverse of what a user expects: the reference is the group run with params.yaml's values."""
+    from ffdi.analysis.compare import reference_variant
+    from ffdi.analysis.runs import CompareError
+    from ffdi.config import Params, TrainConfig
+
+    runs = [
+        Run(str(i), f"r{i}", {"train.lr": lr, "train.seed": "0"}, {}, "") for i, lr in enumerate(["0.0005", "0.001"])
+    ]
+    groups = group_runs(runs, ["train.lr"])
+    assert list(groups)[0] == "train.lr=0.0005"  # first by label
+    assert reference_variant(["train.lr"], groups, Params()) == "train.lr=0.001"  # params.yaml's lr
+    assert reference_variant(["train.lr"], groups, Params(train=TrainConfig(lr=0.0005))) == "train.lr=0.0005"
+    assert reference_variant(["train.lr"], groups, Params(train=TrainConfig(lr=0.1))) is None  # none matches
+    assert reference_variant(["train.lr"], groups, None, reference="0.0005") == "train.lr=0.0005"
+    with pytest.raises(CompareError, match="matches 2 variants"):
+        reference_variant(["train.lr"], groups, None, reference="train.lr")

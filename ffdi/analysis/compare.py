@@ -18,8 +18,15 @@ import numpy as np
 import pandas as pd
 
 from ffdi.analysis import plots
-from ffdi.analysis.runs import Run, aligned_predictions, finished_pipeline_runs, one_data_set, run_histories
-from ffdi.config import TrackingConfig
+from ffdi.analysis.runs import (
+    CompareError,
+    Run,
+    aligned_predictions,
+    finished_pipeline_runs,
+    one_data_set,
+    run_histories,
+)
+from ffdi.config import Params, TrackingConfig, flatten
 from ffdi.evaluation.metrics import rank_aucs
 from ffdi.files import write_csv, write_text
 from ffdi.schema import (
@@ -50,6 +57,37 @@ def varying_keys(runs: list[Run]) -> list[str]:
     older ffdi) but the same wherever present does not split runs into groups."""
     keys = sorted(set().union(*(r.params for r in runs)))
     return [k for k in keys if k not in REPLICATE_KEYS and len({r.params[k] for r in runs if k in r.params}) > 1]
+
+
+def logged(value) -> str:
+    """A param value as MLflow holds it (mlflow_run.log_params)."""
+    return "null" if value is None else str(value)
+
+
+def reference_variant(
+    keys: list[str], variants: dict[str, list[Run]], params: Params | None, reference: str | None = None
+) -> str | None:
+    """The variant the others are compared with: the one whose label contains `reference`, else the
+    one run with params.yaml's values of the params that differ (the defaults)."""
+    if reference:
+        found = [label for label in variants if label == reference] or [
+            label for label in variants if reference in label
+        ]
+        if len(found) != 1:
+            raise CompareError(
+                f"--reference {reference!r} matches {len(found)} variants; variants: " + "; ".join(variants)
+            )
+        return found[0]
+    if params is None:
+        return None
+    defaults = flatten(params.to_dict())
+    # Keys that are not params.yaml's (a stage's own record of what it did) do not decide.
+    found = [
+        label
+        for label, rs in variants.items()
+        if all(rs[0].params.get(k) == logged(defaults[k]) for k in keys if k in defaults)
+    ]
+    return found[0] if found else None
 
 
 def group_runs(runs: list[Run], by: list[str]) -> dict[str, list[Run]]:
@@ -229,10 +267,15 @@ def compare(
     out: Path,
     by: list[str] | None = None,
     n_boot: int = 1000,
+    *,
     log: bool = True,
     data: str | None = None,
+    params: Params | None = None,
+    reference: str | None = None,
 ) -> dict:
-    """data: the data.hash (or a prefix) of the runs to compare; default the latest run's data set."""
+    """data: the data.hash (or a prefix) of the runs to compare; default the latest run's data set.
+    The reference group: the one whose label contains `reference`, else the one run with `params`'
+    values (params.yaml's), else the first by label."""
     import mlflow
 
     mlflow_run.setup(cfg)
@@ -243,7 +286,8 @@ def compare(
     groups = group_runs(runs, by)
     table = summary_table(groups)
     y, probs, image_groups = aligned_predictions(groups)
-    labels = list(groups)
+    first = reference_variant(by, groups, params, reference) or next(iter(groups))
+    labels = [first, *(label for label in groups if label != first)]
     diffs, heldout_diffs = {}, {}
     rows = heldout_rows(groups, image_groups)
     for label in labels[1:]:

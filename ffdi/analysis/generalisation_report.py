@@ -16,9 +16,15 @@ import pandas as pd
 
 from ffdi.analysis import knob_table as knobs  # not to be confused with knob_table() below
 from ffdi.analysis import plots
-from ffdi.analysis.compare import bootstrap_auc_difference, mean_auc, paired_bootstrap, varying_keys
+from ffdi.analysis.compare import (
+    bootstrap_auc_difference,
+    mean_auc,
+    paired_bootstrap,
+    reference_variant,
+    varying_keys,
+)
 from ffdi.analysis.runs import Run, aligned_frames, val_predictions
-from ffdi.config import Params, flatten
+from ffdi.config import Params
 from ffdi.errors import FfdiError
 from ffdi.evaluation.metrics import fpr_key, roc_auc
 from ffdi.files import write_csv, write_text
@@ -100,37 +106,6 @@ def variant_tables(runs: Sequence[Run]) -> dict[str, pd.DataFrame]:
 def tables(runs: Sequence[Run]) -> tuple[list[str], dict[str, dict[str, pd.DataFrame]]]:
     keys, variants = group_by_variant(holdout_runs(runs))
     return keys, {label: variant_tables(rs) for label, rs in variants.items()}
-
-
-def logged(value) -> str:
-    """A param value as MLflow holds it (mlflow_run.log_params)."""
-    return "null" if value is None else str(value)
-
-
-def reference_variant(
-    keys: list[str], variants: dict[str, list[Run]], params: Params | None, reference: str | None = None
-) -> str | None:
-    """The variant the others are compared with: the one whose label contains `reference`, else the
-    one run with params.yaml's values of the params that differ (the defaults)."""
-    if reference:
-        found = [label for label in variants if label == reference] or [
-            label for label in variants if reference in label
-        ]
-        if len(found) != 1:
-            raise GeneralisationError(
-                f"--reference {reference!r} matches {len(found)} variants; variants: " + "; ".join(variants)
-            )
-        return found[0]
-    if params is None:
-        return None
-    defaults = flatten(params.to_dict())
-    # Keys that are not params.yaml's (a stage's own record of what it did) do not decide.
-    found = [
-        label
-        for label, rs in variants.items()
-        if all(rs[0].params.get(k) == logged(defaults[k]) for k in keys if k in defaults)
-    ]
-    return found[0] if found else None
 
 
 def _heldout_probs(runs: Sequence[Run], group: str, frames: dict, names: list) -> np.ndarray | None:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ffdi.errors import FfdiError
 from ffdi.schema import DATA_HASH_TAG, EVAL_ROC_AUC, EVALUATE_ARTIFACTS, RUN_KIND_TAG, VAL_PREDICTIONS
 
 
-class CompareError(ValueError):
+class CompareError(FfdiError):
     """Runs that cannot be compared: no such experiment, no evaluated run, different val images."""
 
 

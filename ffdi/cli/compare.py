@@ -29,16 +29,31 @@ def main(argv: list[str] | None = None) -> int:
         help="the data set (a data.hash tag, or its start) whose runs to compare, where the "
         "experiment holds several (default: the latest run's)",
     )
+    ap.add_argument(
+        "--reference",
+        help="the group the others are compared with: text its label contains "
+        "(default: the group run with params.yaml's values, else the first by label)",
+    )
     args = ap.parse_args(argv)
     # Imported once the arguments are parsed: `ffdi compare --help` answers without loading MLflow.
     from ffdi.analysis.compare import compare
     from ffdi.analysis.runs import CompareError
 
-    cfg = load_params(optional=True).tracking
+    params = load_params(optional=True)
+    cfg = params.tracking
     if args.experiment:
         cfg = TrackingConfig(experiment=args.experiment, uri=cfg.uri, log_model=cfg.log_model)
     try:
-        result = compare(cfg, args.out, args.by, args.boot, log=not args.no_log, data=args.data)
+        result = compare(
+            cfg,
+            args.out,
+            args.by,
+            args.boot,
+            log=not args.no_log,
+            data=args.data,
+            params=params,
+            reference=args.reference,
+        )
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
