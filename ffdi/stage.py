@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ffdi.errors import FfdiError, user_error_message
 
@@ -75,3 +76,13 @@ def _cmd_args(stage: str, dvc_yaml: str = "dvc.yaml") -> list[str]:
         ) from e
     words = shlex.split(cmd)
     return words[words.index(f"stages.{stage}") + 1 :]
+
+
+def stage_path(stage: str, name: str, dvc_yaml: str = "dvc.yaml") -> Path:
+    """The path dvc.yaml's cmd gives the stage as `--name` (e.g. the train stage's run_ref), so that tools
+    outside the pipeline find its files where the pipeline put them."""
+    args = _cmd_args(stage, dvc_yaml)
+    flag = f"--{name.replace('_', '-')}"
+    if flag not in args:
+        raise FileNotFoundError(f"{dvc_yaml}: the cmd of stage {stage!r} gives no {flag}")
+    return Path(args[args.index(flag) + 1])

@@ -284,7 +284,7 @@ def test_an_oversized_file_is_refused_before_decoding():
 
 
 @pytest.mark.slow
-def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(
+def test_ffdi_serve_finds_the_workspace_or_latest_detector_and_prints_a_working_curl(
     logged, server, images, expected, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the default experiment, the store from the env
@@ -309,6 +309,25 @@ def test_ffdi_serve_finds_the_latest_detector_and_prints_a_working_curl(
     # A pyfunc model is also a Detector source: it carries checkpoint.pt.
     from_pyfunc = Detector.load(logged.uri, "cpu", tta=TTA).score([str(images[0])])[0]
     assert from_pyfunc == pytest.approx(expected[0], abs=1e-6)
+
+    # In a pipeline's project the default is the workspace's model (its run reference), not the newest
+    # detector of the experiment: here the older one, logged before `newer`.
+    workspace_run = mlflow.get_logged_model(logged.uri.removeprefix("models:/")).source_run_id
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: python -m stages.evaluate --run-ref reports/mlflow_run.json\n"
+    )
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "mlflow_run.json").write_text(json.dumps({"run_id": workspace_run, "experiment": "ffdi"}))
+    execs.clear()
+    assert serve.main(["--port", str(server.port)]) == 0
+    ((path, args, env),) = execs
+    assert args[args.index("-m", 2) + 1] == logged.uri != newer
+    execs.clear()
+    assert serve.main(["--port", str(server.port), "--experiment", "ffdi"]) == 0  # the newest, asked for
+    assert execs[0][1][execs[0][1].index("-m", 2) + 1] == newer
+    (tmp_path / "reports" / "mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32, "experiment": "ffdi"}))
+    with pytest.raises(TrackingError, match=r"the workspace's run 0{32} \(reports/mlflow_run.json\) has none"):
+        serve.main(["--port", str(server.port)])
 
 
 def test_no_store_or_no_detector_is_a_named_error(logged, tmp_path, monkeypatch):

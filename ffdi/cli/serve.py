@@ -11,16 +11,38 @@ What the server answers (the served model's own docstring says more):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from ffdi.errors import TrackingError
+from ffdi.stage import stage_path
 
 
 def latest_detector(experiment: str) -> str:
     """The models:/ URI of the newest detector logged in the experiment of the current store."""
+    return _newest_detector(experiment, "", "train with tracking.log_model: true, or pass --model models:/<id>")
+
+
+def workspace_detector(run_ref: Path) -> str:
+    """The models:/ URI of the detector logged in the workspace's run (`run_ref`, the pipeline's
+    reports/mlflow_run.json): the model that `ffdi score` and submission.csv use, whatever ran since."""
+    try:
+        ref = json.loads(run_ref.read_text())
+        run_id, experiment = ref["run_id"], ref["experiment"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TrackingError(f"{run_ref}: not a run reference written by the train stage ({e})") from None
+    return _newest_detector(
+        experiment,
+        f" AND source_run_id = '{run_id}'",
+        f"the workspace's run {run_id} ({run_ref}) has none: run evaluate with tracking.log_model: true "
+        "(dvc repro), or pass --model models:/<id> or --experiment NAME for the newest one there",
+    )
+
+
+def _newest_detector(experiment: str, and_filter: str, remedy: str) -> str:
     import mlflow
     from mlflow.entities import LoggedModelStatus
 
@@ -32,7 +54,7 @@ def latest_detector(experiment: str) -> str:
         raise TrackingError(f"no MLflow experiment {experiment!r} in {store}; train first (dvc repro)")
     found = mlflow.search_logged_models(
         experiment_ids=[str(exp.experiment_id)],
-        filter_string=f"name = '{MODEL_NAME}'",
+        filter_string=f"name = '{MODEL_NAME}'{and_filter}",
         order_by=[{"field_name": "creation_time", "ascending": False}],
         max_results=100,
         output_format="list",
@@ -41,11 +63,20 @@ def latest_detector(experiment: str) -> str:
     # keeps the status as a number, and `status = 'READY'` matches nothing.
     ready = [m for m in found if m.status == LoggedModelStatus.READY]
     if not ready:
-        raise TrackingError(
-            f"no {MODEL_NAME!r} model logged in experiment {experiment!r} of {store}; "
-            "train with tracking.log_model: true, or pass --model models:/<id>"
-        )
+        raise TrackingError(f"no {MODEL_NAME!r} model logged in experiment {experiment!r} of {store}; {remedy}")
     return ready[0].model_uri
+
+
+def default_detector(experiment: str) -> str:
+    """The workspace's detector; outside a pipeline's project (no run reference), the newest one."""
+    try:
+        run_ref = stage_path("evaluate", "run_ref")
+    except FileNotFoundError:
+        run_ref = None
+    if run_ref is not None and run_ref.is_file():
+        return workspace_detector(run_ref)
+    print(f"note: no run reference here ({run_ref or 'no dvc.yaml'}): serving the newest detector of {experiment!r}")
+    return latest_detector(experiment)
 
 
 def serve_command(model_uri: str, host: str, port: int) -> list[str]:
@@ -111,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--model",
-        help="models:/<id> or runs:/<run id>/detector (default: the latest detector logged in the experiment)",
+        help="models:/<id> or runs:/<run id>/detector (default: the detector of the workspace's run, "
+        "reports/mlflow_run.json: the model ffdi score and submission.csv use)",
     )
-    ap.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
+    ap.add_argument("--experiment", help="serve the newest detector logged in this MLflow experiment instead")
     ap.add_argument("--port", type=int, default=5001, help="(default: %(default)s)")
     ap.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept requests from other machines")
     args = ap.parse_args(argv)
@@ -129,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if store.startswith("sqlite:///") and not local.is_file():  # opening it would create an empty one
         raise TrackingError(f"no MLflow store at {local}; run ffdi serve from the project root, after training")
     mlflow.set_tracking_uri(store)
-    model = args.model or latest_detector(args.experiment or cfg.experiment)
+    model = args.model or (latest_detector(args.experiment) if args.experiment else default_detector(cfg.experiment))
     command = serve_command(model, args.host, args.port)
     print(
         f"serving {model} from {store} on http://{args.host}:{args.port} (Ctrl-C stops it)\n"
