@@ -253,6 +253,3 @@ def read_run_ref(path: str | Path) -> str:
         return json.loads(path.read_text())["run_id"]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no MLflow run reference; run the train stage first") from None
-
-
-# --- the metric names of an evaluation: defined here, and only here ---------------------------
