@@ -6,9 +6,12 @@ it carries eval.threshold and predict.tta: changing those must not retrain.
 
 import time
 
+import pandas as pd
+
 from ffdi import hardware
 from ffdi.data.labels import read_manifest
 from ffdi.evaluation.evaluate import evaluate, labelled_folder, summary_lines, write_reports
+from ffdi.evaluation.plots import plot_history
 from ffdi.files import project_root, write_json
 from ffdi.inference.detector import Detector, Ensemble
 from ffdi.stage import stage_main
@@ -17,7 +20,7 @@ from ffdi.tracking.evaluation import log_evaluation
 from ffdi.tracking.pyfunc_model import log_pyfunc
 
 
-def main(params, prepared, model, run_ref, reports, metrics):
+def main(params, prepared, model, run_ref, history, reports, metrics):
     cfg = params.eval
     mlflow_run.check_reachable(params.tracking)
     _, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
@@ -33,6 +36,9 @@ def main(params, prepared, model, run_ref, reports, metrics):
 
     ev = evaluate(detector, val, cfg, params.data.holdout, extra, ensemble, workers, params.data.on_bad_image)
     write_reports(ev, detector, reports, cfg, params.data.holdout)
+    # The training curves as a picture beside the others: `dvc plots show` draws history.csv with Vega,
+    # which needs a CDN. Here rather than in train, so that a plot's label never retrains.
+    plot_history(pd.read_csv(history), reports / "history.png")
     write_json(metrics, ev.report)
 
     t0 = time.perf_counter()
@@ -45,4 +51,4 @@ def main(params, prepared, model, run_ref, reports, metrics):
 
 
 if __name__ == "__main__":
-    stage_main(main, "prepared", "model", "run_ref", "reports", "metrics")
+    stage_main(main, "prepared", "model", "run_ref", "history", "reports", "metrics")

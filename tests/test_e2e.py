@@ -193,6 +193,9 @@ def test_artifacts_and_logged_models(project, runs):
     arts = {a.path for a in client.list_artifacts(se.info.run_id, "evaluate")}
     assert {"evaluate/roc.png", "evaluate/confusion.png", "evaluate/roc.csv", "evaluate/explain.png"} <= arts
     assert [a.path for a in client.list_artifacts(se.info.run_id, "predict")] == ["predict/submission.csv"]
+    # The training curves as a picture, in the run and beside the other plots: readable offline.
+    assert "evaluate/history.png" in arts
+    assert (project["repo"] / "reports" / "evaluate" / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run, n_se in ((base, 0), (se, 8)):
         found = mlflow.search_logged_models(
             experiment_ids=[exp.experiment_id],

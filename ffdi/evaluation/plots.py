@@ -1,4 +1,4 @@
-"""The plots of one evaluation (evaluate's reports): ROC, confusion, AUC per manipulation, robustness.
+"""The plots of one run: its training curves, and its evaluation's ROC, confusion, AUC per manipulation, robustness.
 
 Every figure is written atomically (files.save_figure) with matplotlib's non-interactive backend.
 The plots of many runs (compare, generalisation) are ffdi.analysis.plots.
@@ -19,6 +19,26 @@ from ffdi.files import save_figure  # noqa: E402
 
 def colour_cycle() -> list[str]:
     return plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def plot_history(history, out: Path) -> None:
+    """Per-epoch curves of one training run (fit's history rows, reports/history.csv): loss, then accuracy
+    and val AUC. A PNG, so that they show offline, where `dvc plots show`'s Vega charts need a CDN."""
+    fig, (loss, score) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    for ax, keys, ylabel in (
+        (loss, ("train_loss", "val_loss"), "cross-entropy"),
+        (score, ("train_acc", "val_acc", "val_auc"), "accuracy / AUC"),
+    ):
+        for key in keys:
+            if key in history:
+                ax.plot(history["epoch"], history[key], marker="o", label=key)
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+    loss.set_title("loss")
+    score.set_title("accuracy and AUC")
+    fig.tight_layout()
+    save_figure(fig, out)
 
 
 def plot_roc(pts: dict[str, np.ndarray], auc: float, out: Path, title: str = "ROC, val") -> None:

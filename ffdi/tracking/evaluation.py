@@ -81,6 +81,7 @@ def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str,
         "groups.csv",
         "robustness.png",
         "explain.png",
+        "history.png",
     ):
         mlflow.log_artifact(str(reports / name), artifact_path=EVALUATE_ARTIFACTS)
     if "robustness" in ev.report:
