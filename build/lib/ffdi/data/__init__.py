@@ -1,5 +1,0 @@
-"""The data a model sees: label files, manifests and the listing (labels), the image Dataset, its
-epoch order and loader (dataset), decoding and transforms (transforms).
-
-May import sample (training's self-blended fakes are the sample's manipulation) and the base.
-"""
