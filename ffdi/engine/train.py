@@ -203,13 +203,7 @@ def fit(
     net, detector = _wrapped(model, saver.scored, params, device, precision, world)
     share = _share(runtime, cpu_share, device)
     train_loader, val_loader = _loaders(params, train_manifest, val_manifest, share["loader_workers"], world, device)
-    step = dict(
-        channels_last=cfg.channels_last,
-        amp=autocast_dtype(precision),
-        scaler=scaler,
-        tune=params.model.tune,
-        after_step=ema,
-    )
+    step = {"amp": autocast_dtype(precision), "scaler": scaler, "after_step": ema, **_step_options(params)}
     if rank == 0:
         tqdm.write(_start_line(device, precision, cfg.batch_size, share))
 
@@ -244,8 +238,14 @@ def fit(
             tqdm.write(_epoch_line(row, device))
         on_epoch(row)
     distributed.barrier()  # rank 0's last checkpoint is on disk before any process moves on
-    result = dict(history=history, best=saver.best, skipped=skipped, precision=precision, device=device)
-    return result | {"trainable_params": trainable}
+    return {
+        "history": history,
+        "best": saver.best,
+        "skipped": skipped,
+        "precision": precision,
+        "device": device,
+        "trainable_params": trainable,
+    }
 
 
 def _training_device(setting: str) -> torch.device:
@@ -317,6 +317,11 @@ def _loaders(params: Params, train_manifest, val_manifest, workers: int, world: 
         persistent=True,
     )
     return train, val
+
+
+def _step_options(params: Params) -> dict:
+    """train_one_epoch's options that params decide."""
+    return {"channels_last": params.train.channels_last, "tune": params.model.tune}
 
 
 def _start_line(device: torch.device, precision: str, batch_size: int, share: dict) -> str:
