@@ -61,6 +61,8 @@ def test_three_finished_runs_in_one_store(project, runs):
     _, exp, found = runs
     assert [r.info.status for r in found] == ["FINISHED"] * 3
     assert exp.artifact_location == (project["repo"] / "mlartifacts").as_uri()
+    # The UI's Description tab says how to read a run.
+    assert "step = epoch" in exp.tags["mlflow.note.content"] and "`eval_roc_auc`" in exp.tags["mlflow.note.content"]
     # The --temp run executed in .dvc/tmp; nothing may be stored there.
     assert not list((project["repo"] / ".dvc").rglob("mlflow.db"))
 

@@ -88,3 +88,22 @@ def test_failed_run_is_marked_failed_with_error(tmp_path, monkeypatch):
     (run,) = mlflow.search_runs(experiment_names=["t"], output_format="list")
     assert run.info.status == "FAILED"
     assert run.data.tags["ffdi.error"] == "RuntimeError: disk on fire"
+
+
+def test_the_experiment_says_how_to_read_a_run_and_the_run_name_says_the_variant(tmp_path, monkeypatch):
+    import mlflow
+
+    from ffdi.config import ModelConfig, Params
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    mlflow_run.setup(TrackingConfig(experiment="new"))
+    assert mlflow.get_experiment_by_name("new").tags["mlflow.note.content"] == mlflow_run.DESCRIPTION
+    old = mlflow.MlflowClient().create_experiment("old")  # as an older ffdi, or a person, made it
+    mlflow_run.setup(TrackingConfig(experiment="old"))
+    assert mlflow.get_experiment(old).tags["mlflow.note.content"] == mlflow_run.DESCRIPTION
+    assert mlflow_run.run_name(Params(model=ModelConfig(se=True))) == "se-resnet18-seed0"
+    assert mlflow_run.run_name(Params()) == "resnet18-seed0"
+    monkeypatch.setenv("DVC_EXP_NAME", "bushy-reef")
+    assert mlflow_run.run_name(Params()) == "bushy-reef"

@@ -24,7 +24,22 @@ from ffdi.schema import DATA_HASH_TAG, RUN_KIND_TAG
 # MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
 # this one makes it show the runs table and metric charts of model training.
 KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
+# The experiment's description in the UI (its Description tab): how to read a run.
+DESCRIPTION_TAG = "mlflow.note.content"
+DESCRIPTION = """One run per pipeline run (`dvc repro`, `dvc exp run`), named after its DVC experiment.
+
+- **Training curves**, step = epoch: `train_loss`, `train_acc`, `val_loss`, `val_acc`, `val_auc`, and the
+  epoch's `train_img_per_s`; the same columns in the run's `reports/history.csv`, drawn in
+  `evaluate/history.png`.
+- **Final metrics** (evaluate, step 0): `eval_*` on val (`eval_roc_auc` is the challenge's metric),
+  `eval_auc_<manipulation>`, `heldout_*` for held-out manipulations, `robust_<kind>_<severity>_*` under
+  degradations, `extra_<set>_*` for other labelled sets.
+- **How it computed**: the `hw.*` tags (device, precision, threads, GPU); params are `params.yaml`'s.
+- **Artifacts**: `evaluate/` (ROC, confusion, per manipulation, robustness, explanations), `predict/`
+  (the submission), `reproduce/` (params, packages, git state), and the logged models: the PyTorch
+  model and `detector`, the servable one (`ffdi serve`).
+"""
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development", DESCRIPTION_TAG: DESCRIPTION}
 
 
 def check_reachable(cfg: TrackingConfig, timeout: float = 5.0) -> None:
@@ -93,8 +108,9 @@ def setup(cfg: TrackingConfig) -> str:
         if exp is None:
             location = artifact_root() if uri.startswith("sqlite:") else None
             return client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
-        if exp.tags.get(KIND_TAG) is None:
-            client.set_experiment_tag(exp.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
+        for key, value in EXPERIMENT_TAGS.items():  # an experiment made by an older ffdi, or by hand
+            if exp.tags.get(key) is None:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
 
@@ -131,7 +147,7 @@ def run_name(params: Params) -> str:
     exp = os.environ.get("DVC_EXP_NAME")
     if exp:
         return exp
-    return f"{params.model.arch}{'-se' if params.model.se else ''}-seed{params.train.seed}"
+    return f"{'se-' if params.model.se else ''}{params.model.arch}-seed{params.train.seed}"
 
 
 CODE_PATHS = ("ffdi", "stages", "dvc.yaml", "requirements.txt")
