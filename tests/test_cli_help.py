@@ -33,3 +33,14 @@ def test_version():
         [sys.executable, "-m", "ffdi.cli.main", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.startswith("ffdi ") and out.stdout.split()[1][0].isdigit()
+
+
+def test_help_mentions_only_options_the_command_has(capsys):
+    from ffdi.cli.main import main
+
+    for command, has_faces in (("score", True), ("explain", False)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert ("--faces" in out) == has_faces, command
+        assert "exit status:" in out and "videos (.mp4" in out

@@ -26,11 +26,15 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # bad arguments, no images found, model that cannot be loaded
 EXIT_SOME_FAILED = 3  # some files could not be scored; each has a row saying why
 
-EXIT_STATUS_HELP = """exit status:
-  0  every file was scored
-  1  bad arguments, no images found, or the model could not be loaded
-  3  some files could not be scored (unreadable, or no face with --faces): their rows say why
-"""
+
+def exit_status_help(faces: bool) -> str:
+    """The exit statuses, as a command's help epilog; faces: the command has --faces."""
+    unscored = "unreadable, or no face with --faces" if faces else "unreadable"
+    return (
+        "exit status:\n  0  every file was scored\n  1  bad arguments, no images found, or the model could not be "
+        f"loaded\n  3  some files could not be scored ({unscored}): their rows say why\n"
+    )
+
 
 VIDEO_HELP = """videos (.mp4 .mov .mkv .webm .avi) are scored on sampled frames, rotated upright: --frames K
 uniformly spread, or --fps F; a video's p_fake aggregates its frames' (--aggregate). Defaults:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "Overlays of where the detector sees fake evidence (a class activation map of class fake),\n"
         "one PNG per image, and DIR/scores.csv: path, p_fake, label, error, overlay. The map is\n"
         "taken on the deepest stage whose map is at least 8x8 at the model's image size (or --layer).",
-        detector_kit.EXIT_STATUS_HELP + "\n" + detector_kit.VIDEO_HELP,
+        detector_kit.exit_status_help(faces=False) + "\n" + detector_kit.VIDEO_HELP,
     )
     ap.add_argument("paths", nargs="+", metavar="IMG", help="image files, videos, folders, or quoted globs")
     ap.add_argument("--out-dir", required=True, help="folder for the overlays and scores.csv")

@@ -32,7 +32,6 @@ from ffdi.cli.detector_kit import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    EXIT_STATUS_HELP,
     VIDEO_HELP,
     UsageError,
     add_model_arguments,
@@ -40,6 +39,7 @@ from ffdi.cli.detector_kit import (
     default_threshold,
     default_tta,
     describe_detector,
+    exit_status_help,
     expand_paths,
     load_detector,
     make_parser,
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "  path, p_fake, label (fake/real at --threshold), error [, face_box with --faces]\n"
         "  [, frames_scored, frames_without_face, aggregate where there are videos]\n"
         "Unreadable files get a row with the reason and an empty p_fake; the run goes on.",
-        EXIT_STATUS_HELP + "\n" + VIDEO_HELP,
+        exit_status_help(faces=True) + "\n" + VIDEO_HELP,
     )
     ap.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, videos, folders, or quoted globs ('imgs/**/*.jpg')"
