@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run lint test test-fast ui compare generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
+.PHONY: setup browser run lint test test-fast ui compare exps generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,14 @@ ui: setup
 
 compare: setup
 	ffdi compare $(ARGS)
+
+# The experiments in one screen: the headline metrics and the params that differ, best val AUC first.
+# dvc exp show alone has a column for each of metrics.json's numbers, each param and each dep (280 here).
+EXPS_DROP := ^(Created|confusion|groups|robustness|val_no_tta|seen|extra_sets|ensemble|group_mean_auc|group_worst_auc|images|precision|skipped_images|target_fpr|threshold|tta)(\.|$$)|^val\.(average_precision|eer|log_loss|tpr_at_fpr_.*)$$|.*/|^prepared$$
+EXPS_KEEP := ^(Experiment|val\.(roc_auc|accuracy|tpr_at_fpr)|degraded_mean_auc|degraded_worst_auc|heldout\.roc_auc)$$
+exps: setup
+	dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)' --sort-by val.roc_auc \
+	  --sort-order desc $(ARGS)
 
 # Leave one manipulation out (and train on one): queues and runs the DVC experiments, then the tables.
 # e.g. make generalisation ARGS="-S model.se=true --seeds 0 1 2"; ARGS=--no-run renders existing runs only.

@@ -7,6 +7,7 @@ then `dvc exp run --temp`; the tests below inspect what each left behind.
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +239,27 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
     names = {r[0] for r in with_auc}
     assert se.data.tags["dvc.exp_name"] in names and seed1.data.tags["dvc.exp_name"] in names
     assert pytest.approx(project["baseline"]["metrics"]["val"]["roc_auc"]) in [r[2] for r in with_auc if r[1] is False]
+
+
+def test_make_exps_shows_the_experiments_in_one_screen(project):
+    """`make exps` (the command docs/comparing.md gives): val AUC and model.se of every experiment within
+    160 columns, where plain `dvc exp show` has a column per metric, param and dep."""
+    env = {**os.environ, "COLUMNS": "160"}
+    out = subprocess.run(
+        ["make", "-s", "exps", f"VENV={ROOT / '.venv'}"],
+        cwd=project["repo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if "Experiment" in line)
+    assert "val.roc_auc" in header and "model.se" in header, header
+    assert max(len(line) for line in lines) <= 160, out.stdout
+    assert "…" not in header, out.stdout  # no column squeezed to an ellipsis
+    assert sum(" True " in line or " False " in line for line in lines) >= 2  # both variants' rows
 
 
 CHROMIUM_FLAGS = [
