@@ -136,7 +136,7 @@ def device_name(device: torch.device) -> str:
 def device_label(device: torch.device) -> str:
     """'cuda:1 (NVIDIA H100 80GB HBM3)', 'cpu (Intel Xeon ...)': what a log line names."""
     if device.type == "cuda":
-        device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+        device = torch.device("cuda", _gpu_index(device))
     return f"{device} ({device_name(device)})"
 
 

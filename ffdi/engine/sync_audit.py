@@ -74,15 +74,13 @@ class SyncAudit(TorchFunctionMode):
     def __torch_function__(self, func: Callable, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind = self._kind(func, args, kwargs)
+        if kind is not None:
+            self.counts[kind] += 1
+        # A meta tensor has no value: a copy out of one, blocking or not, fills its host destination with
+        # ones, and a read of one answers as ones in its shape (counts and sums stay non-zero).
         if func is torch.Tensor.copy_ and len(args) >= 2 and args[0].device.type == "cpu" and _on_meta(args[1]):
-            if kind is not None:
-                self.counts[kind] += 1
-            return args[0].fill_(1)  # blocking or not, a meta tensor has nothing to copy
-        if kind is None:
-            return func(*args, **kwargs)
-        self.counts[kind] += 1
-        if kind.startswith("read ") and args[0].device.type == "meta":
-            # No value to read: ones in its shape (counts, sums of ones, stay non-zero).
+            return args[0].fill_(1)
+        if kind is not None and kind.startswith("read ") and _on_meta(args[0]):
             return func(torch.ones(args[0].shape, dtype=args[0].dtype), *args[1:], **kwargs)
         return func(*args, **kwargs)
 
