@@ -282,7 +282,7 @@ def child(args) -> dict:
 # --- orchestration ---------------------------------------------------------------------------
 
 
-def start_part(part: str, config: str, data: Path, args, log, phase: str = "") -> subprocess.Popen:
+def start_part(part: str, config: str, *, data: Path, args, log, phase: str = "") -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -314,7 +314,7 @@ def result_of(proc: subprocess.Popen, log) -> dict:
 
 def parts_side_by_side(config: str, data: Path, args, log, phase: str) -> dict:
     """The loader alone and the model alone at the same time, each on its own cores."""
-    procs = [start_part(part, config, data, args, log, phase) for part in ("loader", "model")]
+    procs = [start_part(part, config, data=data, args=args, log=log, phase=phase) for part in ("loader", "model")]
     for p in procs:
         while (line := p.stdout.readline()) and line.strip() != "ready":
             pass
@@ -444,7 +444,7 @@ def main() -> None:
                     data = args.cache / f"tree-{cfg['train']}-{cfg['val']}"
                     write_tree(data, {"train": cfg["train"], "val": cfg["val"]}, distinct)
                 t1 = time.perf_counter()
-                r.update(result_of(start_part("fit", name, data, args, log), log))
+                r.update(result_of(start_part("fit", name, data=data, args=args, log=log), log))
                 r.update(summarise(cfg, r))
                 rounds.append(r)
                 print(

@@ -218,7 +218,7 @@ def wait_for_queue(project: Path, env: dict) -> None:
         time.sleep(2)
 
 
-def rehearse(n: int, work: Path, distinct, env: dict, log, dvc_only: bool) -> dict:
+def rehearse(n: int, *, work: Path, distinct, env: dict, log, dvc_only: bool) -> dict:
     n_train = round(n * TRAIN_SHARE)
     tree, project = work / f"tree-{n}", work / f"project-{n}"
     t0 = time.perf_counter()
@@ -327,7 +327,7 @@ def main() -> None:
         for n, dvc_only in [(n, False) for n in args.sizes] + [(n, True) for n in args.dvc_sizes]:
             t0 = time.perf_counter()
             print(f"N = {n:,}{' (DVC steps and prepare)' if dvc_only else ''}", file=sys.stderr, flush=True)
-            r = rehearse(n, args.work, distinct, env, log, dvc_only)
+            r = rehearse(n, work=args.work, distinct=distinct, env=env, log=log, dvc_only=dvc_only)
             report["sizes"][str(n)] = {k: {kk: vv for kk, vv in v.items() if kk != "stdout"} for k, v in r.items()}
             print(f"  N = {n:,}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             shutil.rmtree(args.work / f"project-{n}", ignore_errors=True)

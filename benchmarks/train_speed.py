@@ -109,6 +109,7 @@ def reference_predict(model, loader, device) -> torch.Tensor:
 
 def measure(
     impl: str,
+    *,
     data: Path,
     steps: int,
     warmup: int,
@@ -273,13 +274,13 @@ def main() -> None:
             json.dumps(
                 measure(
                     args.only,
-                    args.data,
-                    args.steps,
-                    args.warmup,
-                    args.workers,
-                    args.predict_batch,
-                    args.size,
-                    args.batch_size,
+                    data=args.data,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    workers=args.workers,
+                    predict_batch=args.predict_batch,
+                    size=args.size,
+                    batch_size=args.batch_size,
                 )
             )
         )

@@ -31,7 +31,14 @@ def test_holdout_sets_leave_one_out_and_train_on_one():
 
 
 def test_trained_on_all_is_queued_with_an_empty_holdout_first():
-    planned = gen.planned_experiments(["a", "b", "c"], [0, 1], ["augment.blur=[0.2, 1.5]"], True, False, True)
+    planned = gen.planned_experiments(
+        ["a", "b", "c"],
+        seeds=[0, 1],
+        overrides=["augment.blur=[0.2, 1.5]"],
+        leave_one_out=True,
+        train_on_one=False,
+        trained_on_all=True,
+    )
     assert [h for _, h in planned] == [
         "data.holdout=[]",
         "data.holdout=['a']",
@@ -114,7 +121,9 @@ def test_wait_restarts_workers_that_left_experiments_queued(monkeypatch, capsys)
     # Workers that never come up: a bounded number of fruitless restarts, then the error.
     monkeypatch.setattr(dvc_queue, "queue_status", lambda: ({"x": "Queued"}, 0))
     tries = []
-    assert dvc_queue.wait_for(["x"], 60, 0.01, 0.05, restart=lambda: tries.append(1), restarts=2) == {"x": "Queued"}
+    assert dvc_queue.wait_for(
+        ["x"], timeout_s=60, poll_s=0.01, stall_s=0.05, restart=lambda: tries.append(1), restarts=2
+    ) == {"x": "Queued"}
     assert len(tries) == 2 and "no queue worker is active" in capsys.readouterr().err
 
 

@@ -120,7 +120,7 @@ def mean_auc(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def bootstrap_auc_difference(
-    y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
     """Paired bootstrap of mean-over-runs AUC(b) - AUC(a), resampling val images with replacement.
 
@@ -211,6 +211,7 @@ def render_markdown(
     experiment: str,
     by: list[str],
     table: pd.DataFrame,
+    *,
     diffs: dict[str, dict],
     warnings: tuple = (),
     heldout_diffs: dict | None = None,
@@ -304,7 +305,7 @@ def compare(
     plots.plot_run_curves(run_histories(groups), out / "curves.png")
     plots.plot_run_rocs(y, probs, {label: mean_auc(y, p) for label, p in probs.items()}, out / "roc.png")
     write_csv(out / "summary.csv", table)
-    markdown = render_markdown(cfg.experiment, by, table, diffs, warnings, heldout_diffs)
+    markdown = render_markdown(cfg.experiment, by, table, diffs=diffs, warnings=warnings, heldout_diffs=heldout_diffs)
     write_text(out / "report.md", markdown)
     if log:
         with mlflow_run.run(cfg, run_name="compare"):

@@ -123,6 +123,7 @@ def queue_experiments(experiments: Sequence[tuple[Sequence[str], str]]) -> list[
 
 def wait_for(
     names: Sequence[str],
+    *,
     timeout_s: float,
     poll_s: float = 10.0,
     stall_s: float = 120.0,
@@ -211,7 +212,7 @@ def run_experiments(
     print(f"running {len(names)} experiments, {jobs} at a time (dvc queue start -j {jobs})", flush=True)
     start_workers(jobs)
     try:
-        status = wait_for(names, timeout_s, poll_s, restart=lambda: start_workers(jobs))
+        status = wait_for(names, timeout_s=timeout_s, poll_s=poll_s, restart=lambda: start_workers(jobs))
     finally:
         tasks, _ = queue_status()
         if not any(s in ("Queued", "Running") for s in tasks.values()):

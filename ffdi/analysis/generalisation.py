@@ -65,6 +65,7 @@ def exp_run_args(holdout: Sequence[str], seeds: Sequence[int], overrides: Sequen
 
 def planned_experiments(
     groups: Sequence[str],
+    *,
     seeds: Sequence[int],
     overrides: Sequence[str],
     leave_one_out: bool = True,
@@ -88,7 +89,7 @@ def generalisation(
 
     mlflow_run.setup(cfg)
     try:
-        result = render(finished_pipeline_runs(cfg.experiment), out, params, reference)
+        result = render(finished_pipeline_runs(cfg.experiment), out, params=params, reference=reference)
     except CompareError as e:  # no such experiment; runs evaluated on different val images
         raise GeneralisationError(str(e)) from None
     if log:

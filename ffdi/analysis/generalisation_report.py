@@ -317,6 +317,7 @@ def runs_table(runs: Sequence[Run], keys: list[str]) -> pd.DataFrame:
 
 def knob_table(
     runs: Sequence[Run],
+    *,
     params: Params | None,
     reference: str | None,
     load=val_predictions,
@@ -336,13 +337,22 @@ def knob_table(
     loo = {label: rs for label, rs in loo.items() if rs}
     held = reference_differences(loo, ref, load, n_boot) if ref in loo else None
     trained_on_all = {label: [r for r in rs if not holdout_of(r)] for label, rs in variants.items()}
-    table = knobs.table(trained_on_all, ref, held, differs_from(variants, ref), load, load_degraded, n_boot)
+    table = knobs.table(
+        trained_on_all,
+        reference=ref,
+        heldout=held,
+        differs=differs_from(variants, ref),
+        load_val=load,
+        load_degraded=load_degraded,
+        n_boot=n_boot,
+    )
     return table, knobs.choose(table)
 
 
 def render(
     runs: Sequence[Run],
     out: Path,
+    *,
     params: Params | None = None,
     reference: str | None = None,
     load=val_predictions,
@@ -358,7 +368,9 @@ def render(
     """
     keys, result = tables(runs)
     chosen = holdout_runs(runs)
-    knob, pick = knob_table(runs, params, reference, load, load_degraded, n_boot)
+    knob, pick = knob_table(
+        runs, params=params, reference=reference, load=load, load_degraded=load_degraded, n_boot=n_boot
+    )
     if not result and knob is None:
         raise GeneralisationError(
             f"no finished, evaluated run has {HOLDOUT} set: run `ffdi generalisation` without --no-run first"
@@ -370,7 +382,9 @@ def render(
         plots.plot_knobs(knob, out / "knobs.png", knobs.TITLES, f"against the reference: {knob.variant.iloc[0]}")
         markdown = "\n".join(knobs.markdown(knob, pick)) + "\n"
     if result:
-        differences, ref = heldout_report(result, keys, chosen, out, params, reference, load, n_boot)
+        differences, ref = heldout_report(
+            result, keys=keys, chosen=chosen, out=out, params=params, reference=reference, load=load, n_boot=n_boot
+        )
         markdown = render_markdown(keys, result, chosen, differences, ref) + "\n" + markdown
     else:
         markdown = "# Knob table\n\n" + markdown
@@ -387,7 +401,7 @@ def render(
     }
 
 
-def heldout_report(result, keys, chosen, out: Path, params, reference, load, n_boot):
+def heldout_report(result, *, keys, chosen, out: Path, params, reference, load, n_boot):
     """The leave-one-out and train-on-one files: CSVs, heatmaps and, with several variants,
     differences.csv/png against the reference."""
     long = {
@@ -406,10 +420,17 @@ def heldout_report(result, keys, chosen, out: Path, params, reference, load, n_b
         for label, t in result.items()
     }
     plots.plot_heatmaps(
-        heldout, out / "heldout.png", "held-out manipulation x metric, mean over runs", "mean", vmin=0.0
+        heldout,
+        out / "heldout.png",
+        title="held-out manipulation x metric, mean over runs",
+        value_label="mean",
+        vmin=0.0,
     )
     plots.plot_heatmaps(
-        cross, out / "train_on_one.png", "trained on one manipulation, tested on each: AUC, mean over runs", "AUC"
+        cross,
+        out / "train_on_one.png",
+        title="trained on one manipulation, tested on each: AUC, mean over runs",
+        value_label="AUC",
     )
     differences, ref = None, None
     if len(result) > 1:

@@ -84,6 +84,7 @@ def degraded_difference(ref: list[pd.DataFrame], mine: list[pd.DataFrame], n_boo
 
 def table(
     trained_on_all: dict[str, list[Run]],
+    *,
     reference: str,
     heldout: pd.DataFrame | None = None,
     differs: Callable[[str], str] | None = None,

@@ -67,7 +67,9 @@ def plot_run_rocs(y: np.ndarray, probs: dict[str, np.ndarray], mean_aucs: dict[s
     save_figure(fig, out)
 
 
-def plot_heatmaps(tables: dict, out: Path, title: str, value_label: str, vmin: float = 0.5, vmax: float = 1.0) -> None:
+def plot_heatmaps(
+    tables: dict, out: Path, *, title: str, value_label: str, vmin: float = 0.5, vmax: float = 1.0
+) -> None:
     """One annotated heatmap per variant, side by side: {variant: DataFrame of values (NaN: no run)}."""
     n = max(len(tables), 1)
     shapes = [t.shape for t in tables.values()] or [(1, 1)]

@@ -103,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"manipulations: {', '.join(groups)}", flush=True)
         experiments = planned_experiments(
             groups,
-            args.seeds,
-            args.overrides,
-            "leave-one-out" in args.only,
-            "train-on-one" in args.only,
-            "trained-on-all" in args.only,
+            seeds=args.seeds,
+            overrides=args.overrides,
+            leave_one_out="leave-one-out" in args.only,
+            train_on_one="train-on-one" in args.only,
+            trained_on_all="trained-on-all" in args.only,
         )
         status = run_experiments(experiments, args.jobs, args.timeout * 60, poll_s=args.poll)
         failed = report_failures(status)

@@ -98,7 +98,7 @@ def score_rows(detector, paths: Iterable[str], batch_size: int = 64, faces=None)
 
 
 def score_files(
-    detector, paths: Iterable[str], batch_size: int = 64, faces=None, sampling=None, aggregate: str = "mean"
+    detector, paths: Iterable[str], *, batch_size: int = 64, faces=None, sampling=None, aggregate: str = "mean"
 ) -> Iterator[Row]:
     """score_rows for images, and one Row per video (ffdi.inference.video.score_video), in the order given."""
     from itertools import groupby
@@ -280,7 +280,9 @@ def run(args: argparse.Namespace) -> int:
             frame_writer = csv.writer(frames, lineterminator="\n")
             frame_writer.writerow(FRAME_COLUMNS + (["face_box"] if faces is not None else []))
         with tqdm(total=len(paths), desc="score", unit="file", mininterval=1.0, file=sys.stderr, leave=False) as bar:
-            for row in score_files(detector, paths, args.batch_size, faces, sampling, aggregate):
+            for row in score_files(
+                detector, paths, batch_size=args.batch_size, faces=faces, sampling=sampling, aggregate=aggregate
+            ):
                 writer.write(row)
                 if frame_writer is not None and row.video is not None:
                     write_frames(frame_writer, row, args.threshold, faces is not None)

@@ -33,6 +33,7 @@ class ImageDataset(Dataset):
         self,
         manifest: pd.DataFrame,
         transform: Callable,
+        *,
         draft_size: int | None = None,
         on_bad_image: str = "error",
         normalize: tuple | None = None,
@@ -155,7 +156,14 @@ def set_workers(loader: DataLoader, workers: int, persistent: bool) -> DataLoade
     if workers == loader.num_workers:
         return loader
     loader._iterator = None  # a persistent loader's workers stop with their iterator
-    return _loader(loader.dataset, loader.sampler, loader.batch_size, workers, persistent, loader.drop_last)
+    return _loader(
+        loader.dataset,
+        loader.sampler,
+        batch_size=loader.batch_size,
+        workers=workers,
+        persistent=persistent,
+        drop_last=loader.drop_last,
+    )
 
 
 def make_loader(
@@ -188,11 +196,18 @@ def make_loader(
         blend_strength=aug.self_blend_strength,
         blend_axes=aug.self_blend_mask,
     )
-    return _loader(dataset, EpochSampler(dataset, train, shard, seed), batch_size, workers, persistent, drop_last)
+    return _loader(
+        dataset,
+        EpochSampler(dataset, train, shard, seed),
+        batch_size=batch_size,
+        workers=workers,
+        persistent=persistent,
+        drop_last=drop_last,
+    )
 
 
 def _loader(
-    dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int, persistent: bool, drop_last: bool
+    dataset: ImageDataset, sampler: EpochSampler, *, batch_size: int, workers: int, persistent: bool, drop_last: bool
 ) -> DataLoader:
     return DataLoader(
         dataset,

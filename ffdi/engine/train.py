@@ -200,9 +200,11 @@ def fit(
     )
     history, skipped = saver.resume(device)  # skipped: (path, reason), every epoch's
     on_resume(history)
-    net, detector = _wrapped(model, saver.scored, params, device, precision, world)
+    net, detector = _wrapped(model, saver.scored, params=params, device=device, precision=precision, world=world)
     share = _share(runtime, cpu_share, device)
-    train_loader, val_loader = _loaders(params, train_manifest, val_manifest, share["loader_workers"], world, device)
+    train_loader, val_loader = _loaders(
+        params, train_manifest, val_manifest, workers=share["loader_workers"], world=world, device=device
+    )
     step = {"amp": autocast_dtype(precision), "scaler": scaler, "after_step": ema, **_step_options(params)}
     if rank == 0:
         tqdm.write(_start_line(device, precision, cfg.batch_size, share))
@@ -267,7 +269,7 @@ def _build(params: Params, device: torch.device) -> tuple[Params, nn.Module, int
     return params, model, set_tuning(model, params.model.tune)
 
 
-def _wrapped(model, scored, params: Params, device, precision: str, world: int) -> tuple[nn.Module, Detector]:
+def _wrapped(model, scored, *, params: Params, device, precision: str, world: int) -> tuple[nn.Module, Detector]:
     """The network that trains (DDP, torch.compile) and the Detector that validates `scored`. `model` stays
     the plain module: checkpoints hold its state dict, loadable in one process."""
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if world > 1 else model
@@ -288,7 +290,7 @@ def _share(runtime, cpu_share: CpuShare | None, device: torch.device) -> dict[st
     }
 
 
-def _loaders(params: Params, train_manifest, val_manifest, workers: int, world: int, device) -> tuple:
+def _loaders(params: Params, train_manifest, val_manifest, *, workers: int, world: int, device) -> tuple:
     """Persistent workers: no new loader processes each epoch (each epoch's seed reaches them with every
     index, ffdi.data.dataset.EpochSampler). On a GPU every training batch has one shape, so that cuDNN's
     benchmark tunes its kernels once; on a CPU the last images of an epoch still count."""

@@ -17,6 +17,7 @@ def gallery(
     detector,
     rows: pd.DataFrame,
     out_png,
+    *,
     n: int = 4,
     threshold: float = 0.5,
     layer: str | None = None,
