@@ -57,8 +57,9 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: (item.path.name not in FIRST, item.path not in slow))  # a stable sort
 
 
-# The two that run DVC's queue, then the pipeline of `make test-fast`, which runs beside its unit tests.
-FIRST = ("test_sweep.py", "test_generalisation.py", "test_smoke.py")
+# The one that runs DVC's queue; the first user of the shared project (which builds it while the queue
+# runs); the pipeline of `make test-fast`, which runs beside its unit tests.
+FIRST = ("test_generalisation.py", "test_e2e.py", "test_smoke.py")
 
 
 TINY = SampleConfig(n_train=96, n_val=48, n_test=12, size=32, seed=3)
@@ -81,3 +82,15 @@ def manifests(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
     prepare(DataConfig(root=str(tiny_data)), out)
     return read_manifest(out / "train.csv"), read_manifest(out / "val.csv")
+
+
+@pytest.fixture(scope="session")
+def shared_project(tmp_path_factory):
+    """The trained project of tests/project.py (SHARED_PARAMS), built once per session: read it, or
+    work on `copy_project(shared_project, ...)`."""
+    from tests.project import build_shared_project
+
+    base = tmp_path_factory.getbasetemp()
+    # Under pytest-xdist each worker has its own base folder; their parent is the session's.
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return build_shared_project(root)

@@ -91,6 +91,24 @@ class Project:
         return self.out("git", "rev-parse", "HEAD")
 
 
+def project_env() -> dict:
+    """The environment of a project's commands: this Python's tools first, no outside MLflow, DVC or
+    git settings, offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        TQDM_DISABLE="1",
+        PYTHONUNBUFFERED="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@e.st",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@e.st",
+    )
+    return env
+
+
 def make_project(dst: Path, overrides: dict) -> Project:
     """Copy the project's files to `dst`, apply params overrides, git init and commit."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -104,19 +122,7 @@ def make_project(dst: Path, overrides: dict) -> Project:
         params[group].update(values)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "GIT_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        TQDM_DISABLE="1",
-        PYTHONUNBUFFERED="1",
-        GIT_AUTHOR_NAME="t",
-        GIT_AUTHOR_EMAIL="t@e.st",
-        GIT_COMMITTER_NAME="t",
-        GIT_COMMITTER_EMAIL="t@e.st",
-    )
-    project = Project(dst, env)
+    project = Project(dst, project_env())
     project.sh("git", "init", "-q", "-b", "main")
     project.commit("project")
     return project
@@ -130,3 +136,92 @@ def mlflow_runs(repo: Path, experiment: str = "ffdi") -> tuple:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
     return client, exp, runs
+
+
+# --- the shared trained project ------------------------------------------------------------------
+
+GROUPS = ("a", "b", "c")
+
+
+def label_with_groups(root: Path, groups=GROUPS) -> None:
+    """Rewrite the train and val label files with a `method` column: fakes take the groups in turn."""
+    import pandas as pd
+
+    for name in ("trainset_label.txt", "valset_label.txt"):
+        labels = pd.read_csv(root / name, dtype={"img_name": str})
+        fake_rank = (labels.target == 1).cumsum() - 1
+        labels["method"] = [groups[r % len(groups)] if t == 1 else "real" for t, r in zip(labels.target, fake_rank)]
+        labels[["img_name", "target", "method"]].to_csv(root / name, index=False)
+
+
+# One trained project serves every test that reads a trained pipeline's outputs (evaluate's reports,
+# the submission, scoring, the MLflow run, crash recovery's reference run): labelled data with three
+# manipulations, an extra set and three degradations, 3 epochs of 30 steps (long enough for
+# test_crash to kill a run inside an epoch), the models logged. Tests that change it work on a copy.
+SHARED_PARAMS = {
+    "data": {"root": "data/labelled"},
+    "sample": {"n_train": 96, "n_val": 48, "n_test": 12, "size": 32, "seed": 5},
+    "augment": {"resize": 32, "image_size": 32},
+    "train": {"epochs": 3, "batch_size": 16},
+    # One thread: the same numbers whichever pytest-xdist worker builds it (test_crash compares digits).
+    "runtime": {"workers": 0, "threads": 1},
+    "eval": {
+        "batch_size": 32,
+        "extra_sets": {"other": "data/other"},
+        "degradations": ["jpeg:100", "noise:60", "downscale:0.25"],
+    },
+    "predict": {"batch_size": 32},
+}
+SHARED_DATA = {"n_train": 480, "n_val": 48, "n_test": 12, "size": 32, "seed": 5}
+OTHER_DATA = {"n_train": 4, "n_val": 40, "n_test": 0, "size": 32, "seed": 6}
+
+
+def make_shared_project(dst: Path) -> Project:
+    """The shared project, untrained: its files, params and data (labelled, and `other`), committed."""
+    from ffdi.config import SampleConfig
+    from ffdi.sample.generate import generate
+
+    p = make_project(dst, SHARED_PARAMS)
+    for name, cfg in (("labelled", SHARED_DATA), ("other", OTHER_DATA)):
+        generate(SampleConfig(**cfg), p.repo / "data" / name)
+        label_with_groups(p.repo / "data" / name)
+    p.commit("labelled data")
+    return p
+
+
+def build_shared_project(root: Path) -> Project:
+    """The shared project, trained by `dvc repro`, built once per test session even under pytest-xdist:
+    the first worker to ask builds it under a lock, the others wait for it and find it done."""
+    from filelock import FileLock
+
+    repo, done = root / "shared" / "repo", root / "shared" / "built"
+    with FileLock(str(root / "shared.lock")):
+        if not done.exists():
+            shutil.rmtree(repo.parent, ignore_errors=True)  # a build that failed half-way
+            p = make_shared_project(repo)
+            p.sh("dvc", "repro")
+            done.write_text("ok")
+    return Project(repo, project_env())
+
+
+def copy_project(src: Project, dst: Path) -> Project:
+    """A copy of a project (git, DVC cache, MLflow store) that tests may change.
+
+    MLflow keeps absolute artifact locations in its store; they are moved to the copy's, so that
+    what the copy logs lands in the copy."""
+    import sqlite3
+
+    shutil.copytree(src.repo, dst, symlinks=True)
+    old, new = str(src.repo), str(dst)  # in paths and in file:// URIs alike
+    with sqlite3.connect(dst / "mlflow.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in db.execute(f"PRAGMA table_info('{table}')").fetchall():
+                name, kind = column[1], column[2].upper()
+                if "CHAR" in kind or "TEXT" in kind:
+                    db.execute(
+                        f'UPDATE \'{table}\' SET "{name}" = replace("{name}", ?, ?) WHERE "{name}" LIKE ?',
+                        (old, new, f"%{old}%"),
+                    )
+    db.close()
+    return Project(dst, project_env())

@@ -98,3 +98,22 @@ def test_the_reference_group_is_the_one_run_with_params_yaml_values_not_the_firs
     assert reference_variant(["train.lr"], groups, None, reference="0.0005") == "train.lr=0.0005"
     with pytest.raises(CompareError, match="matches 2 variants"):
         reference_variant(["train.lr"], groups, None, reference="train.lr")
+
+
+def test_summary_is_each_groups_mean_and_spread_over_its_seeds():
+    from ffdi.analysis.compare import SUMMARY_METRICS, summary_table
+    from ffdi.schema import EVAL_ROC_AUC
+
+    aucs = {("False", "1"): 0.81, ("False", "2"): 0.86, ("True", "1"): 0.90, ("True", "2"): 0.93}
+    runs = [
+        Run(f"{se}{seed}", "r", {"model.se": se, "train.seed": seed}, {EVAL_ROC_AUC: auc}, "")
+        for (se, seed), auc in aucs.items()
+    ]
+    table = summary_table(group_runs(runs, ["model.se"])).set_index("group")
+    name = SUMMARY_METRICS[EVAL_ROC_AUC]
+    for se in ("False", "True"):
+        row, values = table.loc[f"model.se={se}"], [aucs[(se, "1")], aucs[(se, "2")]]
+        assert row.runs == 2 and row.seeds == "1,2"
+        assert row[f"{name} mean"] == pytest.approx(np.mean(values))
+        assert row[f"{name} sd"] == pytest.approx(np.std(values, ddof=1))
+        assert np.isnan(row[f"{SUMMARY_METRICS[next(k for k in SUMMARY_METRICS if k != EVAL_ROC_AUC)]} mean"])

@@ -9,18 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.project import make_project, mlflow_runs
+from tests.project import make_shared_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
-# Epochs long enough (~2 s) to be killed in the middle of one.
-CRASH_PARAMS = {
-    "sample": {"n_train": 480, "n_val": 64, "n_test": 8, "size": 32, "seed": 11},
-    "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 3, "batch_size": 16},
-    "runtime": {"workers": 0},
-    "tracking": {"log_model": False},
-}
 COMPARE = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
 
 
@@ -44,18 +36,13 @@ def saved_epoch(repo):
         return -1
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The uninterrupted run: the whole pipeline, once."""
-    p = make_project(tmp_path_factory.mktemp("straight") / "repo", CRASH_PARAMS)
-    p.sh("dvc", "repro")
-    return p
-
-
-def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_last_digit(straight, tmp_path):
+def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_last_digit(shared_project, tmp_path):
+    # The uninterrupted run is the shared project's: its epochs (30 steps) are long enough to be
+    # killed in the middle of one, and this project is made the same way, with the same data.
+    straight = shared_project
     expected = pd.read_csv(straight.repo / "reports" / "history.csv")[COMPARE]
 
-    p = make_project(tmp_path / "crashy", CRASH_PARAMS)
+    p = make_shared_project(tmp_path / "crashy")
     p.sh("dvc", "repro", "prepare")
 
     # 1. SIGKILL dvc and the stage together, as soon as epoch 0 is saved: inside epoch 1

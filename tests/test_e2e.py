@@ -1,11 +1,13 @@
-"""The real pipeline, as a user runs it, on a tiny sample in a copy of the project.
+"""The real pipeline, as a user runs it, in a copy of the shared trained project (tests/project.py).
 
-One module-scoped project runs `dvc repro`, then `dvc exp run -S model.se=true`,
-then `dvc exp run --temp`; the tests below inspect what each left behind.
+The shared project ran `dvc repro`; here a rerun changes nothing, `dvc exp run -S model.se=true`
+trains the SE variant, and `dvc exp run --temp` with an extra set reuses that training; the tests
+below inspect what each left behind.
 """
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,16 +18,15 @@ import pytest
 from sklearn import metrics as skm
 
 from tests.conftest import ROOT
-from tests.project import TINY_PARAMS, make_project, mlflow_runs
+from tests.project import SHARED_PARAMS, copy_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS)
+def project(shared_project, tmp_path_factory):
+    p = copy_project(shared_project, tmp_path_factory.mktemp("e2e") / "repo")
     repo = p.repo
-    p.sh("dvc", "repro")
     baseline = {
         "commit": p.out("git", "rev-parse", "HEAD"),
         "metrics": json.loads((repo / "metrics.json").read_text()),
@@ -40,17 +41,18 @@ def project(tmp_path_factory):
     # The runtime group says how to compute, not what: no stage tracks it.
     params_text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(
-        params_text.replace("  workers: 0", "  workers: 1")
-        .replace("  threads: auto", "  threads: 1")
-        .replace("  device: auto", "  device: cpu")
+        params_text.replace("  workers: 0", "  workers: 1").replace("  device: auto", "  device: cpu")
     )
     assert (repo / "params.yaml").read_text() != params_text
     baseline["status_runtime"] = p.out("dvc", "status")
     (repo / "params.yaml").write_text(params_text)
     p.sh("dvc", "exp", "run", "-S", "model.se=true")
-    p.sh("dvc", "exp", "run", "--temp", "-S", "train.seed=1")
+    # A temporary experiment that DVC runs in .dvc/tmp and that reuses the SE training (cached).
+    temp = p.out("dvc", "exp", "run", "--temp", "-S", "+eval.extra_sets.x=data/other")
+    temp_name = re.search(r"Ran experiment\(s\): (\S+)", temp)
+    assert temp_name, temp
     exp_show = json.loads(p.out("dvc", "exp", "show", "--json"))
-    return {"repo": repo, "baseline": baseline, "exp_show": exp_show}
+    return {"repo": repo, "baseline": baseline, "exp_show": exp_show, "temp": temp, "temp_name": temp_name[1]}
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +60,9 @@ def runs(project):
     return mlflow_runs(project["repo"])
 
 
-def test_three_finished_runs_in_one_store(project, runs):
+def test_finished_runs_in_one_store(project, runs):
     _, exp, found = runs
-    assert [r.info.status for r in found] == ["FINISHED"] * 3
+    assert [r.info.status for r in found] == ["FINISHED"] * 2
     assert exp.artifact_location == (project["repo"] / "mlartifacts").as_uri()
     # The UI's Description tab says how to read a run.
     assert "step = epoch" in exp.tags["mlflow.note.content"] and "`eval_roc_auc`" in exp.tags["mlflow.note.content"]
@@ -75,7 +77,7 @@ def test_repro_with_nothing_changed_runs_nothing(project, runs):
     # listing runs every time (seconds: it lists the images) and nothing else does.
     assert out.count("Running stage") == 1 and "Running stage 'listing'" in out
     _, _, found = runs
-    assert len(found) == 3  # repro, exp run, exp run --temp: the no-op rerun made none
+    assert len(found) == 2  # repro, exp run: the no-op rerun made none
 
 
 def test_runtime_params_rerun_no_stage(project):
@@ -90,11 +92,11 @@ def test_each_run_records_what_reproduces_it(project, runs):
     import mlflow
     import yaml
 
-    client, _, (base, se, seed1) = runs
+    client, _, (base, se) = runs
     lock = yaml.safe_load((project["repo"] / "dvc.lock").read_text())["stages"]["prepare"]
     prepared_md5 = next(o["md5"] for o in lock["outs"] if o["path"] == "prepared")
     data_md5 = next(d["md5"] for d in lock["deps"] if d["path"] == "data/listing.json")
-    for run in (base, se, seed1):
+    for run in (base, se):
         tags = run.data.tags
         assert tags["dvc.prepared_md5"] == prepared_md5 and tags["dvc.data_md5"] == data_md5
         assert tags["git.dirty"] in ("true", "false")
@@ -109,13 +111,12 @@ def test_each_run_records_what_reproduces_it(project, runs):
 
 
 def test_params_differ_only_where_asked(runs):
-    _, _, (base, se, seed1) = runs
+    _, _, (base, se) = runs
     diff = lambda a, b: {k for k in a.data.params if a.data.params[k] != b.data.params.get(k)}  # noqa: E731
     assert diff(base, se) == {"model.se"}
     assert base.data.params["model.se"] == "False" and se.data.params["model.se"] == "True"
-    # `dvc exp run` leaves its params in the workspace, so the --temp run builds on the SE one.
-    assert diff(se, seed1) == {"train.seed"}
-    assert base.data.params["train.epochs"] == "2" and "augment.resize" in base.data.params
+    assert base.data.params["train.epochs"] == str(SHARED_PARAMS["train"]["epochs"])
+    assert "augment.resize" in base.data.params
 
 
 def test_per_epoch_metrics_have_epoch_steps(runs):
@@ -123,25 +124,25 @@ def test_per_epoch_metrics_have_epoch_steps(runs):
     for run in found:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-            assert steps == [0, 1], (run.info.run_name, key)
+            assert steps == list(range(SHARED_PARAMS["train"]["epochs"])), (run.info.run_name, key)
 
 
 def test_tags(project, runs):
-    _, _, (base, se, seed1) = runs
+    _, _, (base, se) = runs
     b = project["baseline"]
     assert base.data.tags["git.commit"] == b["commit"]
     assert se.data.tags["git.commit"] == b["exp_commit"]
     assert base.data.tags["dvc.exp_name"] == ""
-    assert se.data.tags["dvc.exp_name"] and seed1.data.tags["dvc.exp_name"]
+    assert se.data.tags["dvc.exp_name"]
     assert se.data.tags["dvc.exp_name"] == se.info.run_name
-    for run in (base, se, seed1):
+    for run in (base, se):
         assert run.data.tags["data.hash"] == b["summary"]["data_hash"]
 
 
 def test_metrics_match_sklearn_and_the_model(project, runs):
     b = project["baseline"]
     m, preds = b["metrics"]["val"], b["val_predictions"]
-    labels = pd.read_csv(project["repo"] / "data" / "sample" / "valset_label.txt")
+    labels = pd.read_csv(project["repo"] / "data" / "labelled" / "valset_label.txt")
     assert preds.img_name.tolist() == labels.img_name.tolist()
     assert preds.target.tolist() == labels.target.tolist()
     y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
@@ -173,14 +174,14 @@ def test_metrics_match_sklearn_and_the_model(project, runs):
     assert b["metrics"]["val_no_tta"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y, res.prob_single_view), abs=1e-9)
 
     # MLflow holds the same final numbers as metrics.json.
-    _, _, (base, _, _) = runs
+    _, _, (base, _) = runs
     assert base.data.metrics["eval_roc_auc"] == pytest.approx(m["roc_auc"])
     assert base.data.metrics["eval_tpr_at_fpr"] == pytest.approx(m["tpr_at_fpr"])
 
 
 def test_submission_rows(project):
     sub = project["baseline"]["submission"]
-    names = pd.read_csv(project["repo"] / "data" / "sample" / "testset_label.txt").img_name
+    names = pd.read_csv(project["repo"] / "data" / "labelled" / "testset_label.txt").img_name
     assert list(sub.columns) == ["img_name", "y_pred"]
     assert len(sub) == 12 and sub.img_name.tolist() == names.tolist()
     assert sub.y_pred.between(0, 1).all() and sub.y_pred.nunique() > 1
@@ -192,7 +193,7 @@ def test_artifacts_and_logged_models(project, runs):
     from ffdi.inference.detector import Detector
     from ffdi.model.networks import count_se_modules
 
-    client, exp, (base, se, _) = runs
+    client, exp, (base, se) = runs
     arts = {a.path for a in client.list_artifacts(se.info.run_id, "evaluate")}
     assert {"evaluate/roc.png", "evaluate/confusion.png", "evaluate/roc.csv", "evaluate/explain.png"} <= arts
     assert [a.path for a in client.list_artifacts(se.info.run_id, "predict")] == ["predict/submission.csv"]
@@ -214,13 +215,13 @@ def test_artifacts_and_logged_models(project, runs):
         detector = Detector.load(f"models:/{logged.model_id}", "cpu", tta=["hflip"])
         assert count_se_modules(detector.model) == n_se
         if run is base:
-            images = sorted((project["repo"] / "data" / "sample" / "valset").glob("*.jpg"))[:8]
+            images = sorted((project["repo"] / "data" / "labelled" / "valset").glob("*.jpg"))[:8]
             from_file = Detector.load(project["baseline"]["model"], "cpu", tta=["hflip"]).score(images)
             np.testing.assert_array_equal(detector.score(images), from_file)
 
 
 def test_dvc_exp_show_lists_both_with_auc(project, runs):
-    _, _, (_, se, seed1) = runs
+    _, _, (_, se) = runs
     rows = []
     for entry in project["exp_show"]:
         for rev in [entry] + [e for exp in entry.get("experiments") or [] for e in exp.get("revs", [])]:
@@ -237,7 +238,7 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
     with_auc = [r for r in rows if r[2] is not None]
     assert {r[1] for r in with_auc} >= {False, True}
     names = {r[0] for r in with_auc}
-    assert se.data.tags["dvc.exp_name"] in names and seed1.data.tags["dvc.exp_name"] in names
+    assert se.data.tags["dvc.exp_name"] in names and project["temp_name"] in names
     assert pytest.approx(project["baseline"]["metrics"]["val"]["roc_auc"]) in [r[2] for r in with_auc if r[1] is False]
 
 
@@ -333,7 +334,7 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     import mlflow
 
-    _, exp, (base, se, _) = runs
+    _, exp, (base, se) = runs
     (logged,) = [
         m
         for m in mlflow.search_logged_models(

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params, SampleConfig
+from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params
 from ffdi.data.labels import prepare, read_manifest
 from ffdi.errors import ConfigError
 from ffdi.evaluation import degrade
@@ -27,21 +27,8 @@ from ffdi.evaluation.evaluate import evaluate, robustness_tables, summary_lines
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
-from ffdi.sample.generate import generate
 from ffdi.tracking.evaluation import evaluation_metrics
-from tests.project import make_project, mlflow_runs
-
-GROUPS = ("a", "b", "c")
-
-
-def label_with_groups(root: Path, groups=GROUPS) -> None:
-    """Rewrite the train and val label files with a `method` column: fakes take the groups in turn."""
-    for name in ("trainset_label.txt", "valset_label.txt"):
-        labels = pd.read_csv(root / name, dtype={"img_name": str})
-        fake_rank = (labels.target == 1).cumsum() - 1
-        labels["method"] = [groups[r % len(groups)] if t == 1 else "real" for t, r in zip(labels.target, fake_rank)]
-        labels[["img_name", "target", "method"]].to_csv(root / name, index=False)
-
+from tests.project import GROUPS, copy_project, mlflow_runs
 
 # --- unit: degradations, with a random model ------------------------------------------------------
 
@@ -233,32 +220,26 @@ def test_extra_set_folder_is_checked_and_fingerprinted(tiny_data, tmp_path):
         labelled_folder("other", str(copy), data)
 
 
-# --- the stage, end to end on a tiny project ----------------------------------------------------
+# --- the stage, end to end: the shared project, then a held-out experiment ---------------------------
 
-TINY = {
-    "data": {"root": "data/labelled"},
-    "augment": {"resize": 32, "image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16},
-    "runtime": {"workers": 0},
-    "eval": {
-        "batch_size": 32,
-        "extra_sets": {"other": "data/other"},
-        "degradations": ["jpeg:100", "noise:60", "downscale:0.25"],
-    },
-    "predict": {"batch_size": 32},
-    "tracking": {"log_model": False},
+# The held-out experiment also trains another family with every tuning knob: a ViT, norm-tuned, with
+# NPR channels, EMA, on-the-fly self-blending and training degradations (test_tuning's unit tests
+# check each knob; here the whole pipeline runs them and logs a servable model).
+KNOBS = {
+    "model.arch": "vit_tiny_patch16_224",
+    "model.tune": "norm",
+    "model.input": "rgb+npr",
+    "train.ema": "0.9",
+    "augment.self_blend": "0.3",
+    "augment.jpeg": "[50,95]",
+    "augment.blur": "[0.2,1.0]",
+    "augment.downscale": "[0.6,0.9]",
 }
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("evaluate") / "repo", TINY)
-    generate(SampleConfig(n_train=96, n_val=48, n_test=4, size=32, seed=5), p.repo / "data" / "labelled")
-    generate(SampleConfig(n_train=4, n_val=40, n_test=0, size=32, seed=6), p.repo / "data" / "other")
-    label_with_groups(p.repo / "data" / "labelled")
-    label_with_groups(p.repo / "data" / "other")
-    p.commit("labelled data")
-    p.sh("dvc", "repro", "evaluate")
+def project(shared_project, tmp_path_factory):
+    p = copy_project(shared_project, tmp_path_factory.mktemp("evaluate") / "repo")
     repo = p.repo
     base = {
         "metrics": json.loads((repo / "metrics.json").read_text()),
@@ -281,15 +262,17 @@ def project(tmp_path_factory):
     p.commit("train fakes of a unreadable")
     # A set added from the command line: Hydra's `+` adds a key that params.yaml does not have yet
     # (without it DVC refuses, "object_type=dict").
-    p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "-S", "+eval.extra_sets.added=data/other", "evaluate")
+    knobs = [arg for key, value in KNOBS.items() for arg in ("-S", f"{key}={value}")]
+    p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "-S", "+eval.extra_sets.added=data/other", *knobs)
     held = {
         "metrics": json.loads((repo / "metrics.json").read_text()),
         "predictions": pd.read_csv(
             repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str}, keep_default_na=False
         ),
         "history": pd.read_csv(repo / "reports" / "history.csv"),
+        "submission": pd.read_csv(repo / "submission.csv", dtype={"img_name": str}),
     }
-    _, _, runs = mlflow_runs(repo)
+    _, held["experiment"], runs = mlflow_runs(repo)
     held["run"] = runs[-1]
     return {"p": p, "repo": repo, "base": base, "held": held}
 
@@ -390,7 +373,7 @@ def test_holdout_keeps_a_out_of_training_and_model_selection(project):
     # ... and the val it chose the best epoch on had no fake of `a`: val_images counts what it scored.
     n_val_a = int(((preds.group == "a") & (preds.target == 1)).sum())
     assert n_val_a > 0
-    assert held["history"].val_images.tolist() == [len(preds) - n_val_a] * 2
+    assert held["history"].val_images.tolist() == [len(preds) - n_val_a] * 3  # SHARED_PARAMS' 3 epochs
     # Evaluate still scores every val image; `heldout` is a's fakes against all real, `seen` the rest.
     assert m["images"] == len(preds) == 48
     y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
@@ -415,3 +398,44 @@ def test_an_extra_set_can_be_added_from_the_command_line(project):
     assert extra["added"]["images"] == 40 and extra["added"]["data_hash"] == extra["other"]["data_hash"]
     assert extra["added"]["roc_auc"] == extra["other"]["roc_auc"]  # the same folder, the same model
     assert project["held"]["run"].data.params["eval.extra_sets.added"] == "data/other"
+
+
+@pytest.mark.slow
+def test_another_family_with_every_knob_runs_the_pipeline_and_logs_a_servable_model(project):
+    """The held-out experiment's ViT (KNOBS): norm-tuned as asked, NPR channels in its checkpoint, and
+    its logged models score like its submission."""
+    import mlflow
+
+    from ffdi.config import ModelConfig
+    from ffdi.model.networks import set_tuning
+
+    held, repo = project["held"], project["repo"]
+    run = held["run"]
+    assert {k: run.data.params[k] for k in KNOBS} == {
+        "model.arch": "vit_tiny_patch16_224",
+        "model.tune": "norm",
+        "model.input": "rgb+npr",
+        "train.ema": "0.9",
+        "augment.self_blend": "0.3",
+        "augment.jpeg": "[50, 95]",
+        "augment.blur": "[0.2, 1.0]",
+        "augment.downscale": "[0.6, 0.9]",
+    }
+    assert run.info.status == "FINISHED"
+    model = build_model(ModelConfig(arch="vit_tiny_patch16_224", tune="norm", input="rgb+npr"), image_size=32)
+    assert (
+        run.data.metrics["trainable_params"] == set_tuning(model, "norm") < sum(q.numel() for q in model.parameters())
+    )
+    assert "artefacts.mix.weight" in checkpoint.load(repo / "models" / "model.pt")["model"]
+
+    submission = held["submission"]
+    logged = mlflow.search_logged_models(
+        experiment_ids=[held["experiment"].experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )
+    assert sorted(m.name for m in logged) == ["detector", "model"]
+    test_dir = repo / "data" / "labelled" / "testset"
+    for m in logged:
+        det = Detector.load(f"models:/{m.model_id}", "cpu", tta=["hflip"])
+        np.testing.assert_allclose(det.score([test_dir / n for n in submission.img_name]), submission.y_pred, atol=1e-6)

@@ -19,8 +19,7 @@ from ffdi.analysis import generalisation_report as gen_report
 from ffdi.analysis.runs import CompareError, Run
 from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
 from ffdi.sample.generate import generate
-from tests.project import NO_DEGRADATION, make_project, mlflow_runs
-from tests.test_evaluate import label_with_groups
+from tests.project import NO_DEGRADATION, label_with_groups, make_project, mlflow_runs
 
 
 def test_holdout_sets_leave_one_out_and_train_on_one():
@@ -433,9 +432,11 @@ TINY = {
 }
 
 
-@pytest.mark.slow
-def test_generalisation_end_to_end(tmp_path):
-    p = make_project(tmp_path / "repo", TINY)
+@pytest.fixture(scope="module")
+def generalised(tmp_path_factory):
+    """`ffdi generalisation` in a tiny project with two manipulations: two experiments queued in DVC
+    and run two at a time, then the report. The suite's test of DVC's queue."""
+    p = make_project(tmp_path_factory.mktemp("generalisation") / "repo", TINY)
     generate(SampleConfig(n_train=64, n_val=32, n_test=4, size=32, seed=7), p.repo / "data" / "labelled")
     label_with_groups(p.repo / "data" / "labelled", ("a", "b"))
     p.commit("labelled data")
@@ -452,6 +453,12 @@ def test_generalisation_end_to_end(tmp_path):
         "15",
         all_cores=True,
     )
+    return p, proc
+
+
+@pytest.mark.slow
+def test_generalisation_end_to_end(generalised):
+    p, proc = generalised
     assert "manipulations: a, b" in proc.stdout and "2 succeeded, 0 failed, 0 unfinished" in proc.stdout
 
     client, _, runs = mlflow_runs(p.repo)
@@ -486,3 +493,61 @@ def test_generalisation_end_to_end(tmp_path):
     )
     assert "| a |" in again.stdout
     assert (p.repo / "reports" / "again" / "report.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_queued_runs_land_complete_in_the_one_store(generalised):
+    """Two experiments run side by side by DVC's queue: each lands, complete, in the one MLflow store."""
+    p, _ = generalised
+    commit = p.out("git", "rev-parse", "HEAD")
+    client, exp, runs = mlflow_runs(p.repo)
+    pipeline = [r for r in runs if r.data.tags.get("ffdi.kind") == "pipeline"]
+    assert len(pipeline) == 2 and {r.info.status for r in pipeline} == {"FINISHED"}
+    assert len({r.info.run_name for r in pipeline}) == 2  # one per DVC experiment, no duplicates
+    for run in pipeline:
+        for key in ("train_loss", "val_loss", "val_auc"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == [0, 1], (run.info.run_name, key)
+        assert "eval_roc_auc" in run.data.metrics and run.data.metrics["predict_images"] == 4
+        assert run.data.tags["git.commit"] == commit
+    # Nothing was stored inside DVC's temporary executor folders.
+    assert not list((p.repo / ".dvc" / "tmp").rglob("mlflow.db"))
+    assert not list((p.repo / ".dvc" / "tmp").rglob("mlartifacts"))
+
+    shown = json.loads(p.out("dvc", "exp", "show", "--json"))
+    names = {e["name"] for entry in shown for exp in entry.get("experiments") or [] for e in exp.get("revs", [])}
+    assert {r.info.run_name for r in pipeline} <= names
+
+
+@pytest.mark.slow
+def test_compare_report_on_the_queued_runs(generalised):
+    """`ffdi compare` on real runs: one group per held-out set, each group's numbers its run's, a paired
+    bootstrap CI around the difference, the plots, and a report run in MLflow."""
+    p, _ = generalised
+    proc = p.sh(sys.executable, "-m", "ffdi.cli.compare", "--boot", "200")
+    client, _, runs = mlflow_runs(p.repo)
+    pipeline = [r for r in runs if r.data.tags.get("ffdi.kind") == "pipeline"]
+    (report_run,) = [r for r in runs if r.data.tags.get("ffdi.kind") == "compare"]
+
+    summary = pd.read_csv(p.repo / "reports" / "compare" / "summary.csv")
+    assert summary.group.tolist() == ["data.holdout=['a']", "data.holdout=['b']"]
+    for _, row in summary.iterrows():
+        (run,) = [r for r in pipeline if f"data.holdout={r.data.params['data.holdout']}" == row.group]
+        assert row.runs == 1 and row["val AUC mean"] == pytest.approx(run.data.metrics["eval_roc_auc"])
+        assert np.isnan(row["val AUC sd"])  # one seed: no spread to report
+
+    report = (p.repo / "reports" / "compare" / "report.md").read_text()
+    assert "95% CI" in report
+    ci = re.search(
+        r"\| data\.holdout=\['b'\] \| data\.holdout=\['a'\] \| ([+-][0-9.]+) \| \[([+-][0-9.]+), ([+-][0-9.]+)\]",
+        report,
+    )
+    assert ci, report
+    diff, low, high = map(float, ci.groups())
+    aucs = {r.data.params["data.holdout"]: r.data.metrics["eval_roc_auc"] for r in pipeline}
+    assert diff == pytest.approx(aucs["['b']"] - aucs["['a']"], abs=1e-4) and low <= diff <= high
+    for png in ("curves.png", "roc.png"):
+        assert (p.repo / "reports" / "compare" / png).stat().st_size > 10_000
+    arts = {a.path for a in client.list_artifacts(report_run.info.run_id, "compare")}
+    assert {"compare/report.md", "compare/curves.png", "compare/roc.png", "compare/summary.csv"} <= arts
+    assert "val AUC" in proc.stdout

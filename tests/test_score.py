@@ -18,7 +18,7 @@ from ffdi.config import AugmentConfig, Params
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
-from tests.project import TINY_PARAMS, make_project
+from tests.project import copy_project
 
 
 def random_checkpoint(path: Path, image_size: int = 32) -> Path:
@@ -195,17 +195,15 @@ def test_the_ffdi_command_has_score_and_explain(images, model, capsys):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("score") / "repo", TINY_PARAMS)
-    p.sh("dvc", "repro")
-    return p
+def project(shared_project, tmp_path_factory):
+    return copy_project(shared_project, tmp_path_factory.mktemp("score") / "repo")
 
 
 @pytest.mark.slow
 def test_score_agrees_with_the_submission_and_evaluate(project):
     """`ffdi score` with its defaults, in the project, gives the submission's numbers (same views, precision)."""
     repo = project.repo
-    proc = project.sh("ffdi", "score", "data/sample/testset", "--out", "scores.csv", "--batch-size", "5")
+    proc = project.sh("ffdi", "score", "data/labelled/testset", "--out", "scores.csv", "--batch-size", "5")
     assert "tta hflip (params.yaml predict.tta)" in proc.stderr
     scored = pd.read_csv(repo / "scores.csv", keep_default_na=False)
     scored["img_name"] = [os.path.basename(p) for p in scored.path]
@@ -214,7 +212,7 @@ def test_score_agrees_with_the_submission_and_evaluate(project):
     assert len(both) == len(submission) == 12 and (both.error == "").all()
     np.testing.assert_allclose(both.p_fake.astype(float), both.y_pred, atol=1e-6)
 
-    project.sh("ffdi", "score", "data/sample/valset", "--out", "val.csv")
+    project.sh("ffdi", "score", "data/labelled/valset", "--out", "val.csv")
     val = pd.read_csv(repo / "val.csv")
     val["img_name"] = [os.path.basename(p) for p in val.path]
     evaluated = pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str})
@@ -232,10 +230,10 @@ def test_score_a_model_logged_in_mlflow(project):
     found = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
     # The torch model (train) and the served detector (evaluate) both carry the checkpoint.
     assert sorted(m.name for m in found) == ["detector", "model"]
-    project.sh("ffdi", "score", "data/sample/testset", "--out", "local.csv")
+    project.sh("ffdi", "score", "data/labelled/testset", "--out", "local.csv")
     local = pd.read_csv(project.repo / "local.csv")
     for logged in found:
-        project.sh("ffdi", "score", "data/sample/testset", "--model", f"models:/{logged.model_id}", "--out", "m.csv")
+        project.sh("ffdi", "score", "data/labelled/testset", "--model", f"models:/{logged.model_id}", "--out", "m.csv")
         from_mlflow = pd.read_csv(project.repo / "m.csv")
         assert from_mlflow.path.tolist() == local.path.tolist()
         np.testing.assert_allclose(from_mlflow.p_fake, local.p_fake, atol=1e-12)
@@ -259,7 +257,7 @@ def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     project.sh("dvc", "repro")
     after = pd.read_csv(repo / "submission.csv", dtype={"img_name": str})
-    test = sorted((repo / "data/sample/testset").glob("*.jpg"))
+    test = sorted((repo / "data/labelled/testset").glob("*.jpg"))
     theirs = dict(zip([p.name for p in test], Detector.load(other, "cpu", tta=["hflip"]).score(test)))
     mine = dict(zip(before.img_name, before.y_pred))
     np.testing.assert_allclose(after.y_pred, [(mine[n] + theirs[n]) / 2 for n in after.img_name], atol=1e-6)
@@ -267,7 +265,7 @@ def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics
     report = json.loads((repo / "metrics.json").read_text())
     assert report["ensemble"]["models"] == ["models/model.pt", str(other)]
     val = pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str})
-    val_paths = [repo / "data/sample/valset" / n for n in val.img_name]
+    val_paths = [repo / "data/labelled/valset" / n for n in val.img_name]
     their_val = Detector.load(other, "cpu", tta=["hflip"]).score(val_paths)
     expected = skm.roc_auc_score(val.target, (val.y_pred + their_val) / 2)
     assert report["ensemble"]["roc_auc"] == pytest.approx(expected, abs=1e-6)

@@ -107,42 +107,6 @@ def test_ema_and_tune_are_checked():
         ModelConfig(tune="lora")
 
 
-@pytest.mark.slow
-def test_another_family_with_every_new_knob_runs_the_pipeline_and_logs_a_servable_model(tmp_path):
-    """A ViT, norm-tuned, with NPR channels, EMA, on-the-fly self-blending and degradations: the
-    whole pipeline, then the logged models score like the submission."""
-    import numpy as np
-    import pandas as pd
-
-    from tests.project import TINY_PARAMS, make_project, mlflow_runs
-
-    overrides = {k: dict(v) for k, v in TINY_PARAMS.items()}
-    overrides["model"] = {"arch": "vit_tiny_patch16_224", "tune": "norm", "input": "rgb+npr"}
-    overrides["train"].update(ema=0.9)
-    overrides["augment"].update(self_blend=0.3, jpeg=[50, 95], blur=[0.2, 1.0], downscale=[0.6, 0.9])
-    overrides["eval"] = {**overrides["eval"], "degradations": []}
-    p = make_project(tmp_path / "repo", overrides)
-    p.sh("dvc", "repro")
-    client, exp, runs = mlflow_runs(p.repo)
-    (run,) = runs
-    assert run.data.params["model.arch"] == "vit_tiny_patch16_224" and run.info.status == "FINISHED"
-    model = build_model(ModelConfig(arch="vit_tiny_patch16_224", tune="norm", input="rgb+npr"), image_size=32)
-    assert (
-        run.data.metrics["trainable_params"] == set_tuning(model, "norm") < sum(q.numel() for q in model.parameters())
-    )
-    best = checkpoint.load(p.repo / "models" / "model.pt")
-    assert "artefacts.mix.weight" in best["model"]
-    submission = pd.read_csv(p.repo / "submission.csv", dtype={"img_name": str})
-    import mlflow
-
-    logged = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
-    assert sorted(m.name for m in logged) == ["detector", "model"]
-    test_dir = p.repo / "data" / "sample" / "testset"
-    for m in logged:
-        det = Detector.load(f"models:/{m.model_id}", "cpu", tta=["hflip"])
-        np.testing.assert_allclose(det.score([test_dir / n for n in submission.img_name]), submission.y_pred, atol=1e-6)
-
-
 def test_unset_size_and_normalisation_come_from_the_model(tiny_data, manifests, tmp_path):
     """augment.image_size/resize/normalize left null: the model's pretrained config (timm) decides,
     the checkpoint keeps the resolved values, and the Detector scores with exactly them."""
