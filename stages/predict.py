@@ -1,4 +1,5 @@
-"""Stage `predict`: write the submission CSV img_name,y_pred (probability of fake)."""
+"""Stage `predict`: write the submission CSV img_name,y_pred (probability of fake); for a test set of videos
+(the frames stage's crops), one row per video, video_name,y_pred, its frames' eval.video_aggregate."""
 
 import json
 
@@ -7,6 +8,7 @@ import pandas as pd
 
 from ffdi import hardware
 from ffdi.data.labels import read_manifest
+from ffdi.data.video import aggregate
 from ffdi.files import project_root, write_csv
 from ffdi.inference.detector import Detector, Ensemble
 from ffdi.stage import stage_main
@@ -31,7 +33,18 @@ def main(params, prepared, model, run_ref):
     res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
     prob = np.full(len(manifest), UNREADABLE_SCORE)
     prob[res.index] = res.prob
-    submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
+    if "video" in manifest:
+        # Only the frames scored: an unreadable one claims nothing rather than pulling its video to 0.5.
+        scored = pd.DataFrame({"video_name": manifest.video.iloc[res.index].to_numpy(), "p": res.prob})
+        by_video = scored.groupby("video_name", sort=False).p
+        videos = dict.fromkeys(manifest.video, UNREADABLE_SCORE)  # every video, in the label file's order
+        videos.update({v: aggregate(p.to_numpy(), params.eval.video_aggregate) for v, p in by_video})
+        # Videos the frames stage left out (no usable frame) still need a row.
+        left_out = json.loads((prepared / "summary.json").read_text()).get("videos", {}).get(split, {})
+        videos.update({v: UNREADABLE_SCORE for v in left_out.get("videos_left_out", [])})
+        submission = pd.DataFrame({"video_name": list(videos), "y_pred": list(videos.values())})
+    else:
+        submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
     with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):
