@@ -109,6 +109,13 @@ def test_video_level_auc_is_sklearns_on_the_aggregated_frame_scores(videos, mani
         ev.videos.set_index("video_name").loc[per_video.index].y_pred, per_video.y, rtol=0, atol=1e-12
     )
 
+    # The same frames as an extra set (a frames stage's output in the val layout): the same figures.
+    from ffdi.evaluation.evaluate import labelled_folder
+
+    extra = evaluate(det, val, cfg, extra={"f": labelled_folder("f", str(frames), DataConfig())}).report["extra_sets"]
+    assert extra["f"]["roc_auc"] == pytest.approx(ev.report["val"]["roc_auc"], abs=1e-12)
+    assert extra["f"]["video"]["roc_auc"] == pytest.approx(video["roc_auc"], abs=1e-12)
+
     # The frame-level AUC is the image pipeline's on the same pictures: the frames are the sample's images.
     sources = pd.read_csv(videos / "sources.csv")
     images = manifests[1]

@@ -5,7 +5,8 @@ stage writes `report` as metrics.json and `ffdi.tracking.evaluation.log_evaluati
 - `val`: the overall val metrics; `val_no_tta`: the same without test-time views;
 - `groups`: per manipulation, its fakes against all real images (`group_mean_auc`, `group_worst_auc`);
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
-- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector; a folder of
+- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector (`video`: the
+  video-level figures of a folder of frames with their video_name, another data set's frames stage output); a folder of
   videos (`video_name,target` labels, multiFFDV's) is scored per video (ffdi.inference.video: eval.video_frames
   frames, aggregated by eval.video_aggregate), with `aggregate_auc`: the AUC of each aggregation;
 - `robustness.<kind>.<severity>`: val under each degradation of eval.degradations, per manipulation too
@@ -228,6 +229,13 @@ def evaluate(
             r = detector.score_manifest(manifest, cfg.batch_size, workers, on_bad_image, f"extra {name}")
             index, set_prob, set_skipped = r.index, r.prob, r.skipped
             counts = {"images": int(len(index)), "skipped_images": len(r.skipped)}
+            if "video" in manifest:  # another data set's frames stage output: its videos too
+                videos = per_video(manifest.iloc[index], set_prob, cfg.video_aggregate)
+                counts["video"] = {
+                    **scored_metrics(videos, videos.y_pred.to_numpy(), cfg),
+                    "videos": int(len(videos)),
+                    "aggregate": cfg.video_aggregate,
+                }
         frame = manifest.iloc[index].reset_index(drop=True)
         extra_rows[name] = frame[["img_name", "target", "group"]].assign(y_pred=set_prob)
         skipped[f"extra_{name}"] = set_skipped

@@ -46,6 +46,8 @@ def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, f
     for name, e in report.get("extra_sets", {}).items():
         m.update({f"extra_{name}_{k}": v for k, v in e.items() if _number(v)})
         m.update({f"extra_{name}_auc_{g}": gm["roc_auc"] for g, gm in e.get("groups", {}).items()})
+        if "video" in e:  # a folder of frames: its video-level AUC
+            m[f"extra_{name}_video_roc_auc"] = e["video"]["roc_auc"]
     for kind, severities in report.get("robustness", {}).items():
         if kind != "clean":
             for key, r in severities.items():
