@@ -8,7 +8,7 @@ import pandas as pd
 
 from ffdi import hardware
 from ffdi.data.labels import read_manifest
-from ffdi.data.video import aggregate
+from ffdi.data.video import per_video_scores
 from ffdi.files import project_root, write_csv
 from ffdi.inference.detector import Detector, Ensemble
 from ffdi.stage import stage_main
@@ -34,14 +34,16 @@ def main(params, prepared, model, run_ref):
     prob = np.full(len(manifest), UNREADABLE_SCORE)
     prob[res.index] = res.prob
     if "video" in manifest:
-        # Only the frames scored: an unreadable one claims nothing rather than pulling its video to 0.5.
-        scored = pd.DataFrame({"video_name": manifest.video.iloc[res.index].to_numpy(), "p": res.prob})
-        by_video = scored.groupby("video_name", sort=False).p
-        videos = dict.fromkeys(manifest.video, UNREADABLE_SCORE)  # every video, in the label file's order
-        videos.update({v: aggregate(p.to_numpy(), params.eval.video_aggregate) for v, p in by_video})
-        # Videos the frames stage left out (no usable frame) still need a row.
+        # Only the frames scored count: an unreadable one claims nothing rather than pulling its video to
+        # 0.5; a video with none scored, or one the frames stage left out (no usable frame), still gets a row.
         left_out = json.loads((prepared / "summary.json").read_text()).get("videos", {}).get(split, {})
-        videos.update({v: UNREADABLE_SCORE for v in left_out.get("videos_left_out", [])})
+        videos = per_video_scores(
+            manifest.video.iloc[res.index],
+            res.prob,
+            params.eval.video_aggregate,
+            [*manifest.video, *left_out.get("videos_left_out", [])],
+            UNREADABLE_SCORE,
+        )
         submission = pd.DataFrame({"video_name": list(videos), "y_pred": list(videos.values())})
     else:
         submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})

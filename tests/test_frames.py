@@ -126,6 +126,17 @@ def test_video_level_auc_is_sklearns_on_the_aggregated_frame_scores(videos, mani
     assert "val_video" not in as_images.report
 
 
+def test_a_submission_of_videos_has_a_row_for_every_video():
+    from ffdi.data.video import per_video_scores
+
+    frames = ["b.mp4", "a.mp4", "b.mp4", "b.mp4", "a.mp4"]
+    probs = [0.2, 0.9, 0.4, 0.9, 0.5]
+    got = per_video_scores(frames, probs, "max", ["a.mp4", "b.mp4", "c.mp4", "gone.mp4"], 0.5)
+    assert got == {"b.mp4": 0.9, "a.mp4": 0.9, "c.mp4": 0.5, "gone.mp4": 0.5}
+    got = per_video_scores(frames, probs, "mean")
+    assert got == pytest.approx({"b.mp4": 0.5, "a.mp4": 0.7}, abs=1e-12)
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 

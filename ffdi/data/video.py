@@ -312,6 +312,20 @@ def aggregate(probs: Sequence[float], how: str = "mean") -> float:
     return float(np.sort(p)[-k:].mean())
 
 
+def per_video_scores(
+    videos: Sequence[str], probs: Sequence[float], how: str, every: Iterable[str] = (), missing: float = 0.5
+) -> dict[str, float]:
+    """{video_name: P(fake)}: each video's frames' scores (`videos[i]` is frame i's video) aggregated by `how`,
+    in the order of their first frame; then each video of `every` that has no scored frame (a video the
+    frames stage left out, frames that could not be read) at `missing`."""
+    frames: dict[str, list[float]] = {}
+    for v, p in zip(videos, probs):
+        frames.setdefault(v, []).append(float(p))
+    out = {v: aggregate(p, how) for v, p in frames.items()}
+    out.update({v: missing for v in every if v not in out})
+    return out
+
+
 # --- writing (test clips, benchmark clips, labelled sets made from images) -----------------------
 
 
