@@ -115,6 +115,10 @@ def _splits(data: DataConfig) -> list[tuple[str, str, Path | None, pd.DataFrame]
         path = root / data.test_labels if data.test_labels else None
         if path is not None and path.is_file():
             labels = read_labels(path, require_target=False)
+            if len(labels) and not names_videos(labels, path):
+                raise DataError(
+                    f"{path}: names images while {data.train_labels} names videos; a data set is one or the other"
+                )
         else:
             names = sorted(list_images(root / data.test_dir, VIDEO_SUFFIXES))
             labels, path = pd.DataFrame({"img_name": names, "target": -1, "group": ""}), None
