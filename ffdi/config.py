@@ -188,6 +188,27 @@ class DataConfig:
 
 
 @_validated
+class FramesConfig:
+    """Videos into face crops (stage `frames`) where the label files name videos; an image
+    data set passes through untouched. A frame without a face is skipped; a video without a
+    usable frame is listed in data/frames/videos.csv and left out (on_bad_image: error stops)."""
+
+    train_frames: Positive = Field(
+        8,
+        description="frames per training video, evenly spread; neighbouring frames are near duplicates, so\n"
+        "more add decoding time and disk faster than they add variety",
+    )
+    eval_frames: Positive = Field(32, description="frames per val and test video, as the field's protocol tests")
+    faces: bool = Field(True, description="crop each frame to its largest face (MTCNN, offline); false: whole frames")
+    margin: Annotated[float, Field(ge=1.0, le=4.0)] = Field(
+        1.6, description="the square crop's side, times the face box's longer side (ffdi score --faces: 1.6)"
+    )
+    size: Positive | None = Field(
+        256, description="px: a face crop's side, or a whole frame's shorter side; null: as decoded"
+    )
+
+
+@_validated
 class AugmentConfig:
     """Train-time augmentation; eval resizes, centre-crops and normalises only. On multiFFDI,
     baseline: resize 256, image_size 256, flips;
@@ -431,6 +452,7 @@ class Params:
 
     sample: Group[SampleConfig] = field(default_factory=SampleConfig)
     data: Group[DataConfig] = field(default_factory=DataConfig)
+    frames: Group[FramesConfig] = field(default_factory=FramesConfig)
     augment: Group[AugmentConfig] = field(default_factory=AugmentConfig)
     model: Group[ModelConfig] = field(default_factory=ModelConfig)
     train: Group[TrainConfig] = field(default_factory=TrainConfig)

@@ -23,6 +23,10 @@ EVAL_GROUP_AUC = EVAL + GROUP_AUC  # + manipulation: its fakes against all real 
 HELDOUT, SEEN = "heldout_", "seen_"  # + metric: the held-out manipulations' fakes (or the others') vs real
 HELDOUT_ROC_AUC = HELDOUT + "roc_auc"
 
+# --- videos (the frames stage's crops): one score per video from its frames' ---------------------------
+VAL_VIDEO = "val_video"  # metrics.json: val's videos, each scored by eval.video_aggregate of its frames
+EVAL_VIDEO = EVAL + "video_"  # + a val_video key: eval_video_roc_auc, eval_video_auc_<manipulation>, ...
+
 # --- MLflow tags ------------------------------------------------------------------------------------
 DATA_HASH_TAG = "data.hash"  # the train stage's fingerprint of the data a run trained and was evaluated on
 RUN_KIND_TAG = "ffdi.kind"  # what made a run that is not a pipeline run ("compare")
@@ -30,6 +34,7 @@ RUN_KIND_TAG = "ffdi.kind"  # what made a run that is not a pipeline run ("compa
 # --- files: evaluate's reports, and where MLflow keeps them ------------------------------------------
 EVALUATE_ARTIFACTS = "evaluate"  # the artifact folder of evaluate's reports in a run
 VAL_PREDICTIONS = "val_predictions.csv"  # per val image: target, P(fake), group
+VAL_VIDEO_PREDICTIONS = "val_video_predictions.csv"  # per val video: target, group, frames, P(fake)
 ROBUSTNESS_DIR = "robustness"  # one CSV per kind of degradation: DVC draws one plot each
 ROBUSTNESS_PREDICTIONS = "robustness_predictions.csv"  # per image and degradation, for paired bootstraps
 CHECKPOINT_NAME = "checkpoint.pt"  # a checkpoint's name inside a logged MLflow model, where Detector.load finds it

@@ -1,4 +1,5 @@
-"""Stage `predict`: write the submission CSV img_name,y_pred (probability of fake)."""
+"""Stage `predict`: write the submission CSV img_name,y_pred (probability of fake); for a test set of videos
+(the frames stage's crops), one row per video, video_name,y_pred, its frames' eval.video_aggregate."""
 
 import json
 
@@ -7,6 +8,7 @@ import pandas as pd
 
 from ffdi import hardware
 from ffdi.data.labels import read_manifest
+from ffdi.data.video import per_video_scores
 from ffdi.files import project_root, write_csv
 from ffdi.inference.detector import Detector, Ensemble
 from ffdi.stage import stage_main
@@ -31,7 +33,20 @@ def main(params, prepared, model, run_ref):
     res = detector.score_manifest(manifest, cfg.batch_size, workers, params.data.on_bad_image, f"predict {split}")
     prob = np.full(len(manifest), UNREADABLE_SCORE)
     prob[res.index] = res.prob
-    submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
+    if "video" in manifest:
+        # Only the frames scored count: an unreadable one claims nothing rather than pulling its video to
+        # 0.5; a video with none scored, or one the frames stage left out (no usable frame), still gets a row.
+        left_out = json.loads((prepared / "summary.json").read_text()).get("videos", {}).get(split, {})
+        videos = per_video_scores(
+            manifest.video.iloc[res.index],
+            res.prob,
+            params.eval.video_aggregate,
+            [*manifest.video, *left_out.get("videos_left_out", [])],
+            UNREADABLE_SCORE,
+        )
+        submission = pd.DataFrame({"video_name": list(videos), "y_pred": list(videos.values())})
+    else:
+        submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
     with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):

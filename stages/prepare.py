@@ -2,14 +2,19 @@
 
 import json
 
-from ffdi.data.labels import listing, prepare
+from ffdi.data.labels import FRAMES_SUMMARY, frames_data_config, listing, prepare, read_frames_summary
 from ffdi.stage import stage_main
 
 
-def main(params, listing_file, out):
+def main(params, listing_file, frames, out):
     # Run by DVC, the listing stage has just written the listing; run alone, list the data here.
     files = json.loads(listing_file.read_text()) if listing_file.is_file() else listing(params.data)
-    summary = prepare(params.data, out, files)
+    # Run alone before the frames stage: read data.root as images (prepare says so if it names videos).
+    made = read_frames_summary(frames) if (frames / FRAMES_SUMMARY).is_file() else {"kind": "images"}
+    if made["kind"] == "videos":  # the frames stage's crops, in the image layout, stand for the videos
+        summary = prepare(frames_data_config(params.data, frames), out, files, videos=made)
+    else:
+        summary = prepare(params.data, out, files)
     for split, counts in summary["splits"].items():
         groups = ", ".join(f"{g} {n}" for g, n in counts["fake_groups"].items())
         print(
@@ -20,4 +25,4 @@ def main(params, listing_file, out):
 
 
 if __name__ == "__main__":
-    stage_main(main, "listing_file", "out")
+    stage_main(main, "listing_file", "frames", "out")

@@ -125,7 +125,7 @@ def test_auto_or_int_and_lists_are_checked(tmp_path):
         (
             "trian:\n  lr: 0.1\n",
             "unknown key trian (did you mean train?); known keys in params: augment, data, "
-            "eval, model, predict, runtime, sample, tracking, train",
+            "eval, frames, model, predict, runtime, sample, tracking, train",
         ),
         # Strict types: no bool for an int, no string for a number.
         ("train:\n  epochs: true\n", "train.epochs must be an integer, got True (bool)"),

@@ -72,7 +72,7 @@ def test_finished_runs_in_one_store(project, runs):
 
 def test_repro_with_nothing_changed_runs_nothing(project, runs):
     out = project["baseline"]["rerun"]
-    for stage in ("sample", "prepare", "train", "evaluate", "predict"):
+    for stage in ("sample", "frames", "prepare", "train", "evaluate", "predict"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     # listing runs every time (seconds: it lists the images) and nothing else does.
     assert out.count("Running stage") == 1 and "Running stage 'listing'" in out

@@ -14,7 +14,7 @@ from tests.project import TINY_PARAMS, make_project
 def test_dvc_repro_runs_every_stage_on_a_tiny_sample(tmp_path):
     p = make_project(tmp_path / "repo", {**TINY_PARAMS, "tracking": {"log_model": False}})  # test_e2e logs models
     out = p.out("dvc", "repro")
-    for stage in ("sample", "listing", "prepare", "train", "evaluate", "predict"):
+    for stage in ("sample", "listing", "frames", "prepare", "train", "evaluate", "predict"):
         assert f"Running stage '{stage}'" in out
     m = json.loads((p.repo / "metrics.json").read_text())
     preds = pd.read_csv(p.repo / "reports" / "evaluate" / "val_predictions.csv")

@@ -369,7 +369,9 @@ def test_each_bad_video_gets_a_row_naming_the_problem_and_the_rest_are_scored(
 
 def test_a_huge_frame_size_is_refused_before_decoding(tmp_path, monkeypatch):
     clip = write_video(tmp_path / "wide.mkv", numbered(2, size=(32, 64)), FPS, **LOSSLESS)
-    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 32 * 63)
+    from ffdi.data import video as decoding
+
+    monkeypatch.setattr(decoding, "MAX_FRAME_PIXELS", 32 * 63)
     with pytest.raises(BadVideo, match=r"frames of 64x32 px, over the 0 Mpx of 8K: refused"):
         list(sample_frames(clip))
 

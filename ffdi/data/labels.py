@@ -26,11 +26,21 @@ from ffdi.files import write_csv, write_json
 NAME_COLUMNS = ("img_name", "img_path", "video_name")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}  # scored by ffdi.inference.video
-MANIFEST_COLUMNS = ["img_name", "target", "group", "path"]
+MANIFEST_COLUMNS = ["img_name", "target", "group", "path"]  # + video, for the frames of videos
+# What the listing fingerprints: an image data set lists the same as before videos were listed.
+LISTED_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+# The test split's label file in the frames stage's output where data.test_labels is empty (every video of
+# testset/ is taken): a split's images are listed from its folder only when not nested, and frames are.
+TEST_LABELS = "testset_label.txt"
+# In the frames stage's folder (here, not in ffdi.schema: the frames stage must not depend on metric names,
+# or renaming one would decode every video again).
+FRAMES_SUMMARY = "frames.json"  # {"kind": "images"}, or what it made of videos
+VIDEO_RECORD = "videos.csv"  # per video: frames asked, decoded, with a face, written; why it was left out
 
 
 def read_labels(path: str | Path, require_target: bool = True, group_column: str | None = None) -> pd.DataFrame:
-    """Parse a label file into columns img_name, target, group (target is -1 when absent).
+    """Parse a label file into columns img_name, target, group (target is -1 when absent), and video
+    where the file names images and says each one's video_name too (the frames stage's crops).
 
     group: the `group_column` of the file where it has one (the manipulation that made a fake);
     real images may leave it empty and get 'real'. Without the column, group is ''.
@@ -58,17 +68,19 @@ def read_labels(path: str | Path, require_target: bool = True, group_column: str
                 f"{path} line {header_line}: expected a header 'img_name,target' "
                 f"(or 'img_path,target', or 'video_name,target'), got {','.join(header)!r}"
             )
-        body, name_idx, target_idx, group_idx = rows, 0, None, None  # a bare list of names
+        body, name_idx, target_idx, group_idx, video_idx = rows, 0, None, None, None  # a bare list of names
     else:
         body, name_idx = rows[1:], header.index(name_col)
         target_idx = header.index("target") if "target" in header else None
         group_idx = header.index(group_column) if group_column and group_column in header else None
+        video_idx = header.index("video_name") if name_col != "video_name" and "video_name" in header else None
         if require_target and target_idx is None:
             raise DataError(f"{path} line {header_line}: header has no 'target' column: {','.join(header)!r}")
 
     names: list[str] = []
     targets: list[int] = []
     groups: list[str] = []
+    videos: list[str] = []
     seen: dict[str, int] = {}
     for line, row in tqdm(body, desc=f"check {path.name}", unit="row", mininterval=1.0, leave=False):
         if len(row) != len(header) and name_col is not None:
@@ -97,7 +109,23 @@ def read_labels(path: str | Path, require_target: bool = True, group_column: str
         names.append(name)
         targets.append(target)
         groups.append(group)
-    return pd.DataFrame({"img_name": names, "target": targets, "group": groups})
+        if video_idx is not None:
+            videos.append(row[video_idx].strip())
+    out = pd.DataFrame({"img_name": names, "target": targets, "group": groups})
+    if video_idx is not None:
+        out["video"] = videos
+    return out
+
+
+def names_videos(labels: pd.DataFrame, labels_path: Path) -> bool:
+    """Whether a label file names videos (by their suffixes) rather than images; one or the other."""
+    videos = labels.img_name.map(lambda n: Path(n).suffix.lower() in VIDEO_SUFFIXES)
+    if videos.any() and not videos.all():
+        raise DataError(
+            f"{labels_path}: names {int(videos.sum())} videos and {int((~videos).sum())} images; "
+            "a set is one or the other"
+        )
+    return bool(len(labels)) and bool(videos.all())
 
 
 def check_name(name: str, path: Path, line: int) -> None:
@@ -132,15 +160,16 @@ def build_manifest(
         raise DataError(f"{labels_path}: {len(missing)} of {len(labels)} images not found in {folder}: {shown}")
     out = labels.copy()
     out["path"] = [str(folder / n) for n in out.img_name]
-    return out[MANIFEST_COLUMNS]
+    return out[MANIFEST_COLUMNS + (["video"] if "video" in out else [])]
 
 
-def prepare(cfg: DataConfig, out_dir: str | Path, files: dict | None = None) -> dict:
+def prepare(cfg: DataConfig, out_dir: str | Path, files: dict | None = None, videos: dict | None = None) -> dict:
     """Validate the label files against the images and write one manifest per split.
 
     Writes <out_dir>/{train,val[,test]}.csv and summary.json; returns the summary. files: the
     data's `listing`, whose digest goes into the summary, so that images that change under their
-    old names change the prepared data too (and the models trained on it rerun).
+    old names change the prepared data too (and the models trained on it rerun). videos: the frames
+    stage's summary, where cfg reads its output (the frames of videos): the summary keeps its counts.
     """
     root, out_dir = Path(cfg.root), Path(out_dir)
     if not root.is_dir():
@@ -151,6 +180,11 @@ def prepare(cfg: DataConfig, out_dir: str | Path, files: dict | None = None) -> 
         labels = read_labels(labels_path, require_target=True, group_column=cfg.group_column)
         if labels.empty:
             raise DataError(f"{labels_path}: the {split} split is empty")
+        if videos is None and names_videos(labels, labels_path):
+            raise DataError(
+                f"{labels_path}: names videos, which the frames stage turns into the images prepare reads; "
+                "run it first (dvc repro frames)"
+            )
         classes = sorted(set(labels.target))
         if len(classes) < 2:
             raise DataError(
@@ -191,6 +225,8 @@ def prepare(cfg: DataConfig, out_dir: str | Path, files: dict | None = None) -> 
             for s, m in splits.items()
         },
     }
+    if videos is not None:
+        summary["videos"] = videos["splits"]
     if files is not None:
         summary["listing_sha256"] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     write_json(out_dir / "summary.json", summary)
@@ -201,7 +237,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; run the prepare stage first (dvc repro prepare)")
-    frame = pd.read_csv(path, dtype={"img_name": str, "target": int, "group": str, "path": str}, keep_default_na=False)
+    frame = pd.read_csv(
+        path, dtype={"img_name": str, "target": int, "group": str, "path": str, "video": str}, keep_default_na=False
+    )
     if "group" not in frame:  # a manifest written before groups existed
         frame.insert(2, "group", "")
     return frame
@@ -251,12 +289,28 @@ def listing(cfg: DataConfig) -> dict:
 
 
 def _image_files(folder: str, prefix: str) -> list[tuple[str, int]]:
-    """(relative name, size) of the image files under folder, subfolders included."""
+    """(relative name, size) of the image and video files under folder, subfolders included."""
     found = []
     with os.scandir(folder) as it:
         for e in it:
             if e.is_dir():
                 found += _image_files(e.path, f"{prefix}{e.name}/")
-            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+            elif os.path.splitext(e.name)[1].lower() in LISTED_SUFFIXES:
                 found.append((prefix + e.name, e.stat().st_size))
     return found
+
+
+def read_frames_summary(folder: str | Path) -> dict:
+    """What the frames stage made (ffdi.data.frames): {"kind": "images"}, or its videos' counts."""
+    path = Path(folder) / FRAMES_SUMMARY
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the frames stage first (dvc repro frames)") from None
+
+
+def frames_data_config(cfg: DataConfig, folder: str | Path) -> DataConfig:
+    """The data config that reads the frames stage's output (the frames of videos) as an image data set."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, root=str(folder), test_labels=cfg.test_labels or TEST_LABELS)

@@ -5,12 +5,15 @@ stage writes `report` as metrics.json and `ffdi.tracking.evaluation.log_evaluati
 - `val`: the overall val metrics; `val_no_tta`: the same without test-time views;
 - `groups`: per manipulation, its fakes against all real images (`group_mean_auc`, `group_worst_auc`);
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
-- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector; a folder of
+- `extra_sets.<name>`: each labelled folder of eval.extra_sets, scored by the same Detector (`video`: the
+  video-level figures of a folder of frames with their video_name, another data set's frames stage output); a folder of
   videos (`video_name,target` labels, multiFFDV's) is scored per video (ffdi.inference.video: eval.video_frames
   frames, aggregated by eval.video_aggregate), with `aggregate_auc`: the AUC of each aggregation;
 - `robustness.<kind>.<severity>`: val under each degradation of eval.degradations, per manipulation too
   (`auc_<manipulation>`); `robustness.clean` is the same images undegraded; `degraded_mean_auc` and
   `degraded_worst_auc`: the mean and the lowest AUC over the degradations;
+- `val_video`: where val is the frames of videos (the frames stage), one score per video (eval.video_aggregate
+  of its frames'), and that score's metrics, per manipulation too; `val` is then the frame-level figures;
 - `ensemble`: with predict.ensemble, the val metrics of that ensemble (this model and those), which
   then writes the submission; every other figure is this run's model alone.
 """
@@ -29,10 +32,18 @@ import pandas as pd
 
 from ffdi.config import DataConfig, EvalConfig
 from ffdi.data.labels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, build_manifest, read_labels
+from ffdi.data.video import aggregate
 from ffdi.errors import DataError
 from ffdi.evaluation import degrade, metrics
 from ffdi.files import write_csv
-from ffdi.schema import GROUP_AUC, ROBUSTNESS_DIR, ROBUSTNESS_PREDICTIONS, VAL_PREDICTIONS
+from ffdi.schema import (
+    GROUP_AUC,
+    ROBUSTNESS_DIR,
+    ROBUSTNESS_PREDICTIONS,
+    VAL_PREDICTIONS,
+    VAL_VIDEO,
+    VAL_VIDEO_PREDICTIONS,
+)
 
 # The aggregations whose video-level AUC an extra set of videos reports beside the configured one.
 COMPARED_AGGREGATES = ("mean", "max", "topk:2", "topk:4")
@@ -48,6 +59,7 @@ class Evaluation:
     skipped: dict = field(default_factory=dict)  # "evaluate" or "extra_<name>" -> [(path, reason)]
     seconds: dict = field(default_factory=dict)
     degraded: pd.DataFrame | None = None  # per image, P(fake) clean and under each degradation
+    videos: pd.DataFrame | None = None  # val of videos: per video, video_name, target, group, frames, y_pred
 
 
 def labelled_folder(name: str, root: str, data: DataConfig) -> tuple[pd.DataFrame, str]:
@@ -114,6 +126,8 @@ def score_video_set(
     y = manifest.target.to_numpy()[kept]
     extra = {
         "videos": len(kept),
+        # each frame scored alone, labelled as its video: the protocol's frame-level AUC
+        "frame_roc_auc": metrics.roc_auc(np.repeat(y, list(map(len, frame_probs))), np.concatenate(frame_probs)),
         "frames_scored": int(sum(map(len, frame_probs))),
         "frames_per_video": cfg.video_frames,
         "aggregate": cfg.video_aggregate,
@@ -123,6 +137,17 @@ def score_video_set(
         },
     }
     return np.asarray(kept, dtype=int), np.asarray(prob, dtype=np.float64), skipped, extra
+
+
+def per_video(frames: pd.DataFrame, prob: np.ndarray, how: str) -> pd.DataFrame:
+    """One row per video (`frames.video`), in the order of their first frame: video_name, target, group,
+    frames, and y_pred, the `how` aggregate (mean | max | topk:K) of its frames' P(fake)."""
+    rows = pd.DataFrame({"video_name": frames.video.to_numpy(), "p": np.asarray(prob, dtype=np.float64)})
+    rows["target"], rows["group"] = frames.target.to_numpy(), frames.group.to_numpy()
+    by_video = rows.groupby("video_name", sort=False)
+    out = by_video.agg(target=("target", "first"), group=("group", "first"), frames=("p", "size")).reset_index()
+    out["y_pred"] = [aggregate(p.to_numpy(), how) for _, p in by_video.p]
+    return out
 
 
 def scored_metrics(frame: pd.DataFrame, prob: np.ndarray, cfg: EvalConfig) -> dict:
@@ -174,6 +199,15 @@ def evaluate(
         out.update(metrics.summarise_groups(per_group))
     if holdout:
         out.update(metrics.heldout_metrics(y, prob, kept.group, list(holdout), cfg.fprs))
+    videos = None
+    if "video" in kept:  # the frames of videos: the protocol's video-level figures beside the frames'
+        videos = per_video(kept, prob, cfg.video_aggregate)
+        out[VAL_VIDEO] = {
+            **scored_metrics(videos, videos.y_pred.to_numpy(), cfg),
+            "videos": int(len(videos)),
+            "frames": int(videos.frames.sum()),
+            "aggregate": cfg.video_aggregate,
+        }
     cm = metrics.confusion(y, prob, cfg.threshold)
     out["confusion"] = {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])}
 
@@ -195,6 +229,13 @@ def evaluate(
             r = detector.score_manifest(manifest, cfg.batch_size, workers, on_bad_image, f"extra {name}")
             index, set_prob, set_skipped = r.index, r.prob, r.skipped
             counts = {"images": int(len(index)), "skipped_images": len(r.skipped)}
+            if "video" in manifest:  # another data set's frames stage output: its videos too
+                videos = per_video(manifest.iloc[index], set_prob, cfg.video_aggregate)
+                counts["video"] = {
+                    **scored_metrics(videos, videos.y_pred.to_numpy(), cfg),
+                    "videos": int(len(videos)),
+                    "aggregate": cfg.video_aggregate,
+                }
         frame = manifest.iloc[index].reset_index(drop=True)
         extra_rows[name] = frame[["img_name", "target", "group"]].assign(y_pred=set_prob)
         skipped[f"extra_{name}"] = set_skipped
@@ -242,6 +283,7 @@ def evaluate(
         skipped,
         seconds,
         degrade.predictions(rows, clean, degraded) if degradations else None,
+        videos,
     )
 
 
@@ -271,6 +313,8 @@ def write_reports(ev: Evaluation, detector, out: Path, cfg: EvalConfig, heldout:
     p, r, threshold = ev.predictions, ev.report, cfg.threshold
     y, prob = p.target.to_numpy(), p.y_pred.to_numpy()
     write_csv(out / VAL_PREDICTIONS, p.drop(columns=["path"]))
+    if ev.videos is not None:
+        write_csv(out / VAL_VIDEO_PREDICTIONS, ev.videos)
     roc = metrics.roc_points(y, prob)
     write_csv(out / "roc.csv", pd.DataFrame(roc))
     plots.plot_roc(roc, r["val"]["roc_auc"], out / "roc.png")
@@ -316,6 +360,13 @@ def summary_lines(ev: Evaluation) -> list[str]:
     """What the evaluate stage prints."""
     r = ev.report
     lines = [", ".join(f"{k} {v:.4f}" for k, v in r["val"].items())]
+    if VAL_VIDEO in r:
+        v = r[VAL_VIDEO]
+        lines[0] = f"frames: {lines[0]}"
+        lines.append(
+            f"videos ({v['aggregate']} of their frames, {v['videos']} videos): "
+            + ", ".join(f"{k} {x:.4f}" for k, x in v.items() if k in r["val"])
+        )
     if "ensemble" in r:
         lines.append(
             f"ensemble of {len(r['ensemble']['models'])} (the submission's scorer): "

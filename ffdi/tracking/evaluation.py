@@ -10,6 +10,7 @@ from pathlib import Path
 from ffdi.schema import (
     EVAL,
     EVAL_GROUP_AUC,
+    EVAL_VIDEO,
     EVALUATE_ARTIFACTS,
     GROUP_AUC,
     HELDOUT,
@@ -17,6 +18,8 @@ from ffdi.schema import (
     ROBUSTNESS_PREDICTIONS,
     SEEN,
     VAL_PREDICTIONS,
+    VAL_VIDEO,
+    VAL_VIDEO_PREDICTIONS,
 )
 from ffdi.tracking.mlflow_run import log_skipped
 
@@ -34,12 +37,17 @@ def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, f
             if k in report
         }
     )
+    video = report.get(VAL_VIDEO, {})
+    m.update({f"{EVAL_VIDEO}{k}": v for k, v in video.items() if _number(v)})
+    m.update({f"{EVAL_VIDEO}{GROUP_AUC}{g}": gm["roc_auc"] for g, gm in video.get("groups", {}).items()})
     for prefix, key in ((HELDOUT, "heldout"), (SEEN, "seen")):
         m.update({f"{prefix}{k}": v for k, v in report.get(key, {}).items()})
     m.update({f"ensemble_{k}": v for k, v in report.get("ensemble", {}).items() if _number(v)})
     for name, e in report.get("extra_sets", {}).items():
         m.update({f"extra_{name}_{k}": v for k, v in e.items() if _number(v)})
         m.update({f"extra_{name}_auc_{g}": gm["roc_auc"] for g, gm in e.get("groups", {}).items()})
+        if "video" in e:  # a folder of frames: its video-level AUC
+            m[f"extra_{name}_video_roc_auc"] = e["video"]["roc_auc"]
     for kind, severities in report.get("robustness", {}).items():
         if kind != "clean":
             for key, r in severities.items():
@@ -84,6 +92,8 @@ def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str,
         "history.png",
     ):
         mlflow.log_artifact(str(reports / name), artifact_path=EVALUATE_ARTIFACTS)
+    if VAL_VIDEO in ev.report:
+        mlflow.log_artifact(str(reports / VAL_VIDEO_PREDICTIONS), artifact_path=EVALUATE_ARTIFACTS)
     if "robustness" in ev.report:
         mlflow.log_artifacts(str(reports / ROBUSTNESS_DIR), artifact_path=f"{EVALUATE_ARTIFACTS}/{ROBUSTNESS_DIR}")
         mlflow.log_artifact(str(reports / ROBUSTNESS_PREDICTIONS), artifact_path=EVALUATE_ARTIFACTS)
