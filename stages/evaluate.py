@@ -1,7 +1,8 @@
 """Stage `evaluate`: score val with the Detector that predict uses; metrics.json, reports/ and MLflow.
 
-What metrics.json holds: ffdi.evaluation.evaluate. The served model is logged here, not in train, because
-it carries eval.threshold and predict.tta: changing those must not retrain.
+What metrics.json (the headline) and reports/evaluate/details.json (the whole report) hold:
+ffdi.evaluation.evaluate. The served model is logged here, not in train, because it carries
+eval.threshold and predict.tta: changing those must not retrain.
 """
 
 import time
@@ -10,10 +11,11 @@ import pandas as pd
 
 from ffdi import hardware
 from ffdi.data.labels import read_manifest
-from ffdi.evaluation.evaluate import evaluate, labelled_folder, summary_lines, write_reports
+from ffdi.evaluation.evaluate import evaluate, headline, labelled_folder, summary_lines, write_reports
 from ffdi.evaluation.plots import plot_history
 from ffdi.files import project_root, write_json
 from ffdi.inference.detector import Detector, Ensemble
+from ffdi.schema import EVALUATION_DETAILS
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 from ffdi.tracking.evaluation import log_evaluation
@@ -39,7 +41,8 @@ def main(params, prepared, model, run_ref, history, reports, metrics):
     # The training curves as a picture beside the others: `dvc plots show` draws history.csv with Vega,
     # which needs a CDN. Here rather than in train, so that a plot's label never retrains.
     plot_history(pd.read_csv(history), reports / "history.png")
-    write_json(metrics, ev.report)
+    write_json(reports / EVALUATION_DETAILS, ev.report)
+    write_json(metrics, headline(ev.report))
 
     t0 = time.perf_counter()
     with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):

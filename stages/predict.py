@@ -9,6 +9,7 @@ from ffdi import hardware
 from ffdi.data.labels import read_manifest
 from ffdi.files import project_root, write_csv
 from ffdi.inference.detector import Detector, Ensemble
+from ffdi.schema import PREDICT_IMAGES
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 
@@ -38,7 +39,7 @@ def main(params, prepared, model, run_ref):
         import mlflow
 
         mlflow.set_tags({"predict.split": split, "predict.models": detector.source})
-        mlflow.log_metric("predict_images", len(submission))
+        mlflow.log_metric(PREDICT_IMAGES, len(submission))
         mlflow_run.log_skipped(res.skipped, "predict")
         mlflow.log_artifact(cfg.out, artifact_path="predict")
     print(f"{len(submission)} predictions -> {cfg.out}")

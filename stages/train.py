@@ -19,7 +19,7 @@ from ffdi.errors import ConfigError, DataError
 from ffdi.files import project_root, write_csv
 from ffdi.model import checkpoint
 from ffdi.sample import manipulations
-from ffdi.schema import CHECKPOINT_NAME
+from ffdi.schema import CHECKPOINT_NAME, TRAIN
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 from ffdi.tracking.pytorch_model import log_model
@@ -70,6 +70,7 @@ def main(params, prepared, model, run_ref, history):
                 )
                 mlflow.set_tag("hw.loader_workers", hardware.resolve_workers(params.runtime.workers, cores, device))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
+                mlflow_run.log_datasets(prepared, {"training": ("train", train_rows), "validation": ("val", val_rows)})
                 mlflow_run.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
             steps = mlflow_run.logged_steps(run.info.run_id)
             epochs: list[dict] = []
@@ -92,9 +93,9 @@ def main(params, prepared, model, run_ref, history):
             best = result["best"]
             mlflow.log_metrics(
                 {
-                    "best_epoch": best["epoch"],
-                    f"best_{best['metric']}": best["value"],
-                    "trainable_params": result["trainable_params"],
+                    f"{TRAIN}best_epoch": best["epoch"],
+                    f"{TRAIN}best_{best['metric']}": best["value"],
+                    f"{TRAIN}trainable_params": result["trainable_params"],
                 }
             )
             mlflow_run.log_skipped(result["skipped"], "train")

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from ffdi.schema import EPOCH_TRAIN, EPOCH_VAL, EVAL, EVAL_ROC_AUC, EVAL_TPR_AT_FPR, EVALUATION_DETAILS
+from ffdi.tracking.mlflow_run import epoch_metric_name
 from tests.conftest import ROOT
 from tests.project import TINY_PARAMS, make_project, mlflow_runs
 
@@ -28,7 +30,8 @@ def project(tmp_path_factory):
     p.sh("dvc", "repro")
     baseline = {
         "commit": p.out("git", "rev-parse", "HEAD"),
-        "metrics": json.loads((repo / "metrics.json").read_text()),
+        # The whole report (metrics.json holds its headline).
+        "metrics": json.loads((repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text()),
         "submission": pd.read_csv(repo / "submission.csv", dtype={"img_name": str}),
         "val_predictions": pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv"),
         "summary": json.loads((repo / "prepared" / "summary.json").read_text()),
@@ -63,7 +66,7 @@ def test_three_finished_runs_in_one_store(project, runs):
     assert [r.info.status for r in found] == ["FINISHED"] * 3
     assert exp.artifact_location == (project["repo"] / "mlartifacts").as_uri()
     # The UI's Description tab says how to read a run.
-    assert "step = epoch" in exp.tags["mlflow.note.content"] and "`eval_roc_auc`" in exp.tags["mlflow.note.content"]
+    assert "step = epoch" in exp.tags["mlflow.note.content"] and f"`{EVAL_ROC_AUC}`" in exp.tags["mlflow.note.content"]
     # The --temp run executed in .dvc/tmp; nothing may be stored there.
     assert not list((project["repo"] / ".dvc").rglob("mlflow.db"))
 
@@ -122,7 +125,7 @@ def test_per_epoch_metrics_have_epoch_steps(runs):
     client, _, found = runs
     for run in found:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
-            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, epoch_metric_name(key)))
             assert steps == [0, 1], (run.info.run_name, key)
 
 
@@ -174,8 +177,8 @@ def test_metrics_match_sklearn_and_the_model(project, runs):
 
     # MLflow holds the same final numbers as metrics.json.
     _, _, (base, _, _) = runs
-    assert base.data.metrics["eval_roc_auc"] == pytest.approx(m["roc_auc"])
-    assert base.data.metrics["eval_tpr_at_fpr"] == pytest.approx(m["tpr_at_fpr"])
+    assert base.data.metrics[EVAL_ROC_AUC] == pytest.approx(m["roc_auc"])
+    assert base.data.metrics[EVAL_TPR_AT_FPR] == pytest.approx(m["tpr_at_fpr"])
 
 
 def test_submission_rows(project):
@@ -355,13 +358,18 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
                 page.get_by_role("link", name=run.info.run_name, exact=True).first.wait_for(timeout=60_000)
             page.screenshot(path=SCREENSHOTS / "mlflow-runs.png")
 
-            # 2. A run page charts val_auc over epochs (x axis: Step).
+            # 2. A run's page opens on its training curves: the sections epoch/train and epoch/val (loss, acc,
+            # auc over epochs, x axis: Step) come first, above the final metrics (eval, robust/...).
             page.goto(f"{app}/runs/{se.info.run_id}/model-metrics")
-            page.get_by_placeholder("Search metric charts").fill("val_auc")
-            chart_title = page.get_by_text("val_auc", exact=True).first
-            chart_title.wait_for(timeout=60_000)
+            first = page.get_by_text(EPOCH_TRAIN.rstrip("/"), exact=True).first
+            first.wait_for(timeout=60_000)
             page.get_by_text("Step", exact=True).first.wait_for(timeout=60_000)
-            page.screenshot(path=SCREENSHOTS / "mlflow-val-auc.png")
+            page.screenshot(path=SCREENSHOTS / "mlflow-run-curves.png")
+            tops = {
+                name: page.get_by_text(name, exact=True).first.bounding_box()["y"]
+                for name in (EPOCH_TRAIN.rstrip("/"), EPOCH_VAL.rstrip("/"), EVAL.rstrip("/"))
+            }
+            assert tops[EPOCH_TRAIN.rstrip("/")] < tops[EPOCH_VAL.rstrip("/")] < tops[EVAL.rstrip("/")], tops
 
             # 3. The model is there: its page names it and its source run, and the run has its artifacts.
             page.goto(f"{app}/models/{logged.model_id}")

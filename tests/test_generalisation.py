@@ -19,6 +19,7 @@ from ffdi.analysis import generalisation_report as gen_report
 from ffdi.analysis.runs import CompareError, Run
 from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
 from ffdi.sample.generate import generate
+from ffdi.schema import EVAL_DEGRADED_MEAN_AUC, EVAL_GROUP_AUC, EVAL_ROC_AUC, HELDOUT, HELDOUT_ROC_AUC, SEEN
 from tests.project import NO_DEGRADATION, make_project, mlflow_runs
 from tests.test_evaluate import label_with_groups
 
@@ -164,12 +165,12 @@ def fake_runs() -> list[Run]:
             for holdout in gen.holdout_sets(["a", "b", "c"]):
                 i += 1
                 metrics = {
-                    "eval_roc_auc": rng.uniform(0.8, 1),
-                    "heldout_roc_auc": rng.uniform(0.5, 1),
-                    "heldout_average_precision": rng.uniform(0.5, 1),
-                    "heldout_tpr_at_fpr_1e-3": rng.uniform(),
-                    "seen_roc_auc": rng.uniform(0.8, 1),
-                    **{f"eval_auc_{g}": rng.uniform(0.5, 1) for g in "abc"},
+                    EVAL_ROC_AUC: rng.uniform(0.8, 1),
+                    HELDOUT_ROC_AUC: rng.uniform(0.5, 1),
+                    HELDOUT + "average_precision": rng.uniform(0.5, 1),
+                    HELDOUT + "tpr_at_fpr_1e-3": rng.uniform(),
+                    SEEN + "roc_auc": rng.uniform(0.8, 1),
+                    **{f"{EVAL_GROUP_AUC}{g}": rng.uniform(0.5, 1) for g in "abc"},
                 }
                 params = {"model.se": se, "train.seed": seed, "data.holdout": str(list(holdout)), "train.lr": "0.001"}
                 runs.append(Run(f"id{i}", f"exp{i}", params, metrics, "", {"git.commit": "c0ffee"}))
@@ -178,7 +179,7 @@ def fake_runs() -> list[Run]:
             "base",
             "base",
             {"model.se": "False", "train.seed": "0", "data.holdout": "[]", "train.lr": "0.001"},
-            {"eval_roc_auc": 0.5},
+            {EVAL_ROC_AUC: 0.5},
             "",
         )
     )
@@ -208,7 +209,7 @@ def test_tables_equal_the_runs_metrics(tmp_path):
             on_one = [r for r in mine if r.params["data.holdout"] == others]
             for tested in "abc":
                 assert cross.loc[(trained, tested), "mean"] == pytest.approx(
-                    np.mean([r.metrics[f"eval_auc_{tested}"] for r in on_one])
+                    np.mean([r.metrics[f"{EVAL_GROUP_AUC}{tested}"] for r in on_one])
                 )
     # The markdown shows the same numbers, and the files are all there.
     md = (tmp_path / "report.md").read_text()
@@ -322,13 +323,13 @@ def knob_runs():
                 d = {c: rng.uniform(size=len(y)) + y * degraded_s * k for c, k in (("jpeg:50", 1.0), ("blur:1", 0.5))}
                 degraded[rid] = pd.DataFrame({"img_name": names, "target": y, "group": groups, "clean": p, **d})
                 metrics = {
-                    "eval_roc_auc": roc_auc_score(y, p),
-                    "eval_degraded_mean_auc": np.mean([roc_auc_score(y, v) for v in d.values()]),
-                    **{f"eval_auc_{g}": 0.9 for g in "ab"},
+                    EVAL_ROC_AUC: roc_auc_score(y, p),
+                    EVAL_DEGRADED_MEAN_AUC: np.mean([roc_auc_score(y, v) for v in d.values()]),
+                    **{f"{EVAL_GROUP_AUC}{g}": 0.9 for g in "ab"},
                 }
                 if holdout:
                     keep = (groups == "real") | (groups == holdout[0])
-                    metrics["heldout_roc_auc"] = roc_auc_score(y[keep], p[keep])
+                    metrics[HELDOUT_ROC_AUC] = roc_auc_score(y[keep], p[keep])
                 params = {"augment.blur": blur, "augment.jpeg": jpeg, "train.seed": seed, "data.holdout": str(holdout)}
                 runs.append(Run(rid, rid, params, metrics, ""))
     return runs, preds, degraded, y, groups
@@ -368,9 +369,9 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
         label = f"augment.blur={blur}, augment.jpeg={jpeg}"
         mine = flat(blur, jpeg)
         clean, deg = knob.loc[(label, "clean")], knob.loc[(label, "degraded")]
-        assert clean.runs == 3 and clean["mean"] == pytest.approx(np.mean([r.metrics["eval_roc_auc"] for r in mine]))
+        assert clean.runs == 3 and clean["mean"] == pytest.approx(np.mean([r.metrics[EVAL_ROC_AUC] for r in mine]))
         assert clean.difference == pytest.approx(mean_auc(mine) - mean_auc(base))
-        assert deg["mean"] == pytest.approx(np.mean([r.metrics["eval_degraded_mean_auc"] for r in mine]))
+        assert deg["mean"] == pytest.approx(np.mean([r.metrics[EVAL_DEGRADED_MEAN_AUC] for r in mine]))
         expected = np.mean([mean_auc(mine, c) - mean_auc(base, c) for c in ("jpeg:50", "blur:1")])
         assert deg.difference == pytest.approx(expected)
         assert deg.ci_low < deg.difference < deg.ci_high
@@ -459,13 +460,13 @@ def test_generalisation_end_to_end(tmp_path):
     cross = pd.read_csv(out / "train_on_one.csv").set_index(["trained_on", "tested_on"])
     for g, other in (("a", "b"), ("b", "a")):
         m = pipeline[f"['{g}']"].data.metrics
-        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m["heldout_roc_auc"])
-        assert held.loc[(g, "seen AUC"), "mean"] == pytest.approx(m["seen_roc_auc"])
-        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[f"eval_auc_{g}"])
+        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[HELDOUT_ROC_AUC])
+        assert held.loc[(g, "seen AUC"), "mean"] == pytest.approx(m[SEEN + "roc_auc"])
+        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[f"{EVAL_GROUP_AUC}{g}"])
         for tested in "ab":
-            assert cross.loc[(other, tested), "mean"] == pytest.approx(m[f"eval_auc_{tested}"])
+            assert cross.loc[(other, tested), "mean"] == pytest.approx(m[f"{EVAL_GROUP_AUC}{tested}"])
     report = (out / "report.md").read_text()
-    heldout_a = pipeline["['a']"].data.metrics["heldout_roc_auc"]
+    heldout_a = pipeline["['a']"].data.metrics[HELDOUT_ROC_AUC]
     assert f"| a | {heldout_a:.4f} |" in report
 
     # `ffdi compare` leaves the report run out; --no-run renders again from MLflow alone.

@@ -18,6 +18,7 @@ from ffdi.config import AugmentConfig, Params
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
+from ffdi.schema import EVALUATION_DETAILS
 from tests.project import TINY_PARAMS, make_project
 
 
@@ -244,7 +245,7 @@ def test_score_a_model_logged_in_mlflow(project):
 @pytest.mark.slow
 def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics(project, tmp_path):
     """predict.ensemble: this run's model averaged with another (here a checkpoint file); the
-    submission is the mean, and metrics.json `ensemble` is the same ensemble's val score."""
+    submission is the mean, and details.json `ensemble` is the same ensemble's val score."""
     from sklearn import metrics as skm
 
     repo = project.repo
@@ -264,7 +265,7 @@ def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics
     mine = dict(zip(before.img_name, before.y_pred))
     np.testing.assert_allclose(after.y_pred, [(mine[n] + theirs[n]) / 2 for n in after.img_name], atol=1e-6)
 
-    report = json.loads((repo / "metrics.json").read_text())
+    report = json.loads((repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text())
     assert report["ensemble"]["models"] == ["models/model.pt", str(other)]
     val = pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str})
     val_paths = [repo / "data/sample/valset" / n for n in val.img_name]

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from ffdi.config import TrackingConfig
+from ffdi.schema import SKIPPED_IMAGES
 from ffdi.tracking import mlflow_run
 from tests.conftest import ROOT
 
@@ -70,7 +71,7 @@ def test_skipped_images_are_listed_and_counted(tmp_path, monkeypatch):
     with mlflow_run.run(TrackingConfig(experiment="s")) as run:
         log_skipped([("/d/b.jpg", "/d/b.jpg: empty file"), ("/d/a.jpg", "/d/a.jpg: cannot decode")], "train")
     client = mlflow.MlflowClient()
-    assert client.get_run(run.info.run_id).data.metrics["skipped_images_train"] == 2
+    assert client.get_run(run.info.run_id).data.metrics[SKIPPED_IMAGES + "train"] == 2
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/train/skipped_images.csv")
     assert text.splitlines() == ["path,reason", "/d/a.jpg,/d/a.jpg: cannot decode", "/d/b.jpg,/d/b.jpg: empty file"]
 

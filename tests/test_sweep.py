@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ffdi.schema import EVAL_ROC_AUC, PREDICT_IMAGES
+from ffdi.tracking.mlflow_run import epoch_metric_name
 from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -54,9 +56,9 @@ def test_queue_sweep_lands_all_four_runs(sweep):
     assert len({r.info.run_name for r in runs}) == 4  # one per DVC experiment, no duplicates
     for run in runs:
         for key in ("train_loss", "val_loss", "val_auc"):
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, epoch_metric_name(key))]
             assert sorted(steps) == [0, 1], (run.info.run_name, key)
-        assert "eval_roc_auc" in run.data.metrics and run.data.metrics["predict_images"] == 4
+        assert EVAL_ROC_AUC in run.data.metrics and run.data.metrics[PREDICT_IMAGES] == 4
         assert run.data.tags["git.commit"] == commit
     # Nothing was stored inside DVC's temporary executor folders.
     assert not list((p.repo / ".dvc" / "tmp").rglob("mlflow.db"))
@@ -80,7 +82,7 @@ def test_compare_report(sweep):
     assert summary.group.tolist() == ["model.se=False", "model.se=True"]
     for _, row in summary.iterrows():
         se = row.group.endswith("True")
-        aucs = [r.data.metrics["eval_roc_auc"] for r in pipeline if (r.data.params["model.se"] == "True") == se]
+        aucs = [r.data.metrics[EVAL_ROC_AUC] for r in pipeline if (r.data.params["model.se"] == "True") == se]
         assert row.runs == 2
         assert row["val AUC mean"] == pytest.approx(np.mean(aucs))
         assert row["val AUC sd"] == pytest.approx(np.std(aucs, ddof=1))

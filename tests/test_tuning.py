@@ -9,6 +9,7 @@ from ffdi.engine.train import fit, seed_everything
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model, is_norm, set_tuning
+from ffdi.schema import TRAIN
 from tests.test_train import tiny_params
 
 
@@ -128,7 +129,9 @@ def test_another_family_with_every_new_knob_runs_the_pipeline_and_logs_a_servabl
     assert run.data.params["model.arch"] == "vit_tiny_patch16_224" and run.info.status == "FINISHED"
     model = build_model(ModelConfig(arch="vit_tiny_patch16_224", tune="norm", input="rgb+npr"), image_size=32)
     assert (
-        run.data.metrics["trainable_params"] == set_tuning(model, "norm") < sum(q.numel() for q in model.parameters())
+        run.data.metrics[TRAIN + "trainable_params"]
+        == set_tuning(model, "norm")
+        < sum(q.numel() for q in model.parameters())
     )
     best = checkpoint.load(p.repo / "models" / "model.pt")
     assert "artefacts.mix.weight" in best["model"]

@@ -19,25 +19,28 @@ from typing import Any
 from ffdi.config import Params, TrackingConfig, flatten
 from ffdi.errors import TrackingError
 from ffdi.files import project_root, write_json
-from ffdi.schema import DATA_HASH_TAG, RUN_KIND_TAG
+from ffdi.schema import DATA_HASH_TAG, EPOCH_TRAIN, EPOCH_VAL, EPOCH_VAL_AUC, HW, RUN_KIND_TAG, SKIPPED_IMAGES
 
 # MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
 # this one makes it show the runs table and metric charts of model training.
 KIND_TAG = "mlflow.experimentKind"
 # The experiment's description in the UI (its Description tab): how to read a run.
 DESCRIPTION_TAG = "mlflow.note.content"
-DESCRIPTION = """One run per pipeline run (`dvc repro`, `dvc exp run`), named after its DVC experiment.
+DESCRIPTION = """One run per pipeline run (`dvc repro`, `dvc exp run`), named after its DVC experiment, or after
+the variant (`se-resnet18-seed0`).
 
-- **Training curves**, step = epoch: `train_loss`, `train_acc`, `val_loss`, `val_acc`, `val_auc`, and the
-  epoch's `train_img_per_s`; the same columns in the run's `reports/history.csv`, drawn in
-  `evaluate/history.png`.
-- **Final metrics** (evaluate, step 0): `eval_*` on val (`eval_roc_auc` is the challenge's metric),
-  `eval_auc_<manipulation>`, `heldout_*` for held-out manipulations, `robust_<kind>_<severity>_*` under
-  degradations, `extra_<set>_*` for other labelled sets.
-- **How it computed**: the `hw.*` tags (device, precision, threads, GPU); params are `params.yaml`'s.
-- **Artifacts**: `evaluate/` (ROC, confusion, per manipulation, robustness, explanations), `predict/`
-  (the submission), `reproduce/` (params, packages, git state), and the logged models: the PyTorch
-  model and `detector`, the servable one (`ffdi serve`).
+- **Charts, in sections**: `epoch/train` and `epoch/val` are the training curves, step = epoch
+  (`loss`, `acc`, `auc`, the epoch's `img_per_s`); the same columns in the run's `reports/history.csv`, drawn
+  in `evaluate/history.png`. Then the final metrics (evaluate, step 0): `eval` on val (`eval/roc_auc` is the
+  challenge's metric), `eval/auc` per manipulation, `heldout` for held-out manipulations,
+  `robust/<kind>/<severity>` under degradations, `extra/<set>` for other labelled sets; `hw` and `train`
+  (best epoch) last.
+- **How it computed**: the `hw.*` tags (device, precision, threads, GPU); params are `params.yaml`'s; the
+  Dataset column: the train and val manifests (digest, rows).
+- **Artifacts**: `evaluate/` (ROC, confusion, per manipulation, robustness, explanations; `details.json`, the
+  whole report, and `metrics.json`, its headline), `predict/` (the submission), `reproduce/` (params,
+  packages, git state), and the logged models: the PyTorch model and `detector`, the servable one
+  (`ffdi serve`).
 """
 EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development", DESCRIPTION_TAG: DESCRIPTION}
 
@@ -228,6 +231,18 @@ def log_params(params: Params) -> None:
     mlflow.log_text(environment_report(), "reproduce/packages.txt")
 
 
+def epoch_metric_name(column: str) -> str:
+    """The MLflow name of a history.csv column: val_auc -> epoch/val/auc, lr -> epoch/train/lr,
+    epoch_seconds -> hw/epoch_seconds."""
+    if column.startswith("val_"):
+        return EPOCH_VAL + column.removeprefix("val_")
+    if column.startswith("train_"):
+        return EPOCH_TRAIN + column.removeprefix("train_")
+    if column in ("lr", "skipped_images"):
+        return EPOCH_TRAIN + column
+    return HW + column
+
+
 def log_epoch(row: dict, logged_steps: set[int]) -> None:
     """Log one epoch's metrics with step = epoch, unless that step is already there."""
     import mlflow
@@ -236,12 +251,12 @@ def log_epoch(row: dict, logged_steps: set[int]) -> None:
     if epoch in logged_steps:
         return
     # Strings (the device, the precision) are the run's tags already.
-    metrics = {k: float(v) for k, v in row.items() if k != "epoch" and not isinstance(v, str)}
+    metrics = {epoch_metric_name(k): float(v) for k, v in row.items() if k != "epoch" and not isinstance(v, str)}
     mlflow.log_metrics(metrics, step=epoch)
     logged_steps.add(epoch)
 
 
-def logged_steps(run_id: str, key: str = "val_auc") -> set[int]:
+def logged_steps(run_id: str, key: str = EPOCH_VAL_AUC) -> set[int]:
     import mlflow
 
     return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
@@ -252,11 +267,26 @@ def log_skipped(skipped: list, stage: str) -> None:
     import mlflow
     import pandas as pd
 
-    mlflow.log_metric(f"skipped_images_{stage}", len(skipped))
+    mlflow.log_metric(f"{SKIPPED_IMAGES}{stage}", len(skipped))
     if skipped:
         print(f"warning: {len(skipped)} unreadable images skipped in {stage}; see skipped_images.csv in MLflow")
         frame = pd.DataFrame(sorted(set(skipped)), columns=["path", "reason"])
         mlflow.log_text(frame.to_csv(index=False), f"{stage}/skipped_images.csv")
+
+
+def log_datasets(prepared: Path, sets: dict[str, Any]) -> None:
+    """Record each manifest a run trained or validated on as an MLflow dataset input (the runs table's
+    Dataset column): its name, a digest of its rows (names, targets, manipulations) and its size.
+    sets: context ("training", "validation") -> (name, manifest rows)."""
+    import hashlib
+
+    import mlflow
+
+    for context, (name, rows) in sets.items():
+        table = rows[["img_name", "target", "group"]].reset_index(drop=True)
+        digest = hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()[:16]
+        source = str((Path(prepared) / f"{name}.csv").resolve())
+        mlflow.log_input(mlflow.data.from_pandas(table, source=source, name=name, digest=digest), context=context)
 
 
 def write_run_ref(path: str | Path, run_id: str, experiment: str) -> None:
