@@ -76,6 +76,32 @@ def test_skipped_images_are_listed_and_counted(tmp_path, monkeypatch):
     assert text.splitlines() == ["path,reason", "/d/a.jpg,/d/a.jpg: cannot decode", "/d/b.jpg,/d/b.jpg: empty file"]
 
 
+def test_the_train_and_val_sets_are_the_runs_dataset_inputs(tmp_path, monkeypatch):
+    """The runs table's Dataset column: each manifest's name, a digest of its rows and their number."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = pd.DataFrame({"img_name": ["a.jpg", "b.jpg", "c.jpg"], "target": [0, 1, 1], "group": ["", "x", "y"]})
+    val = train.iloc[:2].assign(path=["/d/a.jpg", "/d/b.jpg"])
+    with mlflow_run.run(TrackingConfig(experiment="s")) as run:
+        mlflow_run.log_datasets(tmp_path, {"training": ("train", train), "validation": ("val", val)})
+    inputs = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    got = {i.dataset.name: (i.tags[0].value, i.dataset.digest, json.loads(i.dataset.profile)) for i in inputs}
+    assert {k: (c, p["num_rows"]) for k, (c, _, p) in got.items()} == {
+        "train": ("training", 3),
+        "val": ("validation", 2),
+    }
+    # The digest is of the rows' names, targets and manipulations: the same rows, the same digest.
+    with mlflow_run.run(TrackingConfig(experiment="s")) as again:
+        mlflow_run.log_datasets(tmp_path, {"training": ("train", train.assign(path="/elsewhere"))})
+    (same,) = mlflow.MlflowClient().get_run(again.info.run_id).inputs.dataset_inputs
+    assert same.dataset.digest == got["train"][1] != got["val"][1] and len(got["train"][1]) == 16
+
+
 def test_failed_run_is_marked_failed_with_error(tmp_path, monkeypatch):
     import mlflow
 
