@@ -72,8 +72,8 @@ compare: setup
 # The experiments in one screen: the headline metrics and the params that differ, best val AUC first.
 # dvc exp show alone has a column for each of metrics.json's headline numbers (15 here), each param and
 # each dep (over 100).
-EXPS_DROP := ^(Created|val_no_tta|extra_sets|ensemble|group_mean_auc|group_worst_auc|images|precision)(\.|$$)|^val\.(average_precision|eer|tpr_at_fpr_.*)$$|.*/|^prepared$$
-EXPS_KEEP := ^(Experiment|val\.(roc_auc|accuracy|tpr_at_fpr)|degraded_mean_auc|degraded_worst_auc|heldout\.roc_auc)$$
+EXPS_DROP := ^(Created|val_no_tta|extra_sets|ensemble|group_mean_auc|group_worst_auc|degraded_worst_auc|images|precision)(\.|$$)|^val\.(average_precision|eer|tpr_at_fpr_.*)$$|.*/|^prepared$$
+EXPS_KEEP := ^(Experiment|val\.(roc_auc|accuracy|tpr_at_fpr)|degraded_mean_auc|heldout\.roc_auc)$$
 exps: setup
 	dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)' --sort-by val.roc_auc \
 	  --sort-order desc $(ARGS)

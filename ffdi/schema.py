@@ -47,7 +47,11 @@ ENSEMBLE = "ensemble/"  # + metric: predict.ensemble's val metrics
 
 # --- MLflow tags ------------------------------------------------------------------------------------
 DATA_HASH_TAG = "data.hash"  # the train stage's fingerprint of the data a run trained and was evaluated on
-RUN_KIND_TAG = "ffdi.kind"  # what made a run that is not a pipeline run ("compare")
+RUN_KIND_TAG = "ffdi.kind"  # what made a run that is not a pipeline run ("compare", REEVALUATION)
+# A run of evaluate (and predict) of its own, nested under a training run that DVC took from its cache.
+REEVALUATION = "re-evaluation"
+TRAIN_RUN_TAG = "ffdi.train_run"  # a re-evaluation's training run, beside MLflow's own parent tag
+MODELS_TAG = "ffdi.models"  # a re-evaluation's models: its training run's (name=models:/<id>, ...)
 
 # --- files: evaluate's reports, and where MLflow keeps them ------------------------------------------
 EVALUATE_ARTIFACTS = "evaluate"  # the artifact folder of evaluate's reports in a run

@@ -35,7 +35,7 @@ def main(params, prepared, model, run_ref):
     submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
-    with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):
+    with mlflow_run.stage_run(params, run_ref, PREDICT_IMAGES):
         import mlflow
 
         mlflow.set_tags({"predict.split": split, "predict.models": detector.source})

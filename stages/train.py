@@ -5,9 +5,6 @@ A killed run resumes after its last complete epoch, into the same MLflow run.
 """
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 
@@ -19,10 +16,9 @@ from ffdi.errors import ConfigError, DataError
 from ffdi.files import project_root, write_csv
 from ffdi.model import checkpoint
 from ffdi.sample import manipulations
-from ffdi.schema import CHECKPOINT_NAME, TRAIN
+from ffdi.schema import TRAIN
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
-from ffdi.tracking.pytorch_model import log_model
 
 
 def load_manifests(params, prepared):
@@ -99,11 +95,8 @@ def main(params, prepared, model, run_ref, history):
                 }
             )
             mlflow_run.log_skipped(result["skipped"], "train")
-            if params.tracking.log_model:
-                ckpt = checkpoint.load(state_dir / "best.pt")
-                with tempfile.TemporaryDirectory() as tmp:
-                    named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / CHECKPOINT_NAME))
-                    log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
+            # The model reaches this run once, as evaluate's `detector` (the checkpoint with the views and
+            # threshold it scores with): a PyTorch model logged here as well stored the weights twice more.
             checkpoint.finish(state_dir, model)
             mlflow_run.write_run_ref(run_ref, run.info.run_id, params.tracking.experiment)
     print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {model}")

@@ -1,11 +1,13 @@
 """The real pipeline, as a user runs it, on a tiny sample in a copy of the project.
 
 One module-scoped project runs `dvc repro`, then `dvc exp run -S model.se=true`,
-then `dvc exp run --temp`; the tests below inspect what each left behind.
+then `dvc exp run --temp`, then a re-evaluation (`dvc exp run --temp -S +eval.extra_sets.x=...`, which
+trains nothing); the tests below inspect what each left behind.
 """
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,8 +17,21 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from ffdi.schema import EPOCH_TRAIN, EPOCH_VAL, EVAL, EVAL_ROC_AUC, EVAL_TPR_AT_FPR, EVALUATION_DETAILS
-from ffdi.tracking.mlflow_run import epoch_metric_name
+from ffdi.schema import (
+    EPOCH_TRAIN,
+    EPOCH_VAL,
+    EVAL,
+    EVAL_ROC_AUC,
+    EVAL_TPR_AT_FPR,
+    EVALUATION_DETAILS,
+    EXTRA,
+    MODELS_TAG,
+    REEVALUATION,
+    RUN_KIND_TAG,
+    TRAIN_RUN_TAG,
+)
+from ffdi.tracking.mlflow_run import PARENT_TAG, epoch_metric_name
+from ffdi.tracking.pyfunc_model import MODEL_NAME
 from tests.conftest import ROOT
 from tests.project import TINY_PARAMS, make_project, mlflow_runs
 
@@ -52,13 +67,57 @@ def project(tmp_path_factory):
     (repo / "params.yaml").write_text(params_text)
     p.sh("dvc", "exp", "run", "-S", "model.se=true")
     p.sh("dvc", "exp", "run", "--temp", "-S", "train.seed=1")
+    # Another evaluation of the workspace's (SE) training, which DVC takes from its cache: one more
+    # labelled set, the sample's own val folder.
+    _, _, before = mlflow_runs(repo)
+    reevaluated = {
+        "before": before[1],
+        "log": p.out("dvc", "exp", "run", "--temp", "-S", "+eval.extra_sets.x=data/sample"),
+    }
     exp_show = json.loads(p.out("dvc", "exp", "show", "--json"))
-    return {"repo": repo, "baseline": baseline, "exp_show": exp_show}
+    return {"repo": repo, "baseline": baseline, "exp_show": exp_show, "reevaluated": reevaluated}
 
 
 @pytest.fixture(scope="module")
 def runs(project):
-    return mlflow_runs(project["repo"])
+    """The three pipeline runs (training and all); the re-evaluation nested under one: `reevaluation`."""
+    client, exp, found = mlflow_runs(project["repo"])
+    return client, exp, [r for r in found if PARENT_TAG not in r.data.tags]
+
+
+def test_a_reevaluation_of_a_cached_training_is_a_run_of_its_own(project):
+    """`dvc exp run -S '+eval.extra_sets.x=DIR'` reuses the cached training: evaluate logs into a new run,
+    nested under the training run and named after the DVC experiment, which points to the training run's
+    models; the training run keeps its metrics, and its models are not logged again."""
+    import mlflow
+
+    r = project["reevaluated"]
+    assert "Stage 'train' didn't change, skipping" in r["log"] and "Running stage 'evaluate'" in r["log"]
+    client, exp, found = mlflow_runs(project["repo"])
+    (train,) = [run for run in found if run.info.run_id == r["before"].info.run_id]
+    (new,) = [run for run in found if PARENT_TAG in run.data.tags]
+    assert len(found) == 4 and new.info.status == "FINISHED"
+    assert new.data.tags[PARENT_TAG] == new.data.tags[TRAIN_RUN_TAG] == train.info.run_id
+    assert new.data.tags[RUN_KIND_TAG] == REEVALUATION
+    assert new.info.run_name == new.data.tags["dvc.exp_name"] != "" and new.info.run_name in r["log"]
+    # The training run is as it was: the same metrics, no extra/ ones, one history per curve.
+    assert train.data.metrics == r["before"].data.metrics
+    assert not any(k.startswith(EXTRA) for k in train.data.metrics)
+    assert len(client.get_metric_history(train.info.run_id, EVAL_ROC_AUC)) == 1
+    # The new run holds the whole evaluation, the extra set's too, with the same val numbers (same model).
+    assert new.data.metrics[EVAL_ROC_AUC] == train.data.metrics[EVAL_ROC_AUC]
+    assert 0 <= new.data.metrics[f"{EXTRA}x/roc_auc"] <= 1 and f"{EXTRA}x/images" in new.data.metrics
+    assert new.data.params["eval.extra_sets.x"] == "data/sample"
+    # Its models are the training run's, by reference: no model logged from the new run.
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert not [m for m in models if m.source_run_id == new.info.run_id]
+    trained = sorted(f"{m.name}=models:/{m.model_id}" for m in models if m.source_run_id == train.info.run_id)
+    assert trained and new.data.tags[MODELS_TAG] == ", ".join(trained)
+    # compare and generalisation count the training run once, not its re-evaluation again.
+    from ffdi.analysis.runs import finished_pipeline_runs
+
+    mlflow.set_tracking_uri(f"sqlite:///{project['repo'] / 'mlflow.db'}")
+    assert new.info.run_id not in {x.run_id for x in finished_pipeline_runs("ffdi")}
 
 
 def test_three_finished_runs_in_one_store(project, runs):
@@ -208,11 +267,14 @@ def test_artifacts_and_logged_models(project, runs):
             filter_string=f"source_run_id = '{run.info.run_id}'",
             output_format="list",
         )
-        # The torch model (train) and the served pyfunc detector (evaluate), one of each.
-        assert sorted(m.name for m in found) == ["detector", "model"]
-        (logged,) = [m for m in found if m.name == "model"]
-        model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
-        assert count_se_modules(model) == n_se
+        # One logged model, the served pyfunc detector (evaluate): ffdi score and ffdi serve both load it.
+        (logged,) = found
+        assert logged.name == MODEL_NAME
+        # The run stores the checkpoint once: among its artifacts and its model's, no file of a
+        # megabyte or more twice, and exactly one as large as the checkpoint.
+        big = _files_of_a_megabyte([run.info.artifact_uri, logged.artifact_location])
+        assert len(big) == len(set(big.values())) == 1, big
+        assert abs(next(iter(big)).stat().st_size - project["baseline"]["model"].stat().st_size) < 2**20
         # The Detector rebuilds the very scorer from the logged model's URI.
         detector = Detector.load(f"models:/{logged.model_id}", "cpu", tta=["hflip"])
         assert count_se_modules(detector.model) == n_se
@@ -220,6 +282,20 @@ def test_artifacts_and_logged_models(project, runs):
             images = sorted((project["repo"] / "data" / "sample" / "valset").glob("*.jpg"))[:8]
             from_file = Detector.load(project["baseline"]["model"], "cpu", tta=["hflip"]).score(images)
             np.testing.assert_array_equal(detector.score(images), from_file)
+
+
+def _files_of_a_megabyte(uris: list[str]) -> dict[Path, str]:
+    """{path: sha256} of every file of 1 MiB or more under these file:// artifact locations."""
+    import hashlib
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    found = {}
+    for uri in uris:
+        for f in Path(url2pathname(urlparse(uri).path)).rglob("*"):
+            if f.is_file() and f.stat().st_size >= 2**20:
+                found[f] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return found
 
 
 def test_dvc_exp_show_lists_both_with_auc(project, runs):
@@ -337,15 +413,11 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
     import mlflow
 
     _, exp, (base, se, _) = runs
-    (logged,) = [
-        m
-        for m in mlflow.search_logged_models(
-            experiment_ids=[exp.experiment_id],
-            filter_string=f"source_run_id = '{se.info.run_id}'",
-            output_format="list",
-        )
-        if m.name == "model"
-    ]
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id],
+        filter_string=f"source_run_id = '{se.info.run_id}'",
+        output_format="list",
+    )
     SCREENSHOTS.mkdir(exist_ok=True)
     app = f"{mlflow_server}/#/experiments/{exp.experiment_id}"
     with sync_api.sync_playwright() as p:

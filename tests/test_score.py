@@ -19,6 +19,7 @@ from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
 from ffdi.schema import EVALUATION_DETAILS
+from ffdi.tracking.pyfunc_model import MODEL_NAME
 from tests.project import TINY_PARAMS, make_project
 
 
@@ -231,8 +232,8 @@ def test_score_a_model_logged_in_mlflow(project):
     mlflow.set_tracking_uri(f"sqlite:///{project.repo / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("ffdi")
     found = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
-    # The torch model (train) and the served detector (evaluate) both carry the checkpoint.
-    assert sorted(m.name for m in found) == ["detector", "model"]
+    # One logged model per run, the served detector (evaluate), which carries the checkpoint.
+    assert [m.name for m in found] == [MODEL_NAME]
     project.sh("ffdi", "score", "data/sample/testset", "--out", "local.csv")
     local = pd.read_csv(project.repo / "local.csv")
     for logged in found:

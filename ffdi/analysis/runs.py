@@ -19,6 +19,7 @@ from ffdi.schema import (
     EPOCH_VAL_LOSS,
     EVAL_ROC_AUC,
     EVALUATE_ARTIFACTS,
+    REEVALUATION,
     RUN_KIND_TAG,
     VAL_PREDICTIONS,
 )
@@ -57,7 +58,8 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
             dict(r.data.tags),
         )
         for r in found
-        if r.data.tags.get(RUN_KIND_TAG) != "compare" and EVAL_ROC_AUC in r.data.metrics
+        # Not compare's own runs, nor re-evaluations: their training run stands for them, once.
+        if r.data.tags.get(RUN_KIND_TAG) not in ("compare", REEVALUATION) and EVAL_ROC_AUC in r.data.metrics
     ]
     if not runs:
         raise CompareError(f"experiment {experiment!r} has no finished, evaluated runs to compare")

@@ -19,7 +19,18 @@ from typing import Any
 from ffdi.config import Params, TrackingConfig, flatten
 from ffdi.errors import TrackingError
 from ffdi.files import project_root, write_json
-from ffdi.schema import DATA_HASH_TAG, EPOCH_TRAIN, EPOCH_VAL, EPOCH_VAL_AUC, HW, RUN_KIND_TAG, SKIPPED_IMAGES
+from ffdi.schema import (
+    DATA_HASH_TAG,
+    EPOCH_TRAIN,
+    EPOCH_VAL,
+    EPOCH_VAL_AUC,
+    HW,
+    MODELS_TAG,
+    REEVALUATION,
+    RUN_KIND_TAG,
+    SKIPPED_IMAGES,
+    TRAIN_RUN_TAG,
+)
 
 # MLflow 3's UI opens experiments without this tag as GenAI (traces, prompts);
 # this one makes it show the runs table and metric charts of model training.
@@ -27,7 +38,8 @@ KIND_TAG = "mlflow.experimentKind"
 # The experiment's description in the UI (its Description tab): how to read a run.
 DESCRIPTION_TAG = "mlflow.note.content"
 DESCRIPTION = """One run per pipeline run (`dvc repro`, `dvc exp run`), named after its DVC experiment, or after
-the variant (`se-resnet18-seed0`).
+the variant (`se-resnet18-seed0`). A DVC experiment that reuses a cached training (`dvc exp run -S
+'+eval.extra_sets.x=DIR'`) gets a run of its own, nested under the training run (tag `ffdi.train_run`).
 
 - **Charts, in sections**: `epoch/train` and `epoch/val` are the training curves, step = epoch
   (`loss`, `acc`, `auc`, the epoch's `img_per_s`); the same columns in the run's `reports/history.csv`, drawn
@@ -39,8 +51,8 @@ the variant (`se-resnet18-seed0`).
   Dataset column: the train and val manifests (digest, rows).
 - **Artifacts**: `evaluate/` (ROC, confusion, per manipulation, robustness, explanations; `details.json`, the
   whole report, and `metrics.json`, its headline), `predict/` (the submission), `reproduce/` (params,
-  packages, git state), and the logged models: the PyTorch model and `detector`, the servable one
-  (`ffdi serve`).
+  packages, git state), and one logged model, `detector`: the checkpoint, loaded by `ffdi score --model`,
+  served by `ffdi serve`.
 """
 EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development", DESCRIPTION_TAG: DESCRIPTION}
 
@@ -118,13 +130,21 @@ def setup(cfg: TrackingConfig) -> str:
 
 
 @contextlib.contextmanager
-def run(cfg: TrackingConfig, run_id: str | None = None, run_name: str | None = None) -> Iterator[Any]:
-    """Start (or reopen, given `run_id`) a run; an exception marks it FAILED with the error."""
+def run(
+    cfg: TrackingConfig, run_id: str | None = None, run_name: str | None = None, parent_run_id: str | None = None
+) -> Iterator[Any]:
+    """Start (or reopen, given `run_id`) a run, nested under `parent_run_id` if given; an exception marks
+    it FAILED with the error."""
     import mlflow
 
     experiment_id = setup(cfg)
     with store_lock():
-        active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name)
+        active = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            run_name=run_name,
+            parent_run_id=parent_run_id,
+        )
     try:
         yield active
     except KeyboardInterrupt:
@@ -135,6 +155,68 @@ def run(cfg: TrackingConfig, run_id: str | None = None, run_name: str | None = N
         raise
     else:
         _end("FINISHED")
+
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@contextlib.contextmanager
+def stage_run(params: Params, run_ref: str | Path, marker: str) -> Iterator[Any]:
+    """The run that evaluate or predict logs into: the training run of `run_ref`, unless that run
+    already holds `marker` (the stage's own metric, eval/roc_auc or predict/images) from an earlier
+    pipeline. Then DVC reused a cached training for another experiment (`dvc exp run -S
+    '+eval.extra_sets.x=DIR'`), and the stage logs into a run of its own, nested under the training run
+    and named after the DVC experiment, so that a finished run's metrics never change. Evaluate and
+    predict of one DVC experiment share that run."""
+    import mlflow
+
+    cfg = params.tracking
+    train_id = read_run_ref(run_ref)
+    experiment_id = setup(cfg)
+    client = mlflow.MlflowClient()
+    train = client.get_run(train_id)
+    if marker not in train.data.metrics:
+        with run(cfg, run_id=train_id) as active:
+            yield active
+        return
+    exp_name = os.environ.get("DVC_EXP_NAME", "")
+    reuse = None
+    if exp_name:  # the other stage of this DVC experiment may have opened it already
+        siblings = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{train_id}' and tags.`dvc.exp_name` = '{exp_name}'",
+            order_by=["attributes.start_time DESC"],
+        )
+        reuse = next((r.info.run_id for r in siblings if marker not in r.data.metrics), None)
+    name = exp_name or f"{train.info.run_name}-{marker.split('/')[0]}"
+    with run(cfg, run_id=reuse, run_name=None if reuse else name, parent_run_id=None if reuse else train_id) as active:
+        if reuse is None:
+            log_params(params)
+            inherited = {k: v for k, v in train.data.tags.items() if k.startswith(("hw.", "dvc.", "data.", "git."))}
+            mlflow.set_tags(
+                {
+                    **inherited,
+                    **git_info(Path.cwd()),
+                    RUN_KIND_TAG: REEVALUATION,
+                    TRAIN_RUN_TAG: train_id,
+                    "dvc.exp_name": exp_name,
+                }
+            )
+        yield active
+
+
+def link_models(train_id: str) -> None:
+    """Point the active run to the models its training run logged (tag ffdi.models: name=models:/<id>),
+    instead of logging them again."""
+    import mlflow
+
+    active = mlflow.active_run()
+    found = mlflow.search_logged_models(
+        experiment_ids=[active.info.experiment_id],
+        filter_string=f"source_run_id = '{train_id}'",
+        output_format="list",
+    )
+    mlflow.set_tag(MODELS_TAG, ", ".join(sorted(f"{m.name}=models:/{m.model_id}" for m in found)))
 
 
 def _end(status: str, error: str | None = None) -> None:
