@@ -22,7 +22,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser run lint test test-fast ui compare exps generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
+.PHONY: setup browser run lint test test-fast ui compare exps plots generalisation bench bench-prepare efficiency rehearsal gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -77,6 +77,13 @@ EXPS_KEEP := ^(Experiment|val\.(roc_auc|accuracy|tpr_at_fpr)|degraded_mean_auc|h
 exps: setup
 	dvc exp show --no-pager --only-changed --drop '$(EXPS_DROP)' --keep '$(EXPS_KEEP)' --sort-by val.roc_auc \
 	  --sort-order desc $(ARGS)
+
+# Every plot, offline: `dvc plots show` draws its Vega charts with Vega loaded from a CDN, blank without
+# internet. Each has a PNG twin among dvc.yaml's image plots (history.png: loss and val AUC per epoch; roc,
+# confusion, groups, robustness), and this page shows those alone, with no script: dvc_plots/offline/.
+PNG_PLOTS = $(shell sed -n 's|^- \(reports/.*\.png\)$$|dvc.yaml::\1|p' dvc.yaml)
+plots: setup
+	dvc plots show $(PNG_PLOTS) --out dvc_plots/offline
 
 # Leave one manipulation out (and train on one): queues and runs the DVC experiments, then the tables.
 # e.g. make generalisation ARGS="-S model.se=true --seeds 0 1 2"; ARGS=--no-run renders existing runs only.

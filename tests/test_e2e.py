@@ -341,6 +341,40 @@ def test_make_exps_shows_the_experiments_in_one_screen(project):
     assert sum(" True " in line or " False " in line for line in lines) >= 2  # both variants' rows
 
 
+def test_make_plots_shows_every_plot_offline(project):
+    """`make plots`: every plot of dvc.yaml as a PNG page with no script, so nothing loads from a CDN; each
+    Vega chart of dvc.yaml has its PNG twin there (Loss and Val AUC: history.png)."""
+    import yaml
+
+    out = subprocess.run(
+        ["make", "-s", "plots", f"VENV={ROOT / '.venv'}"],
+        cwd=project["repo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = project["repo"] / "dvc_plots" / "offline" / "index.html"
+    html = page.read_text()
+    assert "<script" not in html and "http" not in html.replace("http-equiv", "")
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == len(set(images)) == 6, images
+    for src in images:
+        assert (page.parent / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    twin = {
+        "reports/history.csv": "history",
+        "reports/evaluate/roc.csv": "roc",
+        "reports/evaluate/val_predictions.csv": "confusion",
+        "reports/evaluate/groups.csv": "groups",
+        "reports/evaluate/robustness": "robustness",
+    }
+    for plot in yaml.safe_load((project["repo"] / "dvc.yaml").read_text())["plots"]:
+        if isinstance(plot, dict):  # a Vega chart: its data file(s) or folder
+            (pid, spec) = next(iter(plot.items()))
+            data = list(spec["y"]) if isinstance(spec["y"], dict) else [pid]
+            assert all(any(twin[d] in i for i in images) for d in data), (pid, images)
+
+
 CHROMIUM_FLAGS = [
     "--headless=new",
     "--no-sandbox",
