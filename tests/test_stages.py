@@ -130,6 +130,15 @@ def test_the_experiment_says_how_to_read_a_run_and_the_run_name_says_the_variant
     old = mlflow.MlflowClient().create_experiment("old")  # as an older ffdi, or a person, made it
     mlflow_run.setup(TrackingConfig(experiment="old"))
     assert mlflow.get_experiment(old).tags["mlflow.note.content"] == mlflow_run.DESCRIPTION
+    # An older ffdi's description (its metric names are gone) is brought up to date; a person's is left.
+    client = mlflow.MlflowClient()
+    older = "One run per pipeline run (`dvc repro`, `dvc exp run`), named after its DVC experiment.\n- `eval_roc_auc`"
+    client.set_experiment_tag(old, "mlflow.note.content", older)
+    mlflow_run.setup(TrackingConfig(experiment="old"))
+    assert mlflow.get_experiment(old).tags["mlflow.note.content"] == mlflow_run.DESCRIPTION
+    client.set_experiment_tag(old, "mlflow.note.content", "my notes")
+    mlflow_run.setup(TrackingConfig(experiment="old"))
+    assert mlflow.get_experiment(old).tags["mlflow.note.content"] == "my notes"
     assert mlflow_run.run_name(Params(model=ModelConfig(se=True))) == "se-resnet18-seed0"
     assert mlflow_run.run_name(Params()) == "resnet18-seed0"
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-reef")

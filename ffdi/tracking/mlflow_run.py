@@ -124,7 +124,9 @@ def setup(cfg: TrackingConfig) -> str:
             location = artifact_root() if uri.startswith("sqlite:") else None
             return client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
         for key, value in EXPERIMENT_TAGS.items():  # an experiment made by an older ffdi, or by hand
-            if exp.tags.get(key) is None:
+            # An older ffdi's description names metrics that are no longer logged; a person's own stays.
+            stale = key == DESCRIPTION_TAG and exp.tags.get(key, "").startswith(DESCRIPTION.split(",")[0])
+            if exp.tags.get(key) is None or (stale and exp.tags[key] != value):
                 client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
