@@ -38,7 +38,6 @@ from pathlib import Path
 import yaml
 
 from benchmarks.tree import distinct_images, write_tree
-from ffdi.schema import CHECKPOINT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SHARE = 524_429 / (524_429 + 147_363)  # multiFFDI phase 1
@@ -76,7 +75,6 @@ def step_model() -> dict:
     from ffdi.engine.train import fit
     from ffdi.model import checkpoint
     from ffdi.tracking import mlflow_run
-    from ffdi.tracking.pytorch_model import log_model
 
     paths = stage_paths("train")
     params = load_params()
@@ -91,12 +89,7 @@ def step_model() -> dict:
         seconds["log_params"] = time.perf_counter() - t0
         steps: set = set()
         fit(params, train, val, state, on_epoch=lambda row: mlflow_run.log_epoch(row, steps))
-        ckpt = checkpoint.load(state / "best.pt")
-        t0 = time.perf_counter()
-        named = state / CHECKPOINT_NAME
-        shutil.copyfile(state / "best.pt", named)
-        log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
-        seconds["log_model"] = time.perf_counter() - t0
+        # No model logged here: as in the train stage, evaluate logs the run's one model.
         checkpoint.finish(state, paths["model"])
         mlflow_run.write_run_ref(paths["run_ref"], run.info.run_id, params.tracking.experiment)
         mlflow.set_tag("rehearsal", "true")

@@ -1,7 +1,10 @@
 """Stage `evaluate`: score val with the Detector that predict uses; metrics.json, reports/ and MLflow.
 
-What metrics.json holds: ffdi.evaluation.evaluate. The served model is logged here, not in train, because
-it carries eval.threshold and predict.tta: changing those must not retrain.
+What metrics.json (the headline) and reports/evaluate/details.json (the whole report) hold:
+ffdi.evaluation.evaluate. The served model, a run's only logged model, is logged here, not in train,
+because it carries eval.threshold and predict.tta: changing those must not retrain. Where DVC reused a
+training that an earlier experiment evaluated, everything goes to a run of its own, nested under the
+training run (mlflow_run.stage_run), which points to the training run's model.
 """
 
 import time
@@ -10,10 +13,11 @@ import pandas as pd
 
 from ffdi import hardware
 from ffdi.data.labels import read_manifest
-from ffdi.evaluation.evaluate import evaluate, labelled_folder, summary_lines, write_reports
+from ffdi.evaluation.evaluate import evaluate, headline, labelled_folder, summary_lines, write_reports
 from ffdi.evaluation.plots import plot_history
 from ffdi.files import project_root, write_json
 from ffdi.inference.detector import Detector, Ensemble
+from ffdi.schema import EVAL_ROC_AUC, EVALUATION_DETAILS
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 from ffdi.tracking.evaluation import log_evaluation
@@ -39,12 +43,17 @@ def main(params, prepared, model, run_ref, history, reports, metrics):
     # The training curves as a picture beside the others: `dvc plots show` draws history.csv with Vega,
     # which needs a CDN. Here rather than in train, so that a plot's label never retrains.
     plot_history(pd.read_csv(history), reports / "history.png")
-    write_json(metrics, ev.report)
+    write_json(reports / EVALUATION_DETAILS, ev.report)
+    write_json(metrics, headline(ev.report))
 
     t0 = time.perf_counter()
-    with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):
+    # The training run's, or one of its own where DVC reused a training another experiment evaluated.
+    with mlflow_run.stage_run(params, run_ref, EVAL_ROC_AUC) as active:
         log_evaluation(ev, reports, metrics, dict(cfg.extra_sets))
-        if params.tracking.log_model:
+        train_id = mlflow_run.read_run_ref(run_ref)
+        if active.info.run_id != train_id:
+            mlflow_run.link_models(train_id)
+        elif params.tracking.log_model:
             log_pyfunc(model, list(params.predict.tta), cfg.threshold, cfg.video_frames, cfg.video_aggregate)
     ev.seconds["mlflow"] = time.perf_counter() - t0
     print("\n".join(summary_lines(ev)))

@@ -11,6 +11,7 @@ from ffdi.data.labels import read_manifest
 from ffdi.data.video import per_video_scores
 from ffdi.files import project_root, write_csv
 from ffdi.inference.detector import Detector, Ensemble
+from ffdi.schema import PREDICT_IMAGES
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
 
@@ -49,11 +50,11 @@ def main(params, prepared, model, run_ref):
         submission = pd.DataFrame({"img_name": manifest.img_name, "y_pred": prob})
     write_csv(cfg.out, submission)
 
-    with mlflow_run.run(params.tracking, run_id=mlflow_run.read_run_ref(run_ref)):
+    with mlflow_run.stage_run(params, run_ref, PREDICT_IMAGES):
         import mlflow
 
         mlflow.set_tags({"predict.split": split, "predict.models": detector.source})
-        mlflow.log_metric("predict_images", len(submission))
+        mlflow.log_metric(PREDICT_IMAGES, len(submission))
         mlflow_run.log_skipped(res.skipped, "predict")
         mlflow.log_artifact(cfg.out, artifact_path="predict")
     print(f"{len(submission)} predictions -> {cfg.out}")

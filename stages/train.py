@@ -5,9 +5,6 @@ A killed run resumes after its last complete epoch, into the same MLflow run.
 """
 
 import json
-import shutil
-import tempfile
-from pathlib import Path
 
 import pandas as pd
 
@@ -19,10 +16,9 @@ from ffdi.errors import ConfigError, DataError
 from ffdi.files import project_root, write_csv
 from ffdi.model import checkpoint
 from ffdi.sample import manipulations
-from ffdi.schema import CHECKPOINT_NAME
+from ffdi.schema import TRAIN
 from ffdi.stage import stage_main
 from ffdi.tracking import mlflow_run
-from ffdi.tracking.pytorch_model import log_model
 
 
 def load_manifests(params, prepared):
@@ -70,6 +66,7 @@ def main(params, prepared, model, run_ref, history):
                 )
                 mlflow.set_tag("hw.loader_workers", hardware.resolve_workers(params.runtime.workers, cores, device))
                 mlflow.set_tag("train.world_size", distributed.rank_and_world()[1])
+                mlflow_run.log_datasets(prepared, {"training": ("train", train_rows), "validation": ("val", val_rows)})
                 mlflow_run.write_run_ref(run_file, run.info.run_id, params.tracking.experiment)
             steps = mlflow_run.logged_steps(run.info.run_id)
             epochs: list[dict] = []
@@ -92,17 +89,14 @@ def main(params, prepared, model, run_ref, history):
             best = result["best"]
             mlflow.log_metrics(
                 {
-                    "best_epoch": best["epoch"],
-                    f"best_{best['metric']}": best["value"],
-                    "trainable_params": result["trainable_params"],
+                    f"{TRAIN}best_epoch": best["epoch"],
+                    f"{TRAIN}best_{best['metric']}": best["value"],
+                    f"{TRAIN}trainable_params": result["trainable_params"],
                 }
             )
             mlflow_run.log_skipped(result["skipped"], "train")
-            if params.tracking.log_model:
-                ckpt = checkpoint.load(state_dir / "best.pt")
-                with tempfile.TemporaryDirectory() as tmp:
-                    named = Path(shutil.copyfile(state_dir / "best.pt", Path(tmp) / CHECKPOINT_NAME))
-                    log_model(checkpoint.rebuild_model(ckpt), ckpt, named)
+            # The model reaches this run once, as evaluate's `detector` (the checkpoint with the views and
+            # threshold it scores with): a PyTorch model logged here as well stored the weights twice more.
             checkpoint.finish(state_dir, model)
             mlflow_run.write_run_ref(run_ref, run.info.run_id, params.tracking.experiment)
     print(f"best {best['metric']} {best['value']:.4f} at epoch {best['epoch']} -> {model}")

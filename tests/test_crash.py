@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ffdi.tracking.mlflow_run import epoch_metric_name
 from tests.project import make_shared_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,7 @@ def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_las
     client, _, runs = mlflow_runs(p.repo)
     assert [r.info.status for r in runs] == ["FINISHED"]
     for key in ("val_auc", "train_loss"):
-        history = client.get_metric_history(runs[0].info.run_id, key)
+        history = client.get_metric_history(runs[0].info.run_id, epoch_metric_name(key))
         assert sorted(m.step for m in history) == [0, 1, 2], key
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected[key].tolist())
     assert not list((p.repo / ".ffdi" / "resume").iterdir())  # state dropped once done

@@ -7,6 +7,7 @@ from ffdi.data.labels import read_manifest
 from ffdi.evaluation.metrics import roc_auc
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
+from ffdi.tracking.mlflow_run import epoch_metric_name
 from tests.project import make_project, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -40,9 +41,11 @@ def test_torchrun_two_processes_one_run_whole_val_set(tmp_path):
     assert runs[0].data.tags["train.world_size"] == "2"
     run_id = runs[0].info.run_id
     for key in ("val_auc", "train_loss", "val_images"):
-        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(EPOCHS)), key
+        assert sorted(m.step for m in client.get_metric_history(run_id, epoch_metric_name(key))) == list(
+            range(EPOCHS)
+        ), key
     # Each epoch's val metrics cover every val image exactly once: no shard missing, no padding counted.
-    assert [m.value for m in client.get_metric_history(run_id, "val_images")] == [n_val] * EPOCHS
+    assert [m.value for m in client.get_metric_history(run_id, epoch_metric_name("val_images"))] == [n_val] * EPOCHS
     history = pd.read_csv(p.repo / "reports" / "history.csv")
     assert history.epoch.tolist() == list(range(EPOCHS)) and history.val_images.tolist() == [n_val] * EPOCHS
 

@@ -1,8 +1,9 @@
 """The real pipeline, as a user runs it, in a copy of the shared trained project (tests/project.py).
 
 The shared project ran `dvc repro`; here a rerun changes nothing, `dvc exp run -S model.se=true`
-trains the SE variant, and `dvc exp run --temp` with an extra set reuses that training; the tests
-below inspect what each left behind.
+trains the SE variant, and a re-evaluation (`dvc exp run --temp -S +eval.extra_sets.x=...`, which DVC
+runs in .dvc/tmp and which reuses the SE training) trains nothing; the tests below inspect what each
+left behind.
 """
 
 import json
@@ -17,6 +18,21 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from ffdi.schema import (
+    EPOCH_TRAIN,
+    EPOCH_VAL,
+    EVAL,
+    EVAL_ROC_AUC,
+    EVAL_TPR_AT_FPR,
+    EVALUATION_DETAILS,
+    EXTRA,
+    MODELS_TAG,
+    REEVALUATION,
+    RUN_KIND_TAG,
+    TRAIN_RUN_TAG,
+)
+from ffdi.tracking.mlflow_run import PARENT_TAG, epoch_metric_name
+from ffdi.tracking.pyfunc_model import MODEL_NAME
 from tests.conftest import ROOT
 from tests.project import SHARED_PARAMS, copy_project, mlflow_runs
 
@@ -29,7 +45,8 @@ def project(shared_project, tmp_path_factory):
     repo = p.repo
     baseline = {
         "commit": p.out("git", "rev-parse", "HEAD"),
-        "metrics": json.loads((repo / "metrics.json").read_text()),
+        # The whole report (metrics.json holds its headline).
+        "metrics": json.loads((repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text()),
         "submission": pd.read_csv(repo / "submission.csv", dtype={"img_name": str}),
         "val_predictions": pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv"),
         "summary": json.loads((repo / "prepared" / "summary.json").read_text()),
@@ -47,17 +64,57 @@ def project(shared_project, tmp_path_factory):
     baseline["status_runtime"] = p.out("dvc", "status")
     (repo / "params.yaml").write_text(params_text)
     p.sh("dvc", "exp", "run", "-S", "model.se=true")
-    # A temporary experiment that DVC runs in .dvc/tmp and that reuses the SE training (cached).
-    temp = p.out("dvc", "exp", "run", "--temp", "-S", "+eval.extra_sets.x=data/other")
-    temp_name = re.search(r"Ran experiment\(s\): (\S+)", temp)
-    assert temp_name, temp
+    # Another evaluation of the workspace's (SE) training, which DVC takes from its cache: one more
+    # labelled set, in a temporary experiment that DVC runs in .dvc/tmp.
+    _, _, before = mlflow_runs(repo)
+    log = p.out("dvc", "exp", "run", "--temp", "-S", "+eval.extra_sets.x=data/other")
+    temp_name = re.search(r"Ran experiment\(s\): (\S+)", log)
+    assert temp_name, log
+    reevaluated = {"before": before[1], "log": log, "name": temp_name[1]}
     exp_show = json.loads(p.out("dvc", "exp", "show", "--json"))
-    return {"repo": repo, "baseline": baseline, "exp_show": exp_show, "temp": temp, "temp_name": temp_name[1]}
+    return {"repo": repo, "baseline": baseline, "exp_show": exp_show, "reevaluated": reevaluated}
 
 
 @pytest.fixture(scope="module")
 def runs(project):
-    return mlflow_runs(project["repo"])
+    """The two pipeline runs (training and all); not the re-evaluation nested under the SE one."""
+    client, exp, found = mlflow_runs(project["repo"])
+    return client, exp, [r for r in found if PARENT_TAG not in r.data.tags]
+
+
+def test_a_reevaluation_of_a_cached_training_is_a_run_of_its_own(project):
+    """`dvc exp run -S '+eval.extra_sets.x=DIR'` reuses the cached training: evaluate logs into a new run,
+    nested under the training run and named after the DVC experiment, which points to the training run's
+    models; the training run keeps its metrics, and its models are not logged again."""
+    import mlflow
+
+    r = project["reevaluated"]
+    assert "Stage 'train' didn't change, skipping" in r["log"] and "Running stage 'evaluate'" in r["log"]
+    client, exp, found = mlflow_runs(project["repo"])
+    (train,) = [run for run in found if run.info.run_id == r["before"].info.run_id]
+    (new,) = [run for run in found if PARENT_TAG in run.data.tags]
+    assert len(found) == 3 and new.info.status == "FINISHED"
+    assert new.data.tags[PARENT_TAG] == new.data.tags[TRAIN_RUN_TAG] == train.info.run_id
+    assert new.data.tags[RUN_KIND_TAG] == REEVALUATION
+    assert new.info.run_name == new.data.tags["dvc.exp_name"] != "" and new.info.run_name in r["log"]
+    # The training run is as it was: the same metrics, no extra/ ones, one history per curve.
+    assert train.data.metrics == r["before"].data.metrics
+    assert not any(k.startswith(EXTRA) for k in train.data.metrics)
+    assert len(client.get_metric_history(train.info.run_id, EVAL_ROC_AUC)) == 1
+    # The new run holds the whole evaluation, the extra set's too, with the same val numbers (same model).
+    assert new.data.metrics[EVAL_ROC_AUC] == train.data.metrics[EVAL_ROC_AUC]
+    assert 0 <= new.data.metrics[f"{EXTRA}x/roc_auc"] <= 1 and f"{EXTRA}x/images" in new.data.metrics
+    assert new.data.params["eval.extra_sets.x"] == "data/other"
+    # Its models are the training run's, by reference: no model logged from the new run.
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert not [m for m in models if m.source_run_id == new.info.run_id]
+    trained = sorted(f"{m.name}=models:/{m.model_id}" for m in models if m.source_run_id == train.info.run_id)
+    assert trained and new.data.tags[MODELS_TAG] == ", ".join(trained)
+    # compare and generalisation count the training run once, not its re-evaluation again.
+    from ffdi.analysis.runs import finished_pipeline_runs
+
+    mlflow.set_tracking_uri(f"sqlite:///{project['repo'] / 'mlflow.db'}")
+    assert new.info.run_id not in {x.run_id for x in finished_pipeline_runs("ffdi")}
 
 
 def test_finished_runs_in_one_store(project, runs):
@@ -65,7 +122,7 @@ def test_finished_runs_in_one_store(project, runs):
     assert [r.info.status for r in found] == ["FINISHED"] * 2
     assert exp.artifact_location == (project["repo"] / "mlartifacts").as_uri()
     # The UI's Description tab says how to read a run.
-    assert "step = epoch" in exp.tags["mlflow.note.content"] and "`eval_roc_auc`" in exp.tags["mlflow.note.content"]
+    assert "step = epoch" in exp.tags["mlflow.note.content"] and f"`{EVAL_ROC_AUC}`" in exp.tags["mlflow.note.content"]
     # The --temp run executed in .dvc/tmp; nothing may be stored there.
     assert not list((project["repo"] / ".dvc").rglob("mlflow.db"))
 
@@ -123,7 +180,7 @@ def test_per_epoch_metrics_have_epoch_steps(runs):
     client, _, found = runs
     for run in found:
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc"):
-            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, epoch_metric_name(key)))
             assert steps == list(range(SHARED_PARAMS["train"]["epochs"])), (run.info.run_name, key)
 
 
@@ -175,8 +232,8 @@ def test_metrics_match_sklearn_and_the_model(project, runs):
 
     # MLflow holds the same final numbers as metrics.json.
     _, _, (base, _) = runs
-    assert base.data.metrics["eval_roc_auc"] == pytest.approx(m["roc_auc"])
-    assert base.data.metrics["eval_tpr_at_fpr"] == pytest.approx(m["tpr_at_fpr"])
+    assert base.data.metrics[EVAL_ROC_AUC] == pytest.approx(m["roc_auc"])
+    assert base.data.metrics[EVAL_TPR_AT_FPR] == pytest.approx(m["tpr_at_fpr"])
 
 
 def test_submission_rows(project):
@@ -206,11 +263,14 @@ def test_artifacts_and_logged_models(project, runs):
             filter_string=f"source_run_id = '{run.info.run_id}'",
             output_format="list",
         )
-        # The torch model (train) and the served pyfunc detector (evaluate), one of each.
-        assert sorted(m.name for m in found) == ["detector", "model"]
-        (logged,) = [m for m in found if m.name == "model"]
-        model = mlflow.pytorch.load_model(f"models:/{logged.model_id}")
-        assert count_se_modules(model) == n_se
+        # One logged model, the served pyfunc detector (evaluate): ffdi score and ffdi serve both load it.
+        (logged,) = found
+        assert logged.name == MODEL_NAME
+        # The run stores the checkpoint once: among its artifacts and its model's, no file of a
+        # megabyte or more twice, and exactly one as large as the checkpoint.
+        big = _files_of_a_megabyte([run.info.artifact_uri, logged.artifact_location])
+        assert len(big) == len(set(big.values())) == 1, big
+        assert abs(next(iter(big)).stat().st_size - project["baseline"]["model"].stat().st_size) < 2**20
         # The Detector rebuilds the very scorer from the logged model's URI.
         detector = Detector.load(f"models:/{logged.model_id}", "cpu", tta=["hflip"])
         assert count_se_modules(detector.model) == n_se
@@ -218,6 +278,20 @@ def test_artifacts_and_logged_models(project, runs):
             images = sorted((project["repo"] / "data" / "labelled" / "valset").glob("*.jpg"))[:8]
             from_file = Detector.load(project["baseline"]["model"], "cpu", tta=["hflip"]).score(images)
             np.testing.assert_array_equal(detector.score(images), from_file)
+
+
+def _files_of_a_megabyte(uris: list[str]) -> dict[Path, str]:
+    """{path: sha256} of every file of 1 MiB or more under these file:// artifact locations."""
+    import hashlib
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    found = {}
+    for uri in uris:
+        for f in Path(url2pathname(urlparse(uri).path)).rglob("*"):
+            if f.is_file() and f.stat().st_size >= 2**20:
+                found[f] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return found
 
 
 def test_dvc_exp_show_lists_both_with_auc(project, runs):
@@ -238,7 +312,7 @@ def test_dvc_exp_show_lists_both_with_auc(project, runs):
     with_auc = [r for r in rows if r[2] is not None]
     assert {r[1] for r in with_auc} >= {False, True}
     names = {r[0] for r in with_auc}
-    assert se.data.tags["dvc.exp_name"] in names and project["temp_name"] in names
+    assert se.data.tags["dvc.exp_name"] in names and project["reevaluated"]["name"] in names
     assert pytest.approx(project["baseline"]["metrics"]["val"]["roc_auc"]) in [r[2] for r in with_auc if r[1] is False]
 
 
@@ -261,6 +335,40 @@ def test_make_exps_shows_the_experiments_in_one_screen(project):
     assert max(len(line) for line in lines) <= 160, out.stdout
     assert "…" not in header, out.stdout  # no column squeezed to an ellipsis
     assert sum(" True " in line or " False " in line for line in lines) >= 2  # both variants' rows
+
+
+def test_make_plots_shows_every_plot_offline(project):
+    """`make plots`: every plot of dvc.yaml as a PNG page with no script, so nothing loads from a CDN; each
+    Vega chart of dvc.yaml has its PNG twin there (Loss and Val AUC: history.png)."""
+    import yaml
+
+    out = subprocess.run(
+        ["make", "-s", "plots", f"VENV={ROOT / '.venv'}"],
+        cwd=project["repo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = project["repo"] / "dvc_plots" / "offline" / "index.html"
+    html = page.read_text()
+    assert "<script" not in html and "http" not in html.replace("http-equiv", "")
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == len(set(images)) == 6, images
+    for src in images:
+        assert (page.parent / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    twin = {
+        "reports/history.csv": "history",
+        "reports/evaluate/roc.csv": "roc",
+        "reports/evaluate/val_predictions.csv": "confusion",
+        "reports/evaluate/groups.csv": "groups",
+        "reports/evaluate/robustness": "robustness",
+    }
+    for plot in yaml.safe_load((project["repo"] / "dvc.yaml").read_text())["plots"]:
+        if isinstance(plot, dict):  # a Vega chart: its data file(s) or folder
+            (pid, spec) = next(iter(plot.items()))
+            data = list(spec["y"]) if isinstance(spec["y"], dict) else [pid]
+            assert all(any(twin[d] in i for i in images) for d in data), (pid, images)
 
 
 CHROMIUM_FLAGS = [
@@ -335,15 +443,11 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
     import mlflow
 
     _, exp, (base, se) = runs
-    (logged,) = [
-        m
-        for m in mlflow.search_logged_models(
-            experiment_ids=[exp.experiment_id],
-            filter_string=f"source_run_id = '{se.info.run_id}'",
-            output_format="list",
-        )
-        if m.name == "model"
-    ]
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[exp.experiment_id],
+        filter_string=f"source_run_id = '{se.info.run_id}'",
+        output_format="list",
+    )
     SCREENSHOTS.mkdir(exist_ok=True)
     app = f"{mlflow_server}/#/experiments/{exp.experiment_id}"
     with sync_api.sync_playwright() as p:
@@ -356,13 +460,18 @@ def test_mlflow_ui_in_a_real_browser(project, runs, mlflow_server):
                 page.get_by_role("link", name=run.info.run_name, exact=True).first.wait_for(timeout=60_000)
             page.screenshot(path=SCREENSHOTS / "mlflow-runs.png")
 
-            # 2. A run page charts val_auc over epochs (x axis: Step).
+            # 2. A run's page opens on its training curves: the sections epoch/train and epoch/val (loss, acc,
+            # auc over epochs, x axis: Step) come first, above the final metrics (eval, robust/...).
             page.goto(f"{app}/runs/{se.info.run_id}/model-metrics")
-            page.get_by_placeholder("Search metric charts").fill("val_auc")
-            chart_title = page.get_by_text("val_auc", exact=True).first
-            chart_title.wait_for(timeout=60_000)
+            first = page.get_by_text(EPOCH_TRAIN.rstrip("/"), exact=True).first
+            first.wait_for(timeout=60_000)
             page.get_by_text("Step", exact=True).first.wait_for(timeout=60_000)
-            page.screenshot(path=SCREENSHOTS / "mlflow-val-auc.png")
+            page.screenshot(path=SCREENSHOTS / "mlflow-run-curves.png")
+            tops = {
+                name: page.get_by_text(name, exact=True).first.bounding_box()["y"]
+                for name in (EPOCH_TRAIN.rstrip("/"), EPOCH_VAL.rstrip("/"), EVAL.rstrip("/"))
+            }
+            assert tops[EPOCH_TRAIN.rstrip("/")] < tops[EPOCH_VAL.rstrip("/")] < tops[EVAL.rstrip("/")], tops
 
             # 3. The model is there: its page names it and its source run, and the run has its artifacts.
             page.goto(f"{app}/models/{logged.model_id}")

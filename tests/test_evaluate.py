@@ -23,11 +23,23 @@ from ffdi.config import AugmentConfig, DataConfig, EvalConfig, Params
 from ffdi.data.labels import prepare, read_manifest
 from ffdi.errors import ConfigError
 from ffdi.evaluation import degrade
-from ffdi.evaluation.evaluate import evaluate, robustness_tables, summary_lines
+from ffdi.evaluation.evaluate import evaluate, headline, robustness_tables, summary_lines
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
+from ffdi.schema import (
+    AUC,
+    EVAL_DEGRADED_MEAN_AUC,
+    EVAL_GROUP_AUC,
+    EVALUATION_DETAILS,
+    EXTRA,
+    HELDOUT,
+    ROBUST,
+    SEEN,
+    TRAIN,
+)
 from ffdi.tracking.evaluation import evaluation_metrics
+from ffdi.tracking.pyfunc_model import MODEL_NAME
 from tests.project import GROUPS, copy_project, mlflow_runs
 
 # --- unit: degradations, with a random model ------------------------------------------------------
@@ -158,7 +170,7 @@ def test_robustness_per_manipulation_equals_sklearn_on_its_fakes_and_all_real(ra
         for d in degradations:
             m = ev.report["robustness"][d.kind][d.key]
             assert m[f"auc_{g}"] == pytest.approx(skm.roc_auc_score(y[rows], probs[d][rows]), abs=1e-9)
-            assert names[f"robust_{d.kind}_{d.key}_auc_{g}"] == m[f"auc_{g}"]
+            assert names[f"{ROBUST}{d.kind}/{d.key}/{AUC}{g}"] == m[f"auc_{g}"]
             assert tables[d.kind][f"auc_{g}"].tolist() == [m[f"auc_{g}"]]
             assert tables[d.kind][f"clean_auc_{g}"].tolist() == [clean[f"auc_{g}"]]
     assert not any("real" in k for k in names)  # real images are no manipulation
@@ -167,7 +179,7 @@ def test_robustness_per_manipulation_equals_sklearn_on_its_fakes_and_all_real(ra
     aucs = [skm.roc_auc_score(y, probs[d]) for d in degradations]
     assert ev.report["degraded_mean_auc"] == pytest.approx(np.mean(aucs), abs=1e-9)
     assert ev.report["degraded_worst_auc"] == pytest.approx(min(aucs), abs=1e-9)
-    assert names["eval_degraded_mean_auc"] == ev.report["degraded_mean_auc"]
+    assert names[EVAL_DEGRADED_MEAN_AUC] == ev.report["degraded_mean_auc"]
     assert ev.degraded.columns.tolist() == ["img_name", "target", "group", "clean", "jpeg:50", "social:70"]
     assert ev.degraded.img_name.tolist() == val.img_name.tolist()
     for d in degradations:
@@ -242,7 +254,8 @@ def project(shared_project, tmp_path_factory):
     p = copy_project(shared_project, tmp_path_factory.mktemp("evaluate") / "repo")
     repo = p.repo
     base = {
-        "metrics": json.loads((repo / "metrics.json").read_text()),
+        "metrics": json.loads((repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text()),
+        "headline": json.loads((repo / "metrics.json").read_text()),
         "predictions": pd.read_csv(
             repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str}, keep_default_na=False
         ),
@@ -265,7 +278,8 @@ def project(shared_project, tmp_path_factory):
     knobs = [arg for key, value in KNOBS.items() for arg in ("-S", f"{key}={value}")]
     p.sh("dvc", "exp", "run", "-S", 'data.holdout=["a"]', "-S", "+eval.extra_sets.added=data/other", *knobs)
     held = {
-        "metrics": json.loads((repo / "metrics.json").read_text()),
+        "metrics": json.loads((repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text()),
+        "headline": json.loads((repo / "metrics.json").read_text()),
         "predictions": pd.read_csv(
             repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str}, keep_default_na=False
         ),
@@ -288,7 +302,7 @@ def test_group_metrics_equal_sklearn_on_that_groups_fakes_and_all_real(project):
         assert m["groups"][g]["average_precision"] == pytest.approx(skm.average_precision_score(y[rows], p[rows]))
         fpr, tpr, _ = skm.roc_curve(y[rows], p[rows])
         assert m["groups"][g]["tpr_at_fpr_1e-2"] == pytest.approx(tpr[fpr <= 1e-2].max())
-        assert project["base"]["run"].data.metrics[f"eval_auc_{g}"] == pytest.approx(m["groups"][g]["roc_auc"])
+        assert project["base"]["run"].data.metrics[f"{EVAL_GROUP_AUC}{g}"] == pytest.approx(m["groups"][g]["roc_auc"])
     aucs = [m["groups"][g]["roc_auc"] for g in GROUPS]
     assert m["group_worst_auc"] == min(aucs) and m["group_mean_auc"] == pytest.approx(np.mean(aucs))
     # groups.csv, the DVC plot's data: the same numbers, with each group's count of fakes.
@@ -327,8 +341,8 @@ def test_extra_set_is_scored_by_the_same_detector_and_equals_sklearn(project):
     for g in GROUPS:
         rows = ((preds.target == 0) | (preds.group == g)).to_numpy()
         assert m["groups"][g]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[rows], p[rows]), abs=1e-12)
-    assert run.data.metrics["extra_other_roc_auc"] == pytest.approx(m["roc_auc"])
-    assert run.data.metrics["extra_other_auc_a"] == pytest.approx(m["groups"]["a"]["roc_auc"])
+    assert run.data.metrics[f"{EXTRA}other/roc_auc"] == pytest.approx(m["roc_auc"])
+    assert run.data.metrics[f"{EXTRA}other/{AUC}a"] == pytest.approx(m["groups"]["a"]["roc_auc"])
     assert run.data.tags["extra.other.data_hash"] == m["data_hash"] and len(m["data_hash"]) == 16
     # The scores are the Detector's, with the views predict uses (predict.tta: [hflip]).
     det = Detector.load(project["base"]["model"], "cpu", tta=["hflip"])
@@ -347,18 +361,18 @@ def test_robustness_identity_is_close_to_clean_and_severe_changes_scores(project
     assert r["noise"]["60"]["mean_abs_prob_change"] > 5 * r["jpeg"]["100"]["mean_abs_prob_change"]
     assert r["downscale"]["0p25"]["mean_abs_prob_change"] > r["jpeg"]["100"]["mean_abs_prob_change"]
     run = project["base"]["run"]
-    assert run.data.metrics["robust_noise_60_auc"] == pytest.approx(r["noise"]["60"]["roc_auc"])
-    assert run.data.metrics["robust_downscale_0p25_auc"] == pytest.approx(r["downscale"]["0p25"]["roc_auc"])
+    assert run.data.metrics[f"{ROBUST}noise/60/auc"] == pytest.approx(r["noise"]["60"]["roc_auc"])
+    assert run.data.metrics[f"{ROBUST}downscale/0p25/auc"] == pytest.approx(r["downscale"]["0p25"]["roc_auc"])
     # One CSV per kind for DVC's plots, with the clean AUC as the reference column.
     files = project["base"]["robustness"]
     assert sorted(files) == ["downscale.csv", "jpeg.csv", "noise.csv"]
     assert files["jpeg.csv"].severity.tolist() == [100]
     assert files["jpeg.csv"].roc_auc.tolist() == pytest.approx([r["jpeg"]["100"]["roc_auc"]])
     assert files["noise.csv"].clean_roc_auc.tolist() == pytest.approx([clean["roc_auc"]])
-    # Per manipulation too, in metrics.json, MLflow and the CSVs.
+    # Per manipulation too, in details.json, MLflow and the CSVs.
     for g in GROUPS:
         assert clean[f"auc_{g}"] == pytest.approx(m["groups"][g]["roc_auc"])
-        assert run.data.metrics[f"robust_noise_60_auc_{g}"] == pytest.approx(r["noise"]["60"][f"auc_{g}"])
+        assert run.data.metrics[f"{ROBUST}noise/60/{AUC}{g}"] == pytest.approx(r["noise"]["60"][f"auc_{g}"])
         assert files["noise.csv"][f"auc_{g}"].tolist() == pytest.approx([r["noise"]["60"][f"auc_{g}"]])
         assert files["noise.csv"][f"clean_auc_{g}"].tolist() == pytest.approx([clean[f"auc_{g}"]])
     assert project["base"]["robustness_png"] > 5_000
@@ -377,18 +391,46 @@ def test_holdout_keeps_a_out_of_training_and_model_selection(project):
     # Evaluate still scores every val image; `heldout` is a's fakes against all real, `seen` the rest.
     assert m["images"] == len(preds) == 48
     y, p = preds.target.to_numpy(), preds.y_pred.to_numpy()
-    for key, rows in (("heldout", (preds.target == 0) | (preds.group == "a")), ("seen", preds.group != "a")):
+    for key, prefix, rows in (
+        ("heldout", HELDOUT, (preds.target == 0) | (preds.group == "a")),
+        ("seen", SEEN, preds.group != "a"),
+    ):
         rows = rows.to_numpy()
         assert m[key]["roc_auc"] == pytest.approx(skm.roc_auc_score(y[rows], p[rows]), abs=1e-12)
         assert m[key]["average_precision"] == pytest.approx(skm.average_precision_score(y[rows], p[rows]))
         fpr, tpr, _ = skm.roc_curve(y[rows], p[rows])
         assert m[key]["tpr_at_fpr_1e-3"] == pytest.approx(tpr[fpr <= 1e-3].max())
-        assert held["run"].data.metrics[f"{key}_roc_auc"] == pytest.approx(m[key]["roc_auc"])
+        assert held["run"].data.metrics[f"{prefix}roc_auc"] == pytest.approx(m[key]["roc_auc"])
     assert m["heldout"]["roc_auc"] == pytest.approx(m["groups"]["a"]["roc_auc"])
     groups = pd.read_csv(project["repo"] / "reports" / "evaluate" / "groups.csv", keep_default_na=False).set_index(
         "group"
     )
     assert groups.heldout.to_dict() == {"a": True, "b": False, "c": False}
+
+
+def _numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [n for v in tree.values() for n in _numbers(v)]
+    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+@pytest.mark.slow
+def test_metrics_json_holds_the_headline_and_details_json_the_rest(project):
+    """metrics.json is what `dvc exp show` compares by: at most 20 numbers, each the very value of
+    details.json (the whole report), which keeps per manipulation, per degradation and confusion."""
+    for run in ("base", "held"):
+        head, details = project[run]["headline"], project[run]["metrics"]
+        assert len(_numbers(head)) <= 20, head
+        assert not {"groups", "robustness", "confusion", "seen", "threshold"} & set(head)
+        assert {"groups", "robustness", "confusion"} <= set(details)
+        assert head == headline(details)
+        assert head["val"] == {k: v for k, v in details["val"].items() if k != "log_loss"}
+        for name, e in head["extra_sets"].items():
+            assert e == {"roc_auc": details["extra_sets"][name]["roc_auc"]}
+        assert head["degraded_mean_auc"] == details["degraded_mean_auc"] and head["images"] == details["images"]
+    held = project["held"]
+    assert held["headline"]["heldout"] == {"roc_auc": held["metrics"]["heldout"]["roc_auc"]}
+    assert "heldout" not in project["base"]["headline"]
 
 
 @pytest.mark.slow
@@ -424,7 +466,9 @@ def test_another_family_with_every_knob_runs_the_pipeline_and_logs_a_servable_mo
     assert run.info.status == "FINISHED"
     model = build_model(ModelConfig(arch="vit_tiny_patch16_224", tune="norm", input="rgb+npr"), image_size=32)
     assert (
-        run.data.metrics["trainable_params"] == set_tuning(model, "norm") < sum(q.numel() for q in model.parameters())
+        run.data.metrics[TRAIN + "trainable_params"]
+        == set_tuning(model, "norm")
+        < sum(q.numel() for q in model.parameters())
     )
     assert "artefacts.mix.weight" in checkpoint.load(repo / "models" / "model.pt")["model"]
 
@@ -434,7 +478,7 @@ def test_another_family_with_every_knob_runs_the_pipeline_and_logs_a_servable_mo
         filter_string=f"source_run_id = '{run.info.run_id}'",
         output_format="list",
     )
-    assert sorted(m.name for m in logged) == ["detector", "model"]
+    assert [m.name for m in logged] == [MODEL_NAME]  # one logged model per run, the served detector
     test_dir = repo / "data" / "labelled" / "testset"
     for m in logged:
         det = Detector.load(f"models:/{m.model_id}", "cpu", tta=["hflip"])

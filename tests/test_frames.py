@@ -20,6 +20,7 @@ from ffdi.errors import DataError
 from ffdi.evaluation.evaluate import evaluate
 from ffdi.inference.detector import Detector
 from ffdi.inference.video import write_video
+from ffdi.schema import EVAL_VIDEO, EVALUATION_DETAILS
 from tests.project import TINY_PARAMS, make_project, mlflow_runs
 from tests.test_video import audio_only_mp4, spread_checkpoint
 from tests.videos import LOSSLESS, make_video_set
@@ -263,7 +264,10 @@ def test_a_video_data_set_trains_evaluates_and_predicts_and_a_seed_does_not_deco
     assert metrics["val_video"]["videos"] == len(videos) == 10 and metrics["images"] == len(frames) == 40
     assert metrics["val_video"]["roc_auc"] == pytest.approx(roc_auc_score(videos.target, videos.y_pred), abs=1e-12)
     assert metrics["val"]["roc_auc"] == pytest.approx(roc_auc_score(frames.target, frames.y_pred), abs=1e-12)
-    assert set(metrics["val_video"]["groups"]) == set(videos.group[videos.target == 1])
+    # metrics.json is the headline: frame- and video-level AUC; the rest is in details.json.
+    details = json.loads((p.repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text())
+    assert details["val_video"]["roc_auc"] == metrics["val_video"]["roc_auc"]
+    assert set(details["val_video"]["groups"]) == set(videos.group[videos.target == 1])
     submission = pd.read_csv(p.repo / "submission.csv")  # no testset/: the val split's videos
     assert list(submission.columns) == ["video_name", "y_pred"]
     assert sorted(submission.video_name) == sorted(videos.video_name)
@@ -271,7 +275,7 @@ def test_a_video_data_set_trains_evaluates_and_predicts_and_a_seed_does_not_deco
         submission.set_index("video_name").loc[videos.video_name].y_pred, videos.y_pred, rtol=0, atol=1e-6
     )
     _, _, runs = mlflow_runs(p.repo)
-    assert runs[-1].data.metrics["eval_video_roc_auc"] == pytest.approx(metrics["val_video"]["roc_auc"])
+    assert runs[-1].data.metrics[EVAL_VIDEO + "roc_auc"] == pytest.approx(metrics["val_video"]["roc_auc"])
 
     # Only the seed changed: DVC would train again but not decode (--dry: what it would run, without a
     # second training in the suite).

@@ -19,6 +19,16 @@ from ffdi.analysis import generalisation_report as gen_report
 from ffdi.analysis.runs import CompareError, Run
 from ffdi.config import AugmentConfig, DataConfig, Params, SampleConfig
 from ffdi.sample.generate import generate
+from ffdi.schema import (
+    EVAL_DEGRADED_MEAN_AUC,
+    EVAL_GROUP_AUC,
+    EVAL_ROC_AUC,
+    HELDOUT,
+    HELDOUT_ROC_AUC,
+    PREDICT_IMAGES,
+    SEEN,
+)
+from ffdi.tracking.mlflow_run import epoch_metric_name
 from tests.project import NO_DEGRADATION, label_with_groups, make_project, mlflow_runs
 
 
@@ -172,12 +182,12 @@ def fake_runs() -> list[Run]:
             for holdout in gen.holdout_sets(["a", "b", "c"]):
                 i += 1
                 metrics = {
-                    "eval_roc_auc": rng.uniform(0.8, 1),
-                    "heldout_roc_auc": rng.uniform(0.5, 1),
-                    "heldout_average_precision": rng.uniform(0.5, 1),
-                    "heldout_tpr_at_fpr_1e-3": rng.uniform(),
-                    "seen_roc_auc": rng.uniform(0.8, 1),
-                    **{f"eval_auc_{g}": rng.uniform(0.5, 1) for g in "abc"},
+                    EVAL_ROC_AUC: rng.uniform(0.8, 1),
+                    HELDOUT_ROC_AUC: rng.uniform(0.5, 1),
+                    HELDOUT + "average_precision": rng.uniform(0.5, 1),
+                    HELDOUT + "tpr_at_fpr_1e-3": rng.uniform(),
+                    SEEN + "roc_auc": rng.uniform(0.8, 1),
+                    **{f"{EVAL_GROUP_AUC}{g}": rng.uniform(0.5, 1) for g in "abc"},
                 }
                 params = {"model.se": se, "train.seed": seed, "data.holdout": str(list(holdout)), "train.lr": "0.001"}
                 runs.append(Run(f"id{i}", f"exp{i}", params, metrics, "", {"git.commit": "c0ffee"}))
@@ -186,7 +196,7 @@ def fake_runs() -> list[Run]:
             "base",
             "base",
             {"model.se": "False", "train.seed": "0", "data.holdout": "[]", "train.lr": "0.001"},
-            {"eval_roc_auc": 0.5},
+            {EVAL_ROC_AUC: 0.5},
             "",
         )
     )
@@ -216,7 +226,7 @@ def test_tables_equal_the_runs_metrics(tmp_path):
             on_one = [r for r in mine if r.params["data.holdout"] == others]
             for tested in "abc":
                 assert cross.loc[(trained, tested), "mean"] == pytest.approx(
-                    np.mean([r.metrics[f"eval_auc_{tested}"] for r in on_one])
+                    np.mean([r.metrics[f"{EVAL_GROUP_AUC}{tested}"] for r in on_one])
                 )
     # The markdown shows the same numbers, and the files are all there.
     md = (tmp_path / "report.md").read_text()
@@ -330,13 +340,13 @@ def knob_runs():
                 d = {c: rng.uniform(size=len(y)) + y * degraded_s * k for c, k in (("jpeg:50", 1.0), ("blur:1", 0.5))}
                 degraded[rid] = pd.DataFrame({"img_name": names, "target": y, "group": groups, "clean": p, **d})
                 metrics = {
-                    "eval_roc_auc": roc_auc_score(y, p),
-                    "eval_degraded_mean_auc": np.mean([roc_auc_score(y, v) for v in d.values()]),
-                    **{f"eval_auc_{g}": 0.9 for g in "ab"},
+                    EVAL_ROC_AUC: roc_auc_score(y, p),
+                    EVAL_DEGRADED_MEAN_AUC: np.mean([roc_auc_score(y, v) for v in d.values()]),
+                    **{f"{EVAL_GROUP_AUC}{g}": 0.9 for g in "ab"},
                 }
                 if holdout:
                     keep = (groups == "real") | (groups == holdout[0])
-                    metrics["heldout_roc_auc"] = roc_auc_score(y[keep], p[keep])
+                    metrics[HELDOUT_ROC_AUC] = roc_auc_score(y[keep], p[keep])
                 params = {"augment.blur": blur, "augment.jpeg": jpeg, "train.seed": seed, "data.holdout": str(holdout)}
                 runs.append(Run(rid, rid, params, metrics, ""))
     return runs, preds, degraded, y, groups
@@ -376,9 +386,9 @@ def test_knob_table_three_columns_match_sklearn_and_the_rule_picks(tmp_path):
         label = f"augment.blur={blur}, augment.jpeg={jpeg}"
         mine = flat(blur, jpeg)
         clean, deg = knob.loc[(label, "clean")], knob.loc[(label, "degraded")]
-        assert clean.runs == 3 and clean["mean"] == pytest.approx(np.mean([r.metrics["eval_roc_auc"] for r in mine]))
+        assert clean.runs == 3 and clean["mean"] == pytest.approx(np.mean([r.metrics[EVAL_ROC_AUC] for r in mine]))
         assert clean.difference == pytest.approx(mean_auc(mine) - mean_auc(base))
-        assert deg["mean"] == pytest.approx(np.mean([r.metrics["eval_degraded_mean_auc"] for r in mine]))
+        assert deg["mean"] == pytest.approx(np.mean([r.metrics[EVAL_DEGRADED_MEAN_AUC] for r in mine]))
         expected = np.mean([mean_auc(mine, c) - mean_auc(base, c) for c in ("jpeg:50", "blur:1")])
         assert deg.difference == pytest.approx(expected)
         assert deg.ci_low < deg.difference < deg.ci_high
@@ -475,13 +485,13 @@ def test_generalisation_end_to_end(generalised):
     cross = pd.read_csv(out / "train_on_one.csv").set_index(["trained_on", "tested_on"])
     for g, other in (("a", "b"), ("b", "a")):
         m = pipeline[f"['{g}']"].data.metrics
-        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m["heldout_roc_auc"])
-        assert held.loc[(g, "seen AUC"), "mean"] == pytest.approx(m["seen_roc_auc"])
-        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[f"eval_auc_{g}"])
+        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[HELDOUT_ROC_AUC])
+        assert held.loc[(g, "seen AUC"), "mean"] == pytest.approx(m[SEEN + "roc_auc"])
+        assert held.loc[(g, "held-out AUC"), "mean"] == pytest.approx(m[f"{EVAL_GROUP_AUC}{g}"])
         for tested in "ab":
-            assert cross.loc[(other, tested), "mean"] == pytest.approx(m[f"eval_auc_{tested}"])
+            assert cross.loc[(other, tested), "mean"] == pytest.approx(m[f"{EVAL_GROUP_AUC}{tested}"])
     report = (out / "report.md").read_text()
-    heldout_a = pipeline["['a']"].data.metrics["heldout_roc_auc"]
+    heldout_a = pipeline["['a']"].data.metrics[HELDOUT_ROC_AUC]
     assert f"| a | {heldout_a:.4f} |" in report
 
     # `ffdi compare` leaves the report run out; --no-run renders again from MLflow alone.
@@ -506,9 +516,9 @@ def test_queued_runs_land_complete_in_the_one_store(generalised):
     assert len({r.info.run_name for r in pipeline}) == 2  # one per DVC experiment, no duplicates
     for run in pipeline:
         for key in ("train_loss", "val_loss", "val_auc"):
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, epoch_metric_name(key))]
             assert sorted(steps) == [0, 1], (run.info.run_name, key)
-        assert "eval_roc_auc" in run.data.metrics and run.data.metrics["predict_images"] == 4
+        assert EVAL_ROC_AUC in run.data.metrics and run.data.metrics[PREDICT_IMAGES] == 4
         assert run.data.tags["git.commit"] == commit
     # Nothing was stored inside DVC's temporary executor folders.
     assert not list((p.repo / ".dvc" / "tmp").rglob("mlflow.db"))
@@ -533,7 +543,7 @@ def test_compare_report_on_the_queued_runs(generalised):
     assert summary.group.tolist() == ["data.holdout=['a']", "data.holdout=['b']"]
     for _, row in summary.iterrows():
         (run,) = [r for r in pipeline if f"data.holdout={r.data.params['data.holdout']}" == row.group]
-        assert row.runs == 1 and row["val AUC mean"] == pytest.approx(run.data.metrics["eval_roc_auc"])
+        assert row.runs == 1 and row["val AUC mean"] == pytest.approx(run.data.metrics[EVAL_ROC_AUC])
         assert np.isnan(row["val AUC sd"])  # one seed: no spread to report
 
     report = (p.repo / "reports" / "compare" / "report.md").read_text()
@@ -544,7 +554,7 @@ def test_compare_report_on_the_queued_runs(generalised):
     )
     assert ci, report
     diff, low, high = map(float, ci.groups())
-    aucs = {r.data.params["data.holdout"]: r.data.metrics["eval_roc_auc"] for r in pipeline}
+    aucs = {r.data.params["data.holdout"]: r.data.metrics[EVAL_ROC_AUC] for r in pipeline}
     assert diff == pytest.approx(aucs["['b']"] - aucs["['a']"], abs=1e-4) and low <= diff <= high
     for png in ("curves.png", "roc.png"):
         assert (p.repo / "reports" / "compare" / png).stat().st_size > 10_000

@@ -18,6 +18,8 @@ from ffdi.config import AugmentConfig, Params
 from ffdi.inference.detector import Detector
 from ffdi.model import checkpoint
 from ffdi.model.networks import build_model
+from ffdi.schema import EVALUATION_DETAILS
+from ffdi.tracking.pyfunc_model import MODEL_NAME
 from tests.project import copy_project
 
 
@@ -228,8 +230,8 @@ def test_score_a_model_logged_in_mlflow(project):
     mlflow.set_tracking_uri(f"sqlite:///{project.repo / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("ffdi")
     found = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
-    # The torch model (train) and the served detector (evaluate) both carry the checkpoint.
-    assert sorted(m.name for m in found) == ["detector", "model"]
+    # One logged model per run, the served detector (evaluate), which carries the checkpoint.
+    assert [m.name for m in found] == [MODEL_NAME]
     project.sh("ffdi", "score", "data/labelled/testset", "--out", "local.csv")
     local = pd.read_csv(project.repo / "local.csv")
     for logged in found:
@@ -242,7 +244,7 @@ def test_score_a_model_logged_in_mlflow(project):
 @pytest.mark.slow
 def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics(project, tmp_path):
     """predict.ensemble: this run's model averaged with another (here a checkpoint file); the
-    submission is the mean, and metrics.json `ensemble` is the same ensemble's val score."""
+    submission is the mean, and details.json `ensemble` is the same ensemble's val score."""
     from sklearn import metrics as skm
 
     repo = project.repo
@@ -262,7 +264,7 @@ def test_predict_ensemble_writes_the_mean_submission_and_reports_its_val_metrics
     mine = dict(zip(before.img_name, before.y_pred))
     np.testing.assert_allclose(after.y_pred, [(mine[n] + theirs[n]) / 2 for n in after.img_name], atol=1e-6)
 
-    report = json.loads((repo / "metrics.json").read_text())
+    report = json.loads((repo / "reports" / "evaluate" / EVALUATION_DETAILS).read_text())
     assert report["ensemble"]["models"] == ["models/model.pt", str(other)]
     val = pd.read_csv(repo / "reports" / "evaluate" / "val_predictions.csv", dtype={"img_name": str})
     val_paths = [repo / "data/labelled/valset" / n for n in val.img_name]

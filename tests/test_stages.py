@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from ffdi.config import TrackingConfig
+from ffdi.schema import SKIPPED_IMAGES
 from ffdi.tracking import mlflow_run
 from tests.conftest import ROOT
 
@@ -70,9 +71,35 @@ def test_skipped_images_are_listed_and_counted(tmp_path, monkeypatch):
     with mlflow_run.run(TrackingConfig(experiment="s")) as run:
         log_skipped([("/d/b.jpg", "/d/b.jpg: empty file"), ("/d/a.jpg", "/d/a.jpg: cannot decode")], "train")
     client = mlflow.MlflowClient()
-    assert client.get_run(run.info.run_id).data.metrics["skipped_images_train"] == 2
+    assert client.get_run(run.info.run_id).data.metrics[SKIPPED_IMAGES + "train"] == 2
     text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/train/skipped_images.csv")
     assert text.splitlines() == ["path,reason", "/d/a.jpg,/d/a.jpg: cannot decode", "/d/b.jpg,/d/b.jpg: empty file"]
+
+
+def test_the_train_and_val_sets_are_the_runs_dataset_inputs(tmp_path, monkeypatch):
+    """The runs table's Dataset column: each manifest's name, a digest of its rows and their number."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = pd.DataFrame({"img_name": ["a.jpg", "b.jpg", "c.jpg"], "target": [0, 1, 1], "group": ["", "x", "y"]})
+    val = train.iloc[:2].assign(path=["/d/a.jpg", "/d/b.jpg"])
+    with mlflow_run.run(TrackingConfig(experiment="s")) as run:
+        mlflow_run.log_datasets(tmp_path, {"training": ("train", train), "validation": ("val", val)})
+    inputs = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    got = {i.dataset.name: (i.tags[0].value, i.dataset.digest, json.loads(i.dataset.profile)) for i in inputs}
+    assert {k: (c, p["num_rows"]) for k, (c, _, p) in got.items()} == {
+        "train": ("training", 3),
+        "val": ("validation", 2),
+    }
+    # The digest is of the rows' names, targets and manipulations: the same rows, the same digest.
+    with mlflow_run.run(TrackingConfig(experiment="s")) as again:
+        mlflow_run.log_datasets(tmp_path, {"training": ("train", train.assign(path="/elsewhere"))})
+    (same,) = mlflow.MlflowClient().get_run(again.info.run_id).inputs.dataset_inputs
+    assert same.dataset.digest == got["train"][1] != got["val"][1] and len(got["train"][1]) == 16
 
 
 def test_failed_run_is_marked_failed_with_error(tmp_path, monkeypatch):
@@ -103,6 +130,15 @@ def test_the_experiment_says_how_to_read_a_run_and_the_run_name_says_the_variant
     old = mlflow.MlflowClient().create_experiment("old")  # as an older ffdi, or a person, made it
     mlflow_run.setup(TrackingConfig(experiment="old"))
     assert mlflow.get_experiment(old).tags["mlflow.note.content"] == mlflow_run.DESCRIPTION
+    # An older ffdi's description (its metric names are gone) is brought up to date; a person's is left.
+    client = mlflow.MlflowClient()
+    older = "One run per pipeline run (`dvc repro`, `dvc exp run`), named after its DVC experiment.\n- `eval_roc_auc`"
+    client.set_experiment_tag(old, "mlflow.note.content", older)
+    mlflow_run.setup(TrackingConfig(experiment="old"))
+    assert mlflow.get_experiment(old).tags["mlflow.note.content"] == mlflow_run.DESCRIPTION
+    client.set_experiment_tag(old, "mlflow.note.content", "my notes")
+    mlflow_run.setup(TrackingConfig(experiment="old"))
+    assert mlflow.get_experiment(old).tags["mlflow.note.content"] == "my notes"
     assert mlflow_run.run_name(Params(model=ModelConfig(se=True))) == "se-resnet18-seed0"
     assert mlflow_run.run_name(Params()) == "resnet18-seed0"
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-reef")

@@ -28,15 +28,15 @@ from ffdi.config import Params
 from ffdi.errors import FfdiError
 from ffdi.evaluation.metrics import fpr_key, roc_auc
 from ffdi.files import write_csv, write_text
-from ffdi.schema import EVAL_GROUP_AUC, EVAL_ROC_AUC, HELDOUT_ROC_AUC
+from ffdi.schema import EVAL_GROUP_AUC, EVAL_ROC_AUC, HELDOUT, HELDOUT_ROC_AUC, SEEN
 
 HOLDOUT = "data.holdout"
 # Table (a): MLflow metric -> column.
 HELDOUT_COLUMNS = {
     HELDOUT_ROC_AUC: "held-out AUC",
-    "heldout_average_precision": "held-out AP",
-    f"heldout_{fpr_key(1e-3)}": "held-out TPR@FPR 1e-3",
-    "seen_roc_auc": "seen AUC",
+    f"{HELDOUT}average_precision": "held-out AP",
+    f"{HELDOUT}{fpr_key(1e-3)}": "held-out TPR@FPR 1e-3",
+    f"{SEEN}roc_auc": "seen AUC",
     EVAL_ROC_AUC: "val AUC (all)",
 }
 

@@ -13,7 +13,16 @@ import numpy as np
 import pandas as pd
 
 from ffdi.errors import FfdiError
-from ffdi.schema import DATA_HASH_TAG, EVAL_ROC_AUC, EVALUATE_ARTIFACTS, RUN_KIND_TAG, VAL_PREDICTIONS
+from ffdi.schema import (
+    DATA_HASH_TAG,
+    EPOCH_VAL_AUC,
+    EPOCH_VAL_LOSS,
+    EVAL_ROC_AUC,
+    EVALUATE_ARTIFACTS,
+    REEVALUATION,
+    RUN_KIND_TAG,
+    VAL_PREDICTIONS,
+)
 
 
 class CompareError(FfdiError):
@@ -49,7 +58,8 @@ def finished_pipeline_runs(experiment: str) -> list[Run]:
             dict(r.data.tags),
         )
         for r in found
-        if r.data.tags.get(RUN_KIND_TAG) != "compare" and EVAL_ROC_AUC in r.data.metrics
+        # Not compare's own runs, nor re-evaluations: their training run stands for them, once.
+        if r.data.tags.get(RUN_KIND_TAG) not in ("compare", REEVALUATION) and EVAL_ROC_AUC in r.data.metrics
     ]
     if not runs:
         raise CompareError(f"experiment {experiment!r} has no finished, evaluated runs to compare")
@@ -141,8 +151,9 @@ def run_histories(groups: dict[str, list[Run]]) -> dict[str, list[dict[str, list
     for label, runs in groups.items():
         for r in runs:
             h: dict[str, list] = {}
-            for key in ("val_auc", "val_loss"):
-                hist = sorted(client.get_metric_history(r.run_id, key), key=lambda m: m.step)
+            # Under their history.csv names, which plots.plot_run_curves draws.
+            for key, name in (("val_auc", EPOCH_VAL_AUC), ("val_loss", EPOCH_VAL_LOSS)):
+                hist = sorted(client.get_metric_history(r.run_id, name), key=lambda m: m.step)
                 h["step"], h[key] = [m.step for m in hist], [m.value for m in hist]
             out.setdefault(label, []).append(h)
     return out

@@ -1,7 +1,9 @@
-"""One evaluation of a Detector on val: everything metrics.json holds, and the files behind it.
+"""One evaluation of a Detector on val: its report, and the files behind it.
 
 `evaluate(...)` scores and measures; `write_reports(...)` writes the CSVs and plots; the evaluate
-stage writes `report` as metrics.json and `ffdi.tracking.evaluation.log_evaluation` logs it. The report holds:
+stage writes `report` whole as reports/evaluate/details.json and its `headline` as metrics.json (what
+`dvc exp show` compares experiments by), and `ffdi.tracking.evaluation.log_evaluation` logs it all. The
+report holds:
 - `val`: the overall val metrics; `val_no_tta`: the same without test-time views;
 - `groups`: per manipulation, its fakes against all real images (`group_mean_auc`, `group_worst_auc`);
 - `heldout` / `seen`: the held-out manipulations' fakes (data.holdout), and the others', against all real;
@@ -26,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -49,9 +52,54 @@ from ffdi.schema import (
 COMPARED_AGGREGATES = ("mean", "max", "topk:2", "topk:4")
 
 
+class Headline(TypedDict, total=False):
+    """metrics.json: the numbers experiments are compared by, at most 20 with a few extra sets; the
+    rest of the report (per manipulation, per degradation, confusion, ...) is in details.json."""
+
+    val: dict[str, float]  # roc_auc, accuracy, average_precision, eer, tpr_at_fpr (target_fpr and eval.fprs)
+    val_no_tta: dict[str, float]  # roc_auc
+    val_video: dict[str, float]  # roc_auc, videos: where val is the frames of videos, one score per video
+    precision: str  # the checkpoint's: the same params score differently in bf16 and fp32
+    images: int
+    group_mean_auc: float
+    group_worst_auc: float
+    degraded_mean_auc: float
+    degraded_worst_auc: float
+    heldout: dict[str, float]  # roc_auc
+    extra_sets: dict[str, dict[str, float]]  # name -> roc_auc (and video_roc_auc for another data set's frames)
+    ensemble: dict[str, float]  # roc_auc
+
+
+# The val metrics that stay in details.json only.
+DETAIL_VAL_KEYS = ("log_loss",)
+HEADLINE_NUMBERS = ("images", "group_mean_auc", "group_worst_auc", "degraded_mean_auc", "degraded_worst_auc")
+
+
+def headline(report: dict) -> Headline:
+    """metrics.json: the report's headline numbers, the same values (not recomputed)."""
+    out: Headline = {
+        "val": {k: v for k, v in report["val"].items() if k not in DETAIL_VAL_KEYS},
+        "val_no_tta": {"roc_auc": report["val_no_tta"]["roc_auc"]},
+        "precision": report["precision"],
+    }
+    out.update({k: report[k] for k in HEADLINE_NUMBERS if k in report})  # type: ignore[misc]
+    if VAL_VIDEO in report:
+        out[VAL_VIDEO] = {k: report[VAL_VIDEO][k] for k in ("roc_auc", "videos")}
+    if "heldout" in report:
+        out["heldout"] = {"roc_auc": report["heldout"]["roc_auc"]}
+    if "extra_sets" in report:
+        out["extra_sets"] = {
+            name: {"roc_auc": e["roc_auc"], **({"video_roc_auc": e["video"]["roc_auc"]} if "video" in e else {})}
+            for name, e in report["extra_sets"].items()
+        }
+    if "ensemble" in report:
+        out["ensemble"] = {"roc_auc": report["ensemble"]["roc_auc"]}
+    return out
+
+
 @dataclass
 class Evaluation:
-    report: dict  # what metrics.json holds
+    report: dict  # everything: details.json; metrics.json is its headline()
     predictions: pd.DataFrame  # the scored val rows: img_name, target, group, y_pred, predicted
     robustness: dict  # degrade.Degradation -> its metrics
     clean_auc: float  # AUC of the images the degradations were applied to, undegraded

@@ -8,24 +8,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from ffdi.schema import (
+    AUC,
+    ENSEMBLE,
     EVAL,
     EVAL_GROUP_AUC,
     EVAL_VIDEO,
     EVALUATE_ARTIFACTS,
+    EVALUATION_DETAILS,
+    EXTRA,
     GROUP_AUC,
     HELDOUT,
+    ROBUST,
     ROBUSTNESS_DIR,
     ROBUSTNESS_PREDICTIONS,
     SEEN,
     VAL_PREDICTIONS,
     VAL_VIDEO,
     VAL_VIDEO_PREDICTIONS,
+    VIDEO,
 )
 from ffdi.tracking.mlflow_run import log_skipped
 
 
 def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, float]:
-    """The MLflow metrics of an evaluation report (what metrics.json holds), by name. Everything that
+    """The MLflow metrics of an evaluation report (what details.json holds), by name. Everything that
     reads runs back (compare, generalisation, the benchmarks without MLflow) uses these names."""
     m = {f"{EVAL}{k}": v for k, v in report["val"].items()}
     m[f"{EVAL}roc_auc_no_tta"] = report["val_no_tta"]["roc_auc"]
@@ -39,22 +45,25 @@ def evaluation_metrics(report: dict, seconds: dict | None = None) -> dict[str, f
     )
     video = report.get(VAL_VIDEO, {})
     m.update({f"{EVAL_VIDEO}{k}": v for k, v in video.items() if _number(v)})
-    m.update({f"{EVAL_VIDEO}{GROUP_AUC}{g}": gm["roc_auc"] for g, gm in video.get("groups", {}).items()})
+    m.update({f"{EVAL_VIDEO}{AUC}{g}": gm["roc_auc"] for g, gm in video.get("groups", {}).items()})
     for prefix, key in ((HELDOUT, "heldout"), (SEEN, "seen")):
         m.update({f"{prefix}{k}": v for k, v in report.get(key, {}).items()})
-    m.update({f"ensemble_{k}": v for k, v in report.get("ensemble", {}).items() if _number(v)})
+    m.update({f"{ENSEMBLE}{k}": v for k, v in report.get("ensemble", {}).items() if _number(v)})
     for name, e in report.get("extra_sets", {}).items():
-        m.update({f"extra_{name}_{k}": v for k, v in e.items() if _number(v)})
-        m.update({f"extra_{name}_auc_{g}": gm["roc_auc"] for g, gm in e.get("groups", {}).items()})
+        m.update({f"{EXTRA}{name}/{k}": v for k, v in e.items() if _number(v)})
+        m.update({f"{EXTRA}{name}/{AUC}{g}": gm["roc_auc"] for g, gm in e.get("groups", {}).items()})
         if "video" in e:  # a folder of frames: its video-level AUC
-            m[f"extra_{name}_video_roc_auc"] = e["video"]["roc_auc"]
+            m[f"{EXTRA}{name}/{VIDEO}roc_auc"] = e["video"]["roc_auc"]
     for kind, severities in report.get("robustness", {}).items():
         if kind != "clean":
             for key, r in severities.items():
-                m.update({f"robust_{kind}_{key}_auc": r["roc_auc"], f"robust_{kind}_{key}_accuracy": r["accuracy"]})
-                # + manipulation: robust_jpeg_70_auc_splice, beside eval_auc_splice
-                m.update({f"robust_{kind}_{key}_{k}": v for k, v in r.items() if k.startswith(GROUP_AUC)})
-    m.update({f"{EVAL}seconds_{k}": v for k, v in (seconds or {}).items()})
+                section = f"{ROBUST}{kind}/{key}/"
+                m.update({f"{section}auc": r["roc_auc"], f"{section}accuracy": r["accuracy"]})
+                # + manipulation: robust/jpeg/70/auc/splice, beside eval/auc/splice
+                m.update(
+                    {f"{section}{AUC}{k.removeprefix(GROUP_AUC)}": v for k, v in r.items() if k.startswith(GROUP_AUC)}
+                )
+    m.update({f"{EVAL}seconds/{k}": v for k, v in (seconds or {}).items()})
     return m
 
 
@@ -69,7 +78,8 @@ def _number(v) -> bool:
 
 def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str, str]) -> None:
     """Log an ffdi.evaluation.evaluate.Evaluation into the active run: its metrics, the files that
-    write_reports wrote under `reports`, metrics.json, each extra set's predictions and path."""
+    write_reports wrote under `reports` (details.json among them), metrics.json, each extra set's
+    predictions and path."""
     import mlflow
 
     mlflow.log_metrics(evaluation_metrics(ev.report, ev.seconds))
@@ -90,6 +100,7 @@ def log_evaluation(ev, reports: Path, metrics_file: Path, extra_paths: dict[str,
         "robustness.png",
         "explain.png",
         "history.png",
+        EVALUATION_DETAILS,
     ):
         mlflow.log_artifact(str(reports / name), artifact_path=EVALUATE_ARTIFACTS)
     if VAL_VIDEO in ev.report:
