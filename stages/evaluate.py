@@ -24,7 +24,7 @@ from ffdi.tracking.evaluation import log_evaluation
 from ffdi.tracking.pyfunc_model import log_pyfunc
 
 
-def main(params, prepared, model, run_ref, history, reports, metrics):
+def main(params, *, prepared, model, run_ref, history, reports, metrics):
     cfg = params.eval
     mlflow_run.check_reachable(params.tracking)
     _, share = hardware.claim_hardware(params.runtime.device, params.runtime.threads, project_root() / ".ffdi")
@@ -38,7 +38,16 @@ def main(params, prepared, model, run_ref, history, reports, metrics):
         mlflow_run.setup(params.tracking)  # where models:/ and runs:/ URIs are found
         ensemble = Ensemble.extend(detector, params.predict.ensemble, params.runtime.device)
 
-    ev = evaluate(detector, val, cfg, params.data.holdout, extra, ensemble, workers, params.data.on_bad_image)
+    ev = evaluate(
+        detector,
+        val,
+        cfg,
+        holdout=params.data.holdout,
+        extra=extra,
+        ensemble=ensemble,
+        workers=workers,
+        on_bad_image=params.data.on_bad_image,
+    )
     write_reports(ev, detector, reports, cfg, params.data.holdout)
     # The training curves as a picture beside the others: `dvc plots show` draws history.csv with Vega,
     # which needs a CDN. Here rather than in train, so that a plot's label never retrains.

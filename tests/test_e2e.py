@@ -97,9 +97,9 @@ def test_a_reevaluation_of_a_cached_training_is_a_run_of_its_own(project):
     assert new.data.tags[PARENT_TAG] == new.data.tags[TRAIN_RUN_TAG] == train.info.run_id
     assert new.data.tags[RUN_KIND_TAG] == REEVALUATION
     assert new.info.run_name == new.data.tags["dvc.exp_name"] != "" and new.info.run_name in r["log"]
-    # The training run is as it was: the same metrics, no extra/ ones, one history per curve.
+    # The training run is as it was: the same metrics, none of set x, one history per curve.
     assert train.data.metrics == r["before"].data.metrics
-    assert not any(k.startswith(EXTRA) for k in train.data.metrics)
+    assert not any(k.startswith(f"{EXTRA}x/") for k in train.data.metrics)
     assert len(client.get_metric_history(train.info.run_id, EVAL_ROC_AUC)) == 1
     # The new run holds the whole evaluation, the extra set's too, with the same val numbers (same model).
     assert new.data.metrics[EVAL_ROC_AUC] == train.data.metrics[EVAL_ROC_AUC]

@@ -123,7 +123,7 @@ def run_one(out: str, work: str, name: str, overrides: dict, holdout: str, seed:
     # Scored and measured as the evaluate stage does, with the metric names it logs to MLflow.
     detector = Detector.load(state / "best.pt", params.runtime.device, tta=params.predict.tta)
     workers = resolve_workers(params.runtime.workers, available_cores(), detector.device)
-    ev = evaluate(detector, val, params.eval, [holdout], workers=workers)
+    ev = evaluate(detector, val, params.eval, holdout=[holdout], workers=workers)
     m = evaluation_metrics(ev.report, ev.seconds)
     history = result["history"]
     ev.predictions[["img_name", "target", "group", "y_pred"]].to_csv(out_dir / f"{name}.csv", index=False)

@@ -147,7 +147,8 @@ def main(argv=None) -> int:
                 }
             )
         seconds, v = best_of(
-            args.runs, lambda: score_video(detector, clip, s, "mean", 64, faces if with_faces else None)
+            args.runs,
+            lambda: score_video(detector, clip, s, "mean", batch_size=64, faces=faces if with_faces else None),
         )
         assert not v.error, v.error
         rows.append(

@@ -103,7 +103,7 @@ def run(args) -> int:
     for path, name in zip(paths, overlay_names(paths)):
         if not is_video(path):
             continue
-        v = score_video(detector, path, sampling, aggregate, args.batch_size, name=path, keep_top=args.top)
+        v = score_video(detector, path, sampling, aggregate, batch_size=args.batch_size, name=path, keep_top=args.top)
         if v.error:
             records.append({"path": path, "p_fake": None, "label": "", "error": v.error, "overlay": ""})
             continue

@@ -110,7 +110,7 @@ def score_files(
             yield from score_rows(detector, group, batch_size, faces)
             continue
         for path in group:
-            v = score_video(detector, path, sampling, aggregate, batch_size, faces, name=path)
+            v = score_video(detector, path, sampling, aggregate, batch_size=batch_size, faces=faces, name=path)
             yield Row(path, v.score, v.error, video=v)
 
 

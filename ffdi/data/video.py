@@ -333,6 +333,7 @@ def write_video(
     path: str | Path,
     frames: Iterable[np.ndarray],
     fps: float = 25,
+    *,
     codec: str = "libx264",
     pix_fmt: str = "yuv420p",
     options: dict | None = None,

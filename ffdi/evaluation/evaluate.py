@@ -161,7 +161,7 @@ def score_video_set(
     sampling = video.Sampling(frames=cfg.video_frames)
     kept, prob, frame_probs, skipped = [], [], [], []
     for i, path in enumerate(tqdm(manifest.path, desc=desc, unit="video", mininterval=1.0, leave=False)):
-        v = video.score_video(detector, path, sampling, cfg.video_aggregate, cfg.batch_size)
+        v = video.score_video(detector, path, sampling, cfg.video_aggregate, batch_size=cfg.batch_size)
         if v.error:
             if on_bad_image == "error":
                 raise DataError(f"{path}: {v.error} (data.on_bad_image: skip scores the others)")
@@ -213,6 +213,7 @@ def evaluate(
     detector,
     val: pd.DataFrame,
     cfg: EvalConfig,
+    *,
     holdout: Sequence[str] = (),
     extra: dict[str, tuple[pd.DataFrame, str]] | None = None,
     ensemble=None,

@@ -93,6 +93,7 @@ def score_video(
     source: Source,
     sampling: Sampling = Sampling(),  # noqa: B008 (a frozen dataclass, shared safely)
     how: str = "mean",
+    *,
     batch_size: int = 64,
     faces=None,
     name: str | None = None,
