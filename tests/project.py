@@ -156,7 +156,7 @@ def label_with_groups(root: Path, groups=GROUPS) -> None:
 
 # One trained project serves every test that reads a trained pipeline's outputs (evaluate's reports,
 # the submission, scoring, the MLflow run, crash recovery's reference run): labelled data with three
-# manipulations, an extra set and three degradations, 3 epochs of 30 steps (long enough for
+# manipulations, an extra set and three degradations, 3 epochs of 15 steps (seconds each: long enough for
 # test_crash to kill a run inside an epoch), the models logged. Tests that change it work on a copy.
 SHARED_PARAMS = {
     "data": {"root": "data/labelled"},
@@ -172,7 +172,7 @@ SHARED_PARAMS = {
     },
     "predict": {"batch_size": 32},
 }
-SHARED_DATA = {"n_train": 480, "n_val": 48, "n_test": 12, "size": 32, "seed": 5}
+SHARED_DATA = {"n_train": 240, "n_val": 48, "n_test": 12, "size": 32, "seed": 5}
 OTHER_DATA = {"n_train": 4, "n_val": 40, "n_test": 0, "size": 32, "seed": 6}
 
 

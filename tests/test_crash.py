@@ -38,7 +38,7 @@ def saved_epoch(repo):
 
 
 def test_sigkill_then_sigterm_then_rerun_matches_an_uninterrupted_run_to_the_last_digit(shared_project, tmp_path):
-    # The uninterrupted run is the shared project's: its epochs (30 steps) are long enough to be
+    # The uninterrupted run is the shared project's: its epochs (15 steps, seconds each) are long enough to be
     # killed in the middle of one, and this project is made the same way, with the same data.
     straight = shared_project
     expected = pd.read_csv(straight.repo / "reports" / "history.csv")[COMPARE]
