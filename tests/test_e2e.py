@@ -412,6 +412,9 @@ def mlflow_server(project):
             str(port),
             "--backend-store-uri",
             f"sqlite:///{project['repo'] / 'mlflow.db'}",
+            # One process serves a browser; the default four each import MLflow on the suite's two cores.
+            "--workers",
+            "1",
         ],
         cwd=project["repo"],
         stdout=log,
