@@ -59,7 +59,7 @@ lint: setup
 test: setup browser lint
 	$(VENV)/bin/python -m pytest -m "not smoke"
 
-# The inner loop: the unit tests and one tiny pipeline (tests/test_smoke.py), under 3 minutes on 2 cores.
+# The inner loop: the unit tests and one tiny pipeline (tests/test_smoke.py), about a minute on 2 cores.
 test-fast: setup lint
 	$(VENV)/bin/python -m pytest -m "not slow" --durations=5
 
