@@ -67,16 +67,6 @@ CONFIGS = {
         "fit_seconds": 50,
     },
 }
-# --smoke: every step on a few images for a second each, to show the benchmark runs (tests/test_benchmarks.py);
-# its numbers mean nothing.
-SMOKE = {"train": 32, "val": 16, "epochs": 1, "rounds": 1, "seconds": {"train": 1, "val": 1}}
-SMOKE_DISTINCT = 16  # generated images the smoke run's trees link to
-
-
-def configs(smoke: bool = False) -> dict:
-    return {name: {**cfg, **SMOKE} for name, cfg in CONFIGS.items()} if smoke else CONFIGS
-
-
 SIZE = 256  # multiFFDI's 512 px images at the baseline's input size
 IN_MEMORY_BYTES = 256 * 2**20  # the model part's batches: well beyond the CPU's caches
 
@@ -274,7 +264,7 @@ def part_fit(params, train_m, val_m, worker_cores, state: Path) -> dict:
 
 
 def child(args) -> dict:
-    cfg = configs(args.smoke)[args.config]
+    cfg = CONFIGS[args.config]
     main_cores, worker_cores = cores(args.threads, args.workers)
     os.sched_setaffinity(0, main_cores)
     torch.set_num_threads(args.threads)
@@ -293,25 +283,21 @@ def child(args) -> dict:
 
 
 def start_part(part: str, config: str, *, data: Path, args, log, phase: str = "") -> subprocess.Popen:
-    cmd = (
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.efficiency",
-            "--part",
-            part,
-            "--config",
-            config,
-            "--data",
-            str(data),
-            "--threads",
-            str(args.threads),
-            "--workers",
-            str(args.workers),
-        ]
-        + (["--phase", phase] if phase else [])
-        + (["--smoke"] if args.smoke else [])
-    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.efficiency",
+        "--part",
+        part,
+        "--config",
+        config,
+        "--data",
+        str(data),
+        "--threads",
+        str(args.threads),
+        "--workers",
+        str(args.workers),
+    ] + (["--phase", phase] if phase else [])
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
 
 
@@ -413,9 +399,6 @@ def main() -> None:
         help="fit on each configuration's least data instead of sizing it to last fit_seconds",
     )
     ap.add_argument("--no-headroom", action="store_true", help="leave out the main process's headroom")
-    ap.add_argument(
-        "--smoke", action="store_true", help="a few images, a second a part: shows it runs, measures nothing"
-    )
     ap.add_argument("--threads", type=int, default=1, help="the model's torch threads (T)")
     ap.add_argument("--workers", type=int, default=1, help="loader workers (W)")
     ap.add_argument(
@@ -435,9 +418,7 @@ def main() -> None:
         return
 
     cores(args.threads, args.workers)  # fail early when there are too few
-    if args.smoke:
-        args.fixed_size, args.no_headroom = True, True
-    distinct = distinct_images(args.cache, n=SMOKE_DISTINCT) if args.smoke else distinct_images(args.cache)
+    distinct = distinct_images(args.cache)
     report = {
         "command": "python -m benchmarks.efficiency " + " ".join(sys.argv[1:]),
         "machine": machine(),
@@ -449,7 +430,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     with open(args.cache / "children.log", "w") as log:
         for name in args.only or CONFIGS:
-            cfg = configs(args.smoke)[name]
+            cfg = CONFIGS[name]
             data = args.cache / f"tree-{cfg['train']}-{cfg['val']}"
             write_tree(data, {"train": cfg["train"], "val": cfg["val"]}, distinct)
             rounds = []

@@ -58,35 +58,6 @@ def test_make_bench_runs_end_to_end_on_tiny_data(tmp_path):
     assert report["settings"]["image_size"] == 32 and "| training, img/s |" in proc.stdout
 
 
-@pytest.mark.slow
-def test_make_efficiency_runs_end_to_end_at_its_smoke_size(tmp_path):
-    """`make efficiency` (benchmarks.efficiency) with --smoke: the loader and the training step side by side,
-    each pinned to its own core, then fit, for one configuration on a few images; every figure measured."""
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-    from tests.project import every_core
-
-    out = tmp_path / "efficiency.json"
-    cmd = [sys.executable, "-m", "benchmarks.efficiency", "--smoke", "--only", "loader-bound"]
-    cmd += ["--cache", str(tmp_path / "cache"), "--json", str(out)]
-    # The parts need a core each: all the session's cores, not this pytest-xdist worker's one.
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=every_core)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    (name,) = report["configs"]
-    config = report["configs"][name]
-    assert name == "loader-bound" and config["train_images"] == 32 and len(config["rounds"]) == 1
-    median = config["median"]
-    for key in ("loader_train_img_s", "model_train_img_s", "loader_val_img_s", "model_val_img_s", "fit_img_s"):
-        assert median[key] > 0, key
-    # Efficiency is the parts' bound over fit's time, as the table says.
-    assert median["efficiency"] == pytest.approx(median["bound_seconds"] / median["fit_seconds"])
-    assert "**efficiency** (bound / fit)" in proc.stdout
-
-
 def test_a_failing_benchmark_child_shows_its_stderr():
     import sys
 
